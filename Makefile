@@ -1,0 +1,21 @@
+# The README's two commands are `make demo` and `make test`; both build .venv themselves.
+VENV   := .venv
+BIN    := $(VENV)/bin
+WORKERS ?= 2
+
+.PHONY: setup demo test test-slow lint
+setup:
+	@bash scripts/setup-env.sh
+
+demo: setup
+	$(BIN)/cafe-dist train --config jobs/demo.yaml --num-workers $(WORKERS) --output-json out.json
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check .

@@ -1,0 +1,172 @@
+"""Job configuration: YAML + ``--set key=value`` overrides, validated by frozen pydantic models.
+
+Unknown keys and bad values are errors that name the dotted key, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+METHODS = ("full",)  # grows as compression methods land
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Section):
+    """Parameters for generating ``data.path`` on first use when it does not exist."""
+
+    rows: int = Field(200_000, gt=0)
+    seed: int = 0
+    cardinality_scale: float = Field(0.01, gt=0)
+    zipf_a: float = Field(1.1, gt=1.0)
+    drift_period: int = Field(0, ge=0)
+    drift_fraction: float = Field(0.05, ge=0, le=1)
+    test_fraction: float = Field(1 / 7, ge=0, lt=1)
+
+
+class DataConfig(_Section):
+    path: str
+    synthetic: SynthConfig | None = None
+
+
+class EmbeddingConfig(_Section):
+    method: str = "full"
+    dim: int = Field(16, gt=0)
+    compression_ratio: float = Field(1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _known_method(self) -> EmbeddingConfig:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        return self
+
+
+class ModelConfig(_Section):
+    dense_arch: list[int] = Field(default_factory=lambda: [64])  # embedding.dim is appended
+    over_arch: list[int] = Field(default_factory=lambda: [64, 32])  # the final 1 is appended
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(512, gt=0)
+    eval_batch_size: int = Field(4096, gt=0)
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    lr: float = Field(0.05, gt=0)  # dense optimizer (Adagrad)
+    embedding_lr: float | None = Field(None, gt=0)  # fused sparse optimizer; None = lr
+    seed: int = 0
+    log_every: int = Field(50, gt=0)
+
+
+class RayConfig(_Section):
+    num_workers: int = Field(1, gt=0)
+    address: str | None = None
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    sharding_types: list[Literal["table_wise", "column_wise", "table_column_wise", "row_wise",
+                                 "data_parallel"]] | None = None
+    storage_path: str = "runs"
+    name: str | None = None
+
+
+class JobConfig(_Section):
+    data: DataConfig
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.model_dump())
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                keys += _known_keys(cand, prefix + name + ".")
+    return keys
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` (value parsed as YAML) to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.batch_size=1024")
+    key, _, text = assignment.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {text!r}: {e}") from None
+    node = raw
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {p!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _format_error(e: ValidationError) -> str:
+    lines = []
+    known = _known_keys(JobConfig)
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(key, known, n=1)
+            lines.append(f"config key '{key}' is not a known key"
+                         + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        elif err["type"] == "missing":
+            lines.append(f"config key '{key}' is required")
+        else:
+            value = err.get("input")
+            lines.append(f"config key '{key}': {err['msg']} (got {value!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> JobConfig:
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (data, train, ...)")
+        raw.update(loaded)
+    for o in overrides or []:
+        apply_override(raw, o)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None

@@ -1,0 +1,73 @@
+"""The on-disk Parquet layout every converter writes and the trainer reads.
+
+One directory per dataset::
+
+    DIR/meta.json            schema, cardinalities, row counts, bad_rows
+    DIR/vocab.parquet        per-feature vocabulary built on the train split (feature, value, count)
+    DIR/bad_rows.tsv         source, line number, reason and the raw line of every rejected line
+    DIR/train/part-*.parquet
+    DIR/test/part-*.parquet
+
+Columns: ``label`` (int8; -1 when the source is unlabeled), dense features (float32, already
+log(1+x) transformed), each categorical feature twice: ``<name>`` holds the raw 32-bit value
+(hashed by compression methods; a missing value is ``MISSING_ID``) and ``<name>_idx`` the
+contiguous id from the train vocabulary (0 = rare, unseen or missing), so ``full`` tables are sized
+exactly as in the TorchRec/DLRM pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MISSING_ID = 1 << 32  # outside the 32-bit raw value range, so it never collides with a real value
+META_FILE = "meta.json"
+VOCAB_FILE = "vocab.parquet"
+BAD_ROWS_FILE = "bad_rows.tsv"
+SPLITS = ("train", "test")
+
+CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
+CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]
+# Criteo Kaggle per-feature cardinalities as counted by the DLRM/TorchRec preprocessing.
+CRITEO_KAGGLE_CARDINALITIES = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+]  # fmt: skip
+
+
+def idx_column(feature: str) -> str:
+    return f"{feature}_idx"
+
+
+@dataclass
+class DatasetMeta:
+    """Contents of ``meta.json``; tools outside the package read these keys."""
+
+    format: str
+    dense_features: list[str]
+    sparse_features: list[str]
+    cardinality: dict[str, int]  # rows a full table needs per feature (vocab size + 1 for id 0)
+    raw_distinct: dict[str, int]  # distinct raw values seen in the train split
+    rows: dict[str, int]  # per split
+    bad_rows: int
+    labeled: bool = True
+    missing_id: int = MISSING_ID
+    sources: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path) -> None:
+        path = Path(out_dir) / META_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> DatasetMeta:
+        path = Path(data_dir) / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: {data_dir} is not a converted dataset. "
+                "Create one with `cafe-dist data criteo|avazu|synth --out DIR`."
+            )
+        return cls(**json.loads(path.read_text()))

@@ -1,0 +1,259 @@
+"""Streaming Parquet writer shared by every converter and the generator.
+
+Pass 1 appends good rows to one raw Parquet file in source order (memory stays one batch).
+``finalize`` then knows the row count, so it can split sequentially (the last ``test_fraction``
+of rows is test, as in the CAFE paper), build the vocabulary on the train rows only, and write the
+final train/test parts with contiguous ids beside the raw ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cafe_dist.data.schema import (
+    BAD_ROWS_FILE,
+    SPLITS,
+    VOCAB_FILE,
+    DatasetMeta,
+    idx_column,
+)
+
+ROWS_PER_PART = 1 << 20
+READ_BATCH = 1 << 18
+
+
+class BadInputError(ValueError):
+    """Input that cannot be converted at all (as opposed to single bad lines, which are recorded)."""
+
+
+class _CountMerger:
+    """Exact value counts for one feature, merged in bulk so memory tracks distinct values."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_len = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        u, c = np.unique(ids, return_counts=True)
+        self._pending.append((u, c))
+        self._pending_len += len(u)
+        if self._pending_len > max(4_000_000, len(self.values)):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        vals = np.concatenate([self.values] + [u for u, _ in self._pending])
+        cnts = np.concatenate([self.counts] + [c for _, c in self._pending])
+        self.values, inv = np.unique(vals, return_inverse=True)
+        self.counts = np.bincount(inv, weights=cnts, minlength=len(self.values)).astype(np.int64)
+        self._pending, self._pending_len = [], 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.values, self.counts
+
+
+class DatasetWriter:
+    """Collects good rows and bad-line records; ``finalize`` writes the dataset layout."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        fmt: str,
+        dense_features: list[str],
+        sparse_features: list[str],
+        *,
+        test_fraction: float,
+        labeled: bool = True,
+        min_count: int = 1,
+        sources: list[str] | None = None,
+        extra_columns: dict[str, pa.DataType] | None = None,
+        extra_meta: dict | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not 0.0 <= test_fraction < 1.0:
+            raise BadInputError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            if (self.out / split).exists():
+                shutil.rmtree(self.out / split)
+        self.fmt = fmt
+        self.dense = list(dense_features)
+        self.sparse = list(sparse_features)
+        self.test_fraction = test_fraction
+        self.labeled = labeled
+        self.min_count = min_count
+        self.sources = sources or []
+        self.extra_meta = extra_meta or {}
+        self.progress = progress
+        fields = [pa.field("label", pa.int8())]
+        fields += [pa.field(n, pa.float32()) for n in self.dense]
+        fields += [pa.field(n, pa.int64()) for n in self.sparse]
+        fields += [pa.field(n, t) for n, t in (extra_columns or {}).items()]
+        self.extra_names = list((extra_columns or {}).keys())
+        self.raw_schema = pa.schema(fields)
+        self._raw_path = self.out / "_raw.parquet"
+        self._raw = pq.ParquetWriter(self._raw_path, self.raw_schema)
+        self.good = 0
+        self.bad = 0
+        self._bad_file = open(self.out / BAD_ROWS_FILE, "w")  # noqa: SIM115 (closed in finalize)
+        self._bad_file.write("source\tline\treason\traw\n")
+
+    # ---- pass 1 -------------------------------------------------------------------------------
+    def add_rows(
+        self,
+        label: np.ndarray,
+        dense: np.ndarray,
+        sparse: np.ndarray,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Append good rows: label (n,), dense (n, n_dense) float32, sparse (n, n_sparse) int64."""
+        n = len(label)
+        if n == 0:
+            return
+        cols = [pa.array(label.astype(np.int8))]
+        cols += [pa.array(dense[:, j].astype(np.float32)) for j in range(len(self.dense))]
+        cols += [pa.array(sparse[:, j].astype(np.int64)) for j in range(len(self.sparse))]
+        cols += [pa.array(extra[name]) for name in self.extra_names] if extra else []
+        self._raw.write_table(pa.Table.from_arrays(cols, schema=self.raw_schema))
+        self.good += n
+
+    def add_bad(self, source: str, lines: list[int | None], reasons: list[str], raws: list[str]) -> None:
+        for line, reason, raw in zip(lines, reasons, raws):
+            raw = raw.replace("\t", "\\t").replace("\n", "\\n")
+            self._bad_file.write(f"{source}\t{'' if line is None else line}\t{reason}\t{raw[:500]}\n")
+        self.bad += len(lines)
+
+    # ---- pass 2 -------------------------------------------------------------------------------
+    def _raw_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        yield from pq.ParquetFile(self._raw_path).iter_batches(batch_size=READ_BATCH, columns=columns)
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="row", unit_scale=True, file=sys.stderr,
+                    disable=not self.progress, mininterval=1.0)
+
+    def finalize(self) -> DatasetMeta:
+        self._raw.close()
+        self._bad_file.close()
+        if self.good == 0:
+            self._raw_path.unlink(missing_ok=True)
+            detail = f"all {self.bad} lines were malformed" if self.bad else "the input holds no rows"
+            raise BadInputError(
+                f"no usable rows: {detail}. See {self.out / BAD_ROWS_FILE} for the line numbers and "
+                f"reasons; check that the input is in {self.fmt} format."
+            )
+        n_test = int(round(self.good * self.test_fraction))
+        n_train = self.good - n_test
+        vocab = self._build_vocab(n_train)
+        self._write_splits(n_train, vocab)
+        self._raw_path.unlink()
+        meta = DatasetMeta(
+            format=self.fmt,
+            dense_features=self.dense,
+            sparse_features=self.sparse,
+            cardinality={f: int(len(v)) + 1 for f, (v, _) in vocab.items()},
+            raw_distinct={f: int(self._distinct[f]) for f in self.sparse},
+            rows={"train": n_train, "test": n_test},
+            bad_rows=self.bad,
+            labeled=self.labeled,
+            sources=self.sources,
+            extra=self.extra_meta,
+        )
+        meta.save(self.out)
+        return meta
+
+    def _build_vocab(self, n_train: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        mergers = {f: _CountMerger() for f in self.sparse}
+        seen = 0
+        with self._bar(n_train, "vocabulary") as bar:
+            for batch in self._raw_batches(self.sparse):
+                take = min(batch.num_rows, n_train - seen)
+                if take <= 0:
+                    break
+                for f in self.sparse:
+                    mergers[f].add(batch.column(f).to_numpy()[:take])
+                seen += take
+                bar.update(take)
+        vocab, self._distinct = {}, {}
+        feats, vals, cnts = [], [], []
+        for j, f in enumerate(self.sparse):
+            values, counts = mergers[f].result()
+            self._distinct[f] = len(values)
+            keep = counts >= self.min_count
+            vocab[f] = (values[keep], counts[keep])
+            feats.append(np.full(int(keep.sum()), j, np.int16))
+            vals.append(values[keep])
+            cnts.append(counts[keep])
+        pq.write_table(
+            pa.table({"feature": np.concatenate(feats), "value": np.concatenate(vals),
+                      "count": np.concatenate(cnts)}),
+            self.out / VOCAB_FILE,
+        )
+        return vocab
+
+    def _write_splits(self, n_train: int, vocab: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        idx_fields = [pa.field(idx_column(f), pa.int64()) for f in self.sparse]
+        schema = pa.schema(list(self.raw_schema) + idx_fields)
+        parts = {s: _PartWriter(self.out / s, schema) for s in SPLITS}
+        row = 0
+        with self._bar(self.good, "write parquet") as bar:
+            for batch in self._raw_batches():
+                n = batch.num_rows
+                cols = list(batch.columns)
+                for f in self.sparse:
+                    values = vocab[f][0]
+                    raw = batch.column(f).to_numpy()
+                    pos = np.searchsorted(values, raw)
+                    pos_c = np.minimum(pos, max(len(values) - 1, 0))
+                    hit = (pos < len(values)) & (values[pos_c] == raw) if len(values) else np.zeros(n, bool)
+                    cols.append(pa.array(np.where(hit, pos + 1, 0).astype(np.int64)))
+                table = pa.Table.from_arrays(cols, schema=schema)
+                cut = min(max(n_train - row, 0), n)
+                if cut:
+                    parts["train"].write(table.slice(0, cut))
+                if cut < n:
+                    parts["test"].write(table.slice(cut))
+                row += n
+                bar.update(n)
+        for p in parts.values():
+            p.close()
+
+
+class _PartWriter:
+    """Writes ``part-00000.parquet``, ``part-00001.parquet``, ... of about ROWS_PER_PART rows each."""
+
+    def __init__(self, directory: Path, schema: pa.Schema) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.index = 0
+        self.rows_in_part = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.dir / f"part-{self.index:05d}.parquet", self.schema)
+        self.writer.write_table(table)
+        self.rows_in_part += table.num_rows
+        if self.rows_in_part >= ROWS_PER_PART:
+            self.writer.close()
+            self.writer, self.rows_in_part = None, 0
+            self.index += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        elif self.index == 0:  # an empty split still gets a readable, schema-carrying part
+            pq.write_table(self.schema.empty_table(), self.dir / "part-00000.parquet")

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (``worker``) and the driver that launches it on Ray (``launcher``)."""

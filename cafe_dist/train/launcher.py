@@ -1,0 +1,111 @@
+"""Driver side of ``cafe-dist train``: data on first use, Ray start-up, TorchTrainer, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cafe_dist.config import JobConfig
+from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
+from cafe_dist.embeddings import input_kind
+
+
+def ensure_data(job: JobConfig) -> DatasetMeta:
+    """Load ``data.path``; generate it from ``data.synthetic`` when absent."""
+    path = Path(job.data.path)
+    if not (path / "meta.json").is_file():
+        if job.data.synthetic is None:
+            raise FileNotFoundError(
+                f"data.path {path} holds no converted dataset (no meta.json). Convert data with "
+                "`cafe-dist data criteo|avazu --out DIR`, or add a data.synthetic section to generate "
+                "synthetic data there on first use."
+            )
+        from cafe_dist.data.synth import SynthSpec, generate_synthetic
+
+        s = job.data.synthetic
+        print(f"[cafe-dist] {path} not found: generating {s.rows:,} synthetic rows (seed {s.seed})",
+              file=sys.stderr)
+        spec = SynthSpec(rows=s.rows, seed=s.seed, cardinality_scale=s.cardinality_scale, zipf_a=s.zipf_a,
+                         drift_period=s.drift_period, drift_fraction=s.drift_fraction)
+        generate_synthetic(path, spec, test_fraction=s.test_fraction)
+    meta = DatasetMeta.load(path)
+    if not meta.labeled:
+        raise ValueError(f"{path} was converted from unlabeled files; training needs labels")
+    if meta.rows["train"] == 0:
+        raise ValueError(f"{path} has an empty train split")
+    return meta
+
+
+def _init_ray(job: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if job.ray.address:
+        ray.init(address=job.ray.address, log_to_driver=True)
+        return
+    # A local cluster: logical CPUs for every worker plus headroom for Ray Data's read tasks, so
+    # small machines do not deadlock with all CPUs held by training workers.
+    need = int(job.ray.num_workers * job.ray.cpus_per_worker) + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), log_to_driver=True)
+
+
+def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[str, Any]:
+    meta = ensure_data(job)
+    import ray
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cafe_dist.train.worker import train_loop_per_worker
+
+    _init_ray(job)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    kind = input_kind(job.embedding.method)
+    columns = ["label", *meta.dense_features,
+               *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
+    data_dir = Path(job.data.path).resolve()
+    datasets = {s: ray.data.read_parquet(str(data_dir / s), columns=columns) for s in SPLITS}
+    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(), "meta": asdict(meta)},
+        scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
+                                     resources_per_worker={"CPU": job.ray.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=str(Path(job.ray.storage_path).resolve())),
+        datasets=datasets,
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    if result.error:
+        raise result.error
+    m = result.metrics or {}
+    if "embedding_bytes" not in m:
+        raise RuntimeError(f"training finished without a final report (metrics: {m})")
+    out = {
+        "auc": m.get("auc"),
+        "logloss": m.get("logloss"),
+        "samples_per_sec": m.get("samples_per_sec"),
+        "steps": m.get("steps"),
+        "world_size": m.get("world_size"),
+        "method": job.embedding.method,
+        "compression_ratio": m["full_embedding_bytes"] / m["embedding_bytes"],
+        "requested_compression_ratio": job.embedding.compression_ratio,
+        "embedding_bytes": m.get("embedding_bytes"),
+        "full_embedding_bytes": m.get("full_embedding_bytes"),
+        "train_samples": m.get("train_samples"),
+        "eval_rows": m.get("eval_rows"),
+        "wall_time_s": wall,
+        "data_path": str(data_dir),
+    }
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(out, indent=2) + "\n")
+    return out

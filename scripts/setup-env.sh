@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment (.venv) on a fresh CPU machine.
+#
+# Why a script and not `pip install -e .`: torchrec's metadata asks for the CUDA fbgemm-gpu,
+# which drags in a CUDA torch and breaks the CPU build. So torchrec goes in with --no-deps,
+# and torch is pinned in every pip call (otherwise pip "upgrades" it).
+# Re-running is cheap: a stamp file records the hash of this script and pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV=${VENV:-.venv}
+TORCH="torch==2.13.0"
+STAMP="$VENV/.cafe-dist-stamp"
+want=$(cat scripts/setup-env.sh pyproject.toml | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/cafe-dist" ]; then
+  exit 0
+fi
+echo "[setup-env] building $VENV (torch/fbgemm/torchrec CPU recipe) ..." >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# pip, with the noise about absent local index folders filtered out of stderr (exit code kept)
+pip_install() {
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+PIP=pip_install
+$PIP --upgrade pip setuptools wheel
+# 1. torch (CPU wheel) and the CPU build of fbgemm.
+$PIP "$TORCH" "fbgemm-gpu-cpu==1.8.0"
+# 2. torchrec without its CUDA-only dependency list.
+$PIP --no-deps "torchrec==1.8.0"
+# 3. torchrec's own deps and the rest of the stack, torch pinned in the same call.
+$PIP "$TORCH" "tensordict==0.15.3" "torchmetrics==1.0.3" "pyre-extensions==0.0.32" "tqdm==4.70.1" \
+  "iopath==0.1.10" "ray[data,train,default]==2.60.0" "mlflow==3.17.2" "pyarrow==25.0.1" \
+  "pyyaml==6.0.3" "pydantic==2.14.3" "numpy==2.4.6" "numba==0.68.1" "matplotlib==3.11.2" \
+  "pytest==9.2.0" "pytest-timeout==2.4.0" "ruff==0.17.6"
+# 4. this package, editable, with no dependency resolution (all of the above is the resolution).
+$PIP --no-deps -e .
+echo "$want" > "$STAMP"
+echo "[setup-env] ready: $VENV" >&2

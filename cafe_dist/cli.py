@@ -1,4 +1,4 @@
-"""``cafe-dist`` command line: data conversion/generation and training."""
+"""``cafe-dist`` command line: data conversion/generation, training and benchmarks."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
+
+    spec = SketchBenchSpec(num_ids=args.num_ids, distinct=args.distinct, hot_slots=args.hot_slots,
+                           threshold=args.threshold, batch=args.batch, buckets=args.buckets,
+                           recall_k=args.recall_k, precision_k=args.precision_k, seed=args.seed,
+                           path=args.path)
+    out = run_sketch_bench(spec)
+    text = json.dumps(out, indent=2)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cafe-dist", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,12 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-workers", type=int)
     t.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     t.add_argument("--output-json", metavar="PATH")
+    b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bs = bsub.add_parser("sketch", help="HotSketch insert throughput, recall and precision")
+    bs.add_argument("--num-ids", type=int, default=20_000_000)
+    bs.add_argument("--distinct", type=int, default=10_000_000)
+    bs.add_argument("--hot-slots", type=int, default=100_000)
+    bs.add_argument("--threshold", type=float, default=50.0)
+    bs.add_argument("--batch", type=int, default=4096)
+    bs.add_argument("--buckets", type=int, default=55_000)
+    bs.add_argument("--recall-k", type=int, default=10_000)
+    bs.add_argument("--precision-k", type=int, default=100_000)
+    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
+    bs.add_argument("--output-json", metavar="PATH")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "train": cmd_train}
+    handlers = {"data": cmd_data, "train": cmd_train, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except (ConfigError, BadInputError, FileNotFoundError) as e:

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``cafe-dist bench ...``; results go to BENCHMARKS.md."""

@@ -101,9 +101,12 @@ class SketchUpdate:
         return int(self.demoted_ids.numel())
 
 
-def _empty_update(device: torch.device) -> SketchUpdate:
-    z64 = torch.zeros(0, dtype=torch.int64, device=device)
-    return SketchUpdate(z64, z64.clone(), z64.clone(), z64.clone())
+def _update(device: torch.device, promoted: tuple[torch.Tensor, torch.Tensor] | None = None,
+            demoted: tuple[torch.Tensor, torch.Tensor] | None = None) -> SketchUpdate:
+    """A SketchUpdate whose missing half is empty."""
+    none = (torch.zeros(0, dtype=torch.int64, device=device),) * 2
+    (pi, ps), (di, ds) = promoted or none, demoted or none
+    return SketchUpdate(pi, ps, di, ds)
 
 
 class HotSketch:
@@ -169,7 +172,7 @@ class HotSketch:
         """Add a batch of ids with importance ``weights`` (default 1 each: frequency)."""
         ids = ids.reshape(-1).to(torch.int64)
         if ids.numel() == 0:
-            return _empty_update(self.device)
+            return _update(self.device)
         if self.use_numba:
             return self._insert_numba(ids, weights)
         if weights is None:
@@ -196,8 +199,8 @@ class HotSketch:
         k = _insert_kernel(ids.cpu().numpy(), w, unit, *self._state_arrays(), np.float32(self.threshold),
                            np.float32(self.error_weight), promo_ids, promo_slots)
         self.total_promotions += k
-        z = torch.zeros(0, dtype=torch.int64)
-        return SketchUpdate(torch.from_numpy(promo_ids[:k]), torch.from_numpy(promo_slots[:k]).long(), z, z)
+        return _update(self.device, promoted=(torch.from_numpy(promo_ids[:k]),
+                                              torch.from_numpy(promo_slots[:k]).long()))
 
     def _insert_tensor(self, ids: torch.Tensor, weights: torch.Tensor) -> SketchUpdate:
         uid, inv = torch.unique(ids, return_inverse=True)
@@ -246,7 +249,7 @@ class HotSketch:
         idx = torch.nonzero(eligible.view(-1)).squeeze(1)
         free = int(self.free_top[0])
         if idx.numel() == 0 or free == 0:
-            return _empty_update(self.device)
+            return _update(self.device)
         if idx.numel() > free:  # not enough slots: the strongest candidates win
             idx = idx[torch.topk(self.cell_score.view(-1)[idx], free).indices]
         k = idx.numel()
@@ -254,8 +257,7 @@ class HotSketch:
         self.free_top[0] = free - k
         self.cell_slot.view(-1)[idx] = slots
         self.total_promotions += k
-        z = torch.zeros(0, dtype=torch.int64, device=self.device)
-        return SketchUpdate(self.cell_id.view(-1)[idx].clone(), slots.long(), z, z)
+        return _update(self.device, promoted=(self.cell_id.view(-1)[idx].clone(), slots.long()))
 
     def decay(self, factor: float) -> SketchUpdate:
         """Scale scores by ``factor``; hot ids that fall below the threshold give their slot back."""
@@ -263,15 +265,17 @@ class HotSketch:
         self.cell_err.mul_(factor)
         demote = (self.cell_slot >= 0) & (self.cell_score < self.threshold)
         ids, slots = self.cell_id[demote].clone(), self.cell_slot[demote].to(torch.int64)
-        k = ids.numel()
-        if k:
-            free = int(self.free_top[0])
-            self.free_slots[free:free + k] = slots.to(torch.int32)
-            self.free_top[0] = free + k
+        if ids.numel():
+            self._release(slots)
             self.cell_slot[demote] = EMPTY
-            self.total_demotions += k
-        z = torch.zeros(0, dtype=torch.int64, device=self.device)
-        return SketchUpdate(z, z.clone(), ids, slots)
+            self.total_demotions += ids.numel()
+        return _update(self.device, demoted=(ids, slots))
+
+    def _release(self, slots: torch.Tensor) -> None:
+        """Push freed hot slots back onto the free-slot stack."""
+        free = int(self.free_top[0])
+        self.free_slots[free:free + slots.numel()] = slots.to(torch.int32)
+        self.free_top[0] = free + slots.numel()
 
     # ---- merge and persistence -------------------------------------------------------------
     def merge(self, other: HotSketch) -> None:
@@ -302,10 +306,7 @@ class HotSketch:
         # hot cells that lost their place give their slot back
         lost = (self.cell_slot >= 0) & ~torch.isin(self.cell_slot, new_hot[new_hot >= 0])
         if lost.any():
-            freed = self.cell_slot[lost]
-            free = int(self.free_top[0])
-            self.free_slots[free:free + freed.numel()] = freed
-            self.free_top[0] = free + freed.numel()
+            self._release(self.cell_slot[lost])
         self.cell_id = torch.where(valid, kept_ids, torch.full_like(kept_ids, EMPTY))
         self.cell_score = torch.where(valid, score.gather(1, keep), torch.zeros_like(self.cell_score))
         self.cell_err = torch.where(valid, err.gather(1, keep), torch.zeros_like(self.cell_err))

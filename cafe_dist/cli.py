@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--hot-slots", type=int, default=100_000)
     bs.add_argument("--threshold", type=float, default=50.0)
     bs.add_argument("--batch", type=int, default=4096)
-    bs.add_argument("--buckets", type=int, default=55_000)
+    bs.add_argument("--buckets", type=int, default=68_750)
     bs.add_argument("--recall-k", type=int, default=10_000)
     bs.add_argument("--precision-k", type=int, default=100_000)
     bs.add_argument("--seed", type=int, default=0)

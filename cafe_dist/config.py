@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METHODS = ("full",)  # grows as compression methods land
+METHODS = ("full", "hash", "qr", "memcom", "bh", "robe", "mch", "cafe", "cafe_ml")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,7 @@ class DataConfig(_Section):
 
 class EmbeddingConfig(_Section):
     method: str = "full"
-    dim: int = Field(16, gt=0)
+    dim: int = Field(16, gt=0, multiple_of=4)  # fbgemm kernels need multiples of 4
     compression_ratio: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
@@ -51,6 +51,37 @@ class EmbeddingConfig(_Section):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         return self
+
+
+class CafeConfig(_Section):
+    """CAFE / CAFE-ML settings (see cafe_dist.embeddings.cafe)."""
+
+    hash_fraction: float | None = Field(None, gt=0, lt=1)  # None: 0.7 at 10x → 0.15 at ≥1000x
+    importance: Literal["grad", "freq"] = "grad"
+    threshold: float = Field(50.0, gt=0)  # score (≈ occurrences) an id needs to become hot
+    decay: float = Field(0.98, gt=0, le=1)
+    decay_mass: float | None = Field(None, gt=0)  # None: one decay per sketch-cells of inserted mass
+    ml_threshold: float = Field(10.0, gt=0)  # cafe_ml: medium ids score in [ml_threshold, threshold)
+    ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: hash budget share of the 2nd hash tables
+    buckets_per_slot: float = Field(1.0, gt=0)  # sketch size: 4 cells per bucket, per hot row
+
+    @model_validator(mode="after")
+    def _levels(self) -> CafeConfig:
+        if self.ml_threshold >= self.threshold:
+            raise ValueError("cafe.ml_threshold must be below cafe.threshold")
+        return self
+
+
+class QRConfig(_Section):
+    combine: Literal["mult", "add"] = "mult"
+
+
+class ROBEConfig(_Section):
+    z: int = Field(4, gt=0, multiple_of=4)  # block size; must divide embedding.dim
+
+
+class MCHConfig(_Section):
+    eviction_interval: int = Field(20, gt=0)  # steps between LFU evictions
 
 
 class ModelConfig(_Section):
@@ -83,12 +114,23 @@ class RayConfig(_Section):
 class JobConfig(_Section):
     data: DataConfig
     embedding: EmbeddingConfig = EmbeddingConfig()
+    cafe: CafeConfig = CafeConfig()
+    qr: QRConfig = QRConfig()
+    robe: ROBEConfig = ROBEConfig()
+    mch: MCHConfig = MCHConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())
+
+    def method_options(self) -> dict[str, Any]:
+        """The settings section of ``embedding.method``, as keyword options for its module."""
+        m = self.embedding.method
+        section = {"cafe": self.cafe, "cafe_ml": self.cafe, "qr": self.qr, "robe": self.robe,
+                   "mch": self.mch}.get(m)
+        return section.model_dump() if section is not None else {}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

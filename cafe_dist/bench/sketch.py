@@ -25,7 +25,7 @@ class SketchBenchSpec:
     hot_slots: int = 100_000
     threshold: float = 50.0
     batch: int = 4096
-    buckets: int = 55_000  # 55k x 4 cells x 20 B + the free-slot stack = 4.8 MB, the reference's size
+    buckets: int = 68_750  # 68,750 x 4 cells x 16 B + the 100k-slot free stack = 4.8 MB, the reference's size
     recall_k: int = 10_000
     precision_k: int = 100_000
     seed: int = 0

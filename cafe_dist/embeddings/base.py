@@ -4,44 +4,146 @@ A method rewrites the input ``KeyedJaggedTensor`` (one key per original feature)
 ordinary ``EmbeddingBagConfig`` tables held by one ``EmbeddingBagCollection``; DMP shards that EBC
 with the fbgemm kernels and fused optimizers like any other. ``combine`` turns the pooled lookups
 back into one (B, F, D) tensor for the interaction layer.
+
+The rewrite is expressed as *routes*: each route sends some of the input values (a mask), rewritten
+(new row numbers), to output keys ``<feature><suffix>`` for a subset of features. The main route
+(suffix ``""``) keeps the original key names. Features the budget leaves uncompressed always travel
+unchanged on the main route to their own full table ``t_<feature>``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
 
-FLOAT_BYTES = 4
+from cafe_dist.embeddings.sizing import Budget, plan_budget
+from cafe_dist.embeddings.spec import FLOAT_BYTES, FeatureSpec
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
-    name: str
-    cardinality: int  # rows an uncompressed table needs (train vocabulary + 1)
+class Route:
+    suffix: str  # output keys are f"{feature}{suffix}"; "" is the main route
+    features: torch.Tensor  # (F,) bool: which features have a key on this route
+    values: torch.Tensor  # (N,) row of each input value on this route
+    mask: torch.Tensor | None = None  # (N,) bool: which values take this route (None: all)
+
+
+@dataclass(frozen=True)
+class Values:
+    """Per-value bookkeeping of one input batch (values are key-major, as in every KJT)."""
+
+    ids: torch.Tensor  # (N,) int64
+    feature: torch.Tensor  # (N,) feature index of each value
+    segment: torch.Tensor  # (N,) bag index f * B + b of each value
+    lengths: torch.Tensor  # (F, B)
+    batch_size: int
+
+
+def table(name: str, rows: int, dim: int, features: list[str]) -> EmbeddingBagConfig:
+    return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=max(int(rows), 1),
+                              feature_names=features)
 
 
 class CompressedEmbedding(nn.Module):
-    """Base class: subclasses define ``tables``, ``transform`` and ``combine``."""
+    """Base class. Subclasses add their tables in ``method_tables`` and define ``routes``/``merge``."""
 
     #: which input column a method consumes: contiguous vocabulary ids ("idx") or raw values ("raw")
     input_kind: str = "idx"
 
-    def __init__(self, features: list[FeatureSpec], dim: int, tables: list[EmbeddingBagConfig],
+    def __init__(self, features: list[FeatureSpec], dim: int, ratio: float = 1.0,
                  device: torch.device | None = None) -> None:
         super().__init__()
+        if dim % 4:
+            raise ValueError(f"embedding.dim must be a multiple of 4 (fbgemm kernels need it), got {dim}")
         self.features = list(features)
+        self.names = [f.name for f in features]
         self.dim = dim
-        self.tables = list(tables)
+        self.budget: Budget = plan_budget(self.features, dim, ratio)
+        full = set(self.budget.full)
+        self.register_buffer("is_full", torch.tensor([f.name in full for f in features]), persistent=False)
+        self.compressed = [f for f in features if f.name not in full]
+        self.tables = [table(f"t_{f.name}", f.cardinality, dim, [f.name])
+                       for f in features if f.name in full]
+        self.tables += self.method_tables()
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
+        self._columns: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+
+    # ---- what subclasses define -----------------------------------------------------------
+    def method_tables(self) -> list[EmbeddingBagConfig]:
+        return []
+
+    def routes(self, v: Values) -> list[Route]:
+        return [Route("", torch.ones_like(self.is_full), v.ids)]
+
+    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+        """Pooled lookups per route, each (B, F, dim of that route) with zeros where a feature has
+        no key on it → (B, F, D)."""
+        return groups[""]
+
+    def route_dims(self) -> dict[str, int]:
+        return {"": self.dim}
+
+    def after_step(self, rows: Any = None) -> dict[str, float]:
+        """Between steps (after the optimizer): apply state changes to the tables; returns stats."""
+        return {}
+
+    def state_checksum(self) -> int | None:
+        """A digest of state every rank must hold identically (hot sets, id maps); None if none."""
+        return None
+
+    # ---- the shared machinery -------------------------------------------------------------
+    def values_of(self, kjt: KeyedJaggedTensor) -> Values:
+        nf, b = len(self.names), kjt.stride()
+        lengths = kjt.lengths().view(nf, b)
+        ids = kjt.values().to(torch.int64)
+        segment = torch.repeat_interleave(torch.arange(nf * b, device=ids.device), lengths.reshape(-1),
+                                          output_size=ids.numel())
+        return Values(ids, torch.div(segment, b, rounding_mode="floor"), segment, lengths, b)
 
     def transform(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        return kjt
+        if list(kjt.keys()) != self.names:
+            raise ValueError(f"expected features {self.names}, got {list(kjt.keys())}")
+        v = self.values_of(kjt)
+        self._last = v
+        keys, values, lengths = [], [], []
+        nf, b = len(self.names), v.batch_size
+        for r in self.routes(v):
+            keep = r.features[v.feature] if r.mask is None else (r.features[v.feature] & r.mask)
+            counts = torch.zeros(nf * b, dtype=torch.int32, device=v.ids.device)
+            counts.index_add_(0, v.segment[keep], torch.ones_like(v.segment[keep], dtype=torch.int32))
+            keys += [n + r.suffix for n, on in zip(self.names, r.features.tolist()) if on]
+            values.append(r.values[keep])
+            lengths.append(counts.view(nf, b)[r.features].reshape(-1))
+        return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=b)
+
+    def _group_columns(self, pooled: KeyedTensor) -> dict[str, torch.Tensor]:
+        """For each route, column indices into [pooled values | zero column] laid out (F, dim)."""
+        keys = tuple(pooled.keys())
+        cols = self._columns.get(keys)
+        if cols is None:
+            offsets, off = {}, 0
+            for k, n in zip(keys, pooled.length_per_key()):
+                offsets[k] = off
+                off += n
+            cols = {}
+            for suffix, d in self.route_dims().items():
+                idx = [list(range(offsets[n + suffix], offsets[n + suffix] + d)) if n + suffix in offsets
+                       else [off] * d for n in self.names]
+                cols[suffix] = torch.tensor(idx, dtype=torch.int64).reshape(-1)
+            self._columns[keys] = cols
+        return cols
 
     def combine(self, pooled: KeyedTensor, batch_size: int) -> torch.Tensor:
-        return pooled.values().view(batch_size, len(self.features), self.dim)
+        vals = pooled.values()
+        padded = torch.cat([vals, vals.new_zeros(batch_size, 1)], dim=1)
+        groups = {s: padded.index_select(1, c.to(vals.device)).view(batch_size, len(self.names), -1)
+                  for s, c in self._group_columns(pooled).items()}
+        return self.merge(groups, self._last)
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         batch_size = kjt.stride()
@@ -61,29 +163,34 @@ class CompressedEmbedding(nn.Module):
     def full_embedding_bytes(self) -> int:
         return sum(f.cardinality * self.dim * FLOAT_BYTES for f in self.features)
 
+    def allocate(self, fit: Callable[[FeatureSpec, float], tuple[Any, float]],
+                 share: float = 1.0) -> dict[str, Any]:
+        """``fit(feature, bytes available) -> (its structure, bytes it uses)`` over the compressed
+        features, each offered ``share`` of its budget plus what rounding left unused before it,
+        so the total stays within one row of the budget."""
+        out, carry = {}, 0.0
+        for f in self.compressed:
+            avail = share * self.budget.per_feature_bytes + carry
+            out[f.name], used = fit(f, avail)
+            carry = avail - used
+        return out
+
+    def rows_for(self, nbytes: float, dim: int | None = None) -> int:
+        """Whole rows of width ``dim`` that fit in ``nbytes`` (at least one)."""
+        return max(1, int(nbytes // ((dim or self.dim) * FLOAT_BYTES)))
+
+    def compressed_mask(self) -> torch.Tensor:
+        return ~self.is_full
+
+    def per_value(self, per_feature: list[int] | torch.Tensor, v: Values) -> torch.Tensor:
+        """Expand a per-feature quantity (rows of its table, say) to one entry per value."""
+        t = torch.as_tensor(per_feature, dtype=torch.int64, device=v.ids.device)
+        return t[v.feature]
+
 
 class FullEmbedding(CompressedEmbedding):
     """Uncompressed: one table per feature, sized exactly by the train vocabulary."""
 
-    def __init__(self, features: list[FeatureSpec], dim: int, device: torch.device | None = None) -> None:
-        tables = [
-            EmbeddingBagConfig(name=f"t_{f.name}", embedding_dim=dim, num_embeddings=f.cardinality,
-                               feature_names=[f.name])
-            for f in features
-        ]
-        super().__init__(features, dim, tables, device)
-
-
-_INPUT_KIND = {"full": "idx"}
-
-
-def input_kind(method: str) -> str:
-    """Which id column (``idx`` or ``raw``) a method reads; the driver selects only that column."""
-    return _INPUT_KIND[method]
-
-
-def build_embedding(method: str, features: list[FeatureSpec], dim: int, compression_ratio: float,
-                    device: torch.device | None = None) -> CompressedEmbedding:
-    if method == "full":
-        return FullEmbedding(features, dim, device)
-    raise ValueError(f"unknown embedding method {method!r}")
+    def __init__(self, features: list[FeatureSpec], dim: int, ratio: float = 1.0,
+                 device: torch.device | None = None) -> None:
+        super().__init__(features, dim, 1.0, device)

@@ -65,7 +65,9 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     from cafe_dist.train.worker import train_loop_per_worker
 
     _init_ray(job)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # click logs are time-ordered: train in that order
     kind = input_kind(job.embedding.method)
     columns = ["label", *meta.dense_features,
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
@@ -74,7 +76,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(), "meta": asdict(meta)},
+        train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir)},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
@@ -105,6 +107,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         "wall_time_s": wall,
         "data_path": str(data_dir),
     }
+    out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(output_json).write_text(json.dumps(out, indent=2) + "\n")

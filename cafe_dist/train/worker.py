@@ -21,10 +21,13 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from cafe_dist.batching import Collator
+from cafe_dist.collectives import all_gather_cat
 from cafe_dist.config import JobConfig
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings import FeatureSpec, build_embedding
+from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.model import DLRM
+from cafe_dist.train.drift import HotSetProbe
 from cafe_dist.train.sharding import make_plan
 
 
@@ -51,7 +54,7 @@ def build_model(job: JobConfig, meta: DatasetMeta, wc: WorkerContext):
     torch.manual_seed(job.train.seed)
     features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
     emb = build_embedding(job.embedding.method, features, job.embedding.dim,
-                          job.embedding.compression_ratio)
+                          job.embedding.compression_ratio, options=job.method_options())
     model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch,
                  device=wc.device)
     apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(),
@@ -61,7 +64,8 @@ def build_model(job: JobConfig, meta: DatasetMeta, wc: WorkerContext):
     dmp = DistributedModelParallel(model, device=wc.device, plan=plan, sharders=get_default_sharders())
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense_opt = KeyedOptimizerWrapper(dense_params, lambda ps: torch.optim.Adagrad(ps, lr=job.train.lr))
-    return dmp, dense_opt, emb, plan
+    rows = TableRows(dmp, dmp.fused_optimizer.state_dict()["state"])
+    return dmp, dense_opt, emb, plan, rows
 
 
 def evaluate(dmp: torch.nn.Module, shard, collate: Collator, device: torch.device,
@@ -90,17 +94,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = JobConfig.model_validate(config["job"])
     meta = DatasetMeta(**config["meta"])
     wc = _context(job)
-    dmp, dense_opt, emb, plan = build_model(job, meta, wc)
+    dmp, dense_opt, emb, plan, rows = build_model(job, meta, wc)
     collate = Collator(meta, emb.input_kind)
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
     tc = job.train
     is_chief = wc.rank == 0
+    probe = HotSetProbe.maybe(config["data_dir"], meta, emb) if is_chief else None
+    trace: list[list[float]] = []
     if is_chief:
         print(f"[cafe-dist] world_size={wc.world_size} device={wc.device.type} "
               f"method={job.embedding.method} plan:\n{plan}", flush=True)
 
     step, samples = 0, 0
+    totals: dict[str, float] = {}
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     done = False
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
@@ -113,6 +120,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             dense_opt.zero_grad()
             loss.backward()
             dense_opt.step()
+            stats = emb.after_step(rows)  # hot-set changes, evictions: between steps, same on every rank
+            for k, val in stats.items():
+                totals[k] = val if k == "hot" else totals.get(k, 0.0) + val
             step += 1
             samples += len(batch.labels) * wc.world_size
             window_loss += float(loss.detach())
@@ -120,8 +130,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if is_chief and step % tc.log_every == 0:
                 now = time.perf_counter()
                 rate = window_steps * tc.batch_size * wc.world_size / (now - window_start)
+                extra = "".join(f" {k} {v:,.0f}" for k, v in totals.items())
+                if probe is not None:  # rows consumed so far = position in the (time-ordered) data
+                    trace.append([step, samples, probe(samples)])
+                    extra += f" top-ids hot {trace[-1][2]:.2f}"
                 print(f"[cafe-dist] epoch {epoch} step {step} loss {window_loss / window_steps:.4f} "
-                      f"{rate:,.0f} samples/s", flush=True)
+                      f"{rate:,.0f} samples/s{extra}", flush=True)
                 window_loss, window_steps, window_start = 0.0, 0, now
             if tc.max_steps is not None and step >= tc.max_steps:
                 done = True
@@ -131,12 +145,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_time = time.perf_counter() - loop_start
 
     result = evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size)
+    checksum = emb.state_checksum()
+    if checksum is not None:  # hot sets / id maps must be identical on every rank
+        sums = all_gather_cat(torch.tensor([checksum % (2**62)], dtype=torch.int64))
+        result["state_consistent_across_ranks"] = bool((sums == sums[0]).all())
     metrics = {
         **result,
         "steps": step,
         "train_samples": samples,
         "samples_per_sec": samples / train_time if train_time > 0 else 0.0,
         "world_size": wc.world_size,
+        **{f"{k}_total" if k != "hot" else "hot_ids": v for k, v in totals.items()},
+        **({"hot_top_ids_trace": trace} if trace else {}),
         "embedding_bytes": emb.embedding_bytes(),
         "full_embedding_bytes": emb.full_embedding_bytes(),
     }

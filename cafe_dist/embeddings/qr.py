@@ -1,0 +1,71 @@
+"""Quotient-remainder trick (Shi et al., KDD 2020): id → (id // m, id % m), two small tables whose
+rows are combined by elementwise product (``mult``) or sum (``add``). Complementary partitions
+make the pair unique for every id. When even the smallest pair of tables (2·√n rows) is over the
+budget, ids are first hashed into the largest id space the budget can cover."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchrec import EmbeddingBagConfig
+
+from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.spec import FLOAT_BYTES
+
+
+def qr_shape(cardinality: int, rows: int) -> tuple[int, int, int]:
+    """(id space after hashing, remainder rows m, quotient rows q) with m + q <= rows."""
+    rows = max(rows, 2)
+    space = cardinality
+    if 4 * cardinality > rows * rows:  # m + n/m >= 2·√n: hash into an id space that fits
+        space = (rows // 2) ** 2
+    disc = math.sqrt(max(rows * rows - 4 * space, 0))
+    m = max(1, int((rows - disc) / 2))
+    while m + math.ceil(space / m) > rows:
+        m += 1
+    q = math.ceil(space / m)
+    m = rows - q  # give the rounding slack to the remainder table
+    return space, m, q
+
+
+class QREmbedding(CompressedEmbedding):
+    def __init__(self, *args, combine: str = "mult", **kwargs) -> None:
+        if combine not in ("mult", "add"):
+            raise ValueError(f"qr.combine must be 'mult' or 'add', got {combine!r}")
+        self.op = combine
+        super().__init__(*args, **kwargs)
+
+    def method_tables(self) -> list[EmbeddingBagConfig]:
+        row = self.dim * FLOAT_BYTES
+
+        def fit(f, avail):
+            shape = qr_shape(f.cardinality, self.rows_for(avail))
+            return shape, (shape[1] + shape[2]) * row
+
+        self.shape = self.allocate(fit)
+        out = []
+        for n, (_, m, q) in self.shape.items():
+            out += [table(f"q_{n}", q, self.dim, [n]), table(f"r_{n}", m, self.dim, [n + "@r"])]
+        return out
+
+    def routes(self, v: Values) -> list[Route]:
+        space = [self.shape[f.name][0] if f.name in self.shape else 0 for f in self.features]
+        m = [self.shape[f.name][1] if f.name in self.shape else 1 for f in self.features]
+        space_v, m_v = self.per_value(space, v), self.per_value(m, v)
+        x = torch.where(space_v < self.per_value([f.cardinality for f in self.features], v),
+                        hash_mod(v.ids, space_v.clamp(min=1)), v.ids)
+        full = self.is_full[v.feature]
+        quotient = torch.where(full, v.ids, torch.div(x, m_v, rounding_mode="floor"))
+        return [Route("", torch.ones_like(self.is_full), quotient),
+                Route("@r", ~self.is_full, x % m_v)]
+
+    def route_dims(self) -> dict[str, int]:
+        return {"": self.dim, "@r": self.dim}
+
+    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+        q, r = groups[""], groups["@r"]
+        if self.op == "add":
+            return q + r  # r is zero for uncompressed features
+        return torch.where(self.is_full.view(1, -1, 1), q, q * r)

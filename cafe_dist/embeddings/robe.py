@@ -1,0 +1,53 @@
+"""ROBE-Z (Desai et al., MLSys 2022): every compressed feature reads its embedding from one shared
+array, as D/Z blocks of Z consecutive values at hashed block-aligned offsets.
+
+The array is a plain table of width Z (rows = budget / (4·Z)) shared by all block keys, so DMP
+shards it like any table (fbgemm needs Z to be a multiple of 4). Aligning blocks to Z is what lets
+the lookup be a table row; the paper also allows unaligned offsets, which no fbgemm kernel reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchrec import EmbeddingBagConfig
+
+from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.hashing import hash_mod
+
+
+class ROBEEmbedding(CompressedEmbedding):
+    def __init__(self, *args, z: int = 4, **kwargs) -> None:
+        self.z = z
+        super().__init__(*args, **kwargs)
+
+    def method_tables(self) -> list[EmbeddingBagConfig]:
+        if self.z % 4 or self.dim % self.z:
+            raise ValueError(f"robe.z must be a multiple of 4 dividing embedding.dim={self.dim}, got {self.z}")
+        self.nblocks = self.dim // self.z
+        if not self.compressed:
+            self.array_rows = 0
+            return []
+        self.array_rows = self.rows_for(self.budget.compressed_bytes, self.z)
+        keys = [f"{f.name}@z{j}" for f in self.compressed for j in range(self.nblocks)]
+        return [table("robe", self.array_rows, self.z, keys)]
+
+    def routes(self, v: Values) -> list[Route]:
+        routes = [Route("", self.is_full, v.ids)]
+        if not self.compressed:
+            return routes
+        key = v.ids * len(self.names) + v.feature  # each feature hashes into the array differently
+        full = self.is_full[v.feature]
+        for j in range(self.nblocks):
+            routes.append(Route(f"@z{j}", ~self.is_full, hash_mod(key, self.array_rows, seed=j), mask=~full))
+        return routes
+
+    def route_dims(self) -> dict[str, int]:
+        if not self.compressed:
+            return {"": self.dim}
+        return {"": self.dim, **{f"@z{j}": self.z for j in range(self.nblocks)}}
+
+    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+        if not self.compressed:
+            return groups[""]
+        blocks = torch.cat([groups[f"@z{j}"] for j in range(self.nblocks)], dim=2)
+        return groups[""] + blocks  # each feature is on exactly one of the two

@@ -1,0 +1,51 @@
+"""Does the hot set follow the drift? A probe for synthetic data, where the truth is known.
+
+The generator knows each feature's most popular ids at any row; the probe maps them to vocabulary
+ids and asks the CAFE sketch which are hot. Right after a rotation the fraction drops (yesterday's
+top ids are hot, today's are not); a working importance sketch brings it back up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.synth import SynthGenerator, SynthSpec
+
+
+class HotSetProbe:
+    def __init__(self, data_path: str | Path, meta: DatasetMeta, emb, k: int = 5) -> None:
+        spec = meta.extra["synth"]
+        self.gen = SynthGenerator(SynthSpec(**{f.name: spec[f.name] for f in fields(SynthSpec) if f.name in spec}))
+        vocab = pq.read_table(Path(data_path) / "vocab.parquet").to_pandas()
+        self.vocab = {int(f): np.sort(g["value"].to_numpy()) for f, g in vocab.groupby("feature")}
+        self.emb = emb
+        self.k = k
+        self.features = [i for i, n in enumerate(meta.sparse_features)
+                         if n in {f.name for f in emb.compressed}]
+
+    @classmethod
+    def maybe(cls, data_path: str | Path, meta: DatasetMeta, emb) -> HotSetProbe | None:
+        if "synth" not in meta.extra or not hasattr(emb, "sketch") or not emb.compressed:
+            return None
+        return cls(data_path, meta, emb)
+
+    def __call__(self, row: int) -> float:
+        """Fraction of the current top-k ids of every compressed feature that are hot."""
+        keys = []
+        for i in self.features:
+            raw = self.gen.top_ids(i, row, self.k)
+            values = self.vocab.get(i, np.empty(0, np.int64))
+            pos = np.searchsorted(values, raw)
+            known = (pos < len(values)) & (values[np.minimum(pos, max(len(values) - 1, 0))] == raw)
+            idx = torch.from_numpy((pos + 1)[known].astype(np.int64))
+            keys.append(idx + self.emb.key_offset[self.emb.names[i]])
+        keys_t = torch.cat(keys)
+        if keys_t.numel() == 0:
+            return float("nan")
+        return float((self.emb.sketch.lookup(keys_t.to(self.emb.sketch.device)) >= 0).float().mean())

@@ -1,0 +1,48 @@
+"""Helpers for tests that run real DMP in spawned gloo processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+class EmbeddingOnly(torch.nn.Module):
+    """Just the compressed embedding (what DMP shards), without the DLRM around it."""
+
+    def __init__(self, emb: torch.nn.Module) -> None:
+        super().__init__()
+        self.emb = emb
+
+    def forward(self, kjt):
+        return self.emb(kjt)
+
+
+def shard(emb, world: int, sharding: str | None = None):
+    """(DMP-wrapped model, TableRows) with fused row-wise Adagrad, as the training worker builds it."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
+    from torchrec.optim import RowWiseAdagrad
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    from cafe_dist.embeddings.table_rows import TableRows
+    from cafe_dist.train.sharding import make_plan
+
+    model = EmbeddingOnly(emb)
+    apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": 0.1})
+    plan = make_plan(model, [t.name for t in emb.tables], torch.device("cpu"), world, world, 8,
+                     [sharding] if sharding else None)
+    dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=get_default_sharders())
+    return dmp, TableRows(dmp, dmp.fused_optimizer.state_dict()["state"]), plan

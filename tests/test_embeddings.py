@@ -1,0 +1,215 @@
+"""Every compression method as transform + plain EBC + combine: outputs, gradients, bytes, CAFE's
+row management. Runs the real TorchRec EBC on CPU (unsharded; DMP runs are in test_methods_ray)."""
+
+import pytest
+import torch
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+
+from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
+from cafe_dist.embeddings import REGISTRY, FeatureSpec, build_embedding
+from cafe_dist.embeddings.cafe import CafeParams
+from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.table_rows import TableRows
+
+CPU = torch.device("cpu")
+SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
+# Criteo Kaggle's 26 cardinalities at 1/100 scale: what the byte accounting must hold for
+CRITEO = [FeatureSpec(f"C{i}", max(3, round(c * 0.01)) + 1) for i, c in enumerate(CRITEO_KAGGLE_CARDINALITIES)]
+
+
+def _kjt(features, batch, seed=0, ids=None):
+    g = torch.Generator().manual_seed(seed)
+    if ids is None:
+        ids = torch.stack([torch.randint(0, f.cardinality, (batch,), generator=g) for f in features])
+    return KeyedJaggedTensor(keys=[f.name for f in features], values=ids.reshape(-1),
+                             lengths=torch.ones(ids.numel(), dtype=torch.int32), stride=batch)
+
+
+def _emb(method, ratio, features=SMALL, **opts):
+    torch.manual_seed(0)
+    return build_embedding(method, features, 16, ratio, device=CPU, options=opts)
+
+
+def test_full_equals_a_plain_torchrec_ebc_bit_for_bit():
+    emb = _emb("full", 1)
+    plain = EmbeddingBagCollection(tables=emb.tables, device=CPU)
+    plain.load_state_dict(emb.ebc.state_dict())
+    kjt = _kjt(SMALL, 32)
+    out, ref = emb(kjt), plain(kjt)
+    expected = torch.stack([ref[f.name] for f in SMALL], dim=1)
+    assert out.shape == (32, 4, 16) and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+@pytest.mark.parametrize("ratio", [10, 100, 1000])
+def test_byte_accounting_matches_the_requested_ratio(method, ratio):
+    emb = _emb(method, ratio, CRITEO)
+    got = emb.full_embedding_bytes() / emb.embedding_bytes()
+    assert got == pytest.approx(ratio, rel=0.02) if method != "full" else got == 1.0
+    tables = sum(t.num_embeddings * t.embedding_dim * 4 for t in emb.tables)
+    assert emb.embedding_bytes() == tables + emb.aux_bytes()
+    if method in ("cafe", "cafe_ml"):
+        assert emb.aux_bytes() == emb.sketch.memory_bytes() > 0
+    if method == "mch":
+        assert emb.aux_bytes() == sum(z * 24 for z in emb.zch.values())
+
+
+def test_small_features_stay_uncompressed():
+    emb = _emb("hash", 100, CRITEO)
+    smallest = min(CRITEO, key=lambda f: f.cardinality)
+    assert smallest.name in emb.budget.full and f"t_{smallest.name}" in {t.name for t in emb.tables}
+    biggest = max(CRITEO, key=lambda f: f.cardinality)
+    assert biggest.name in emb.budget.compressed
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_gradient_reaches_every_table_the_batch_uses(method):
+    emb = _emb(method, 100)
+    if method in ("cafe", "cafe_ml"):  # make some ids hot and some medium so every table is used
+        v = emb.values_of(_kjt(SMALL, 64))
+        keys = emb.keys_of(v)[~emb.is_full[v.feature]]  # feature-major: b's, then c's, then d's
+        emb.sketch.insert(keys[::16].repeat(100))
+        emb.sketch.insert(keys[1::16].repeat(12))
+    out = emb(_kjt(SMALL, 64))
+    assert out.shape == (64, 4, 16)
+    out.pow(2).sum().backward()
+    for t in emb.tables:
+        grad = emb.ebc.embedding_bags[t.name].weight.grad
+        assert grad is not None and grad.abs().sum() > 0, f"{method}: no gradient reached {t.name}"
+
+
+def test_qr_pairs_are_unique_and_mult_differs_from_add():
+    emb_m, emb_a = _emb("qr", 100), _emb("qr", 100, combine="add")
+    space, m, q = emb_m.shape["d"]
+    ids = torch.arange(space)
+    assert len(set(zip((ids // m).tolist(), (ids % m).tolist()))) == space and q * m >= space
+    kjt = _kjt(SMALL, 16)
+    assert not torch.allclose(emb_m(kjt), emb_a(kjt))
+
+
+def test_bh_codes_are_unique_per_id():
+    emb = _emb("bh", 100)
+    k, m = emb.shape["d"]
+    assert m ** k >= 50_000 and k * m <= emb.rows_for(emb.budget.per_feature_bytes)
+
+
+def test_memcom_scales_the_shared_row_by_its_own_scalar():
+    emb = _emb("memcom", 10)
+    kjt = _kjt(SMALL, 8)
+    out = emb(kjt)
+    v = emb.values_of(kjt)
+    d = v.feature == 3
+    ids = v.ids[d]
+    rows = hash_mod(ids, emb.hash_rows["d"])
+    slots = hash_mod(ids, emb.scalar_slots["d"], seed=1) if emb.scalar_slots["d"] < 50_000 else ids
+    scale = emb.ebc.embedding_bags["scale_d"].weight[slots // 4, slots % 4]
+    expected = emb.ebc.embedding_bags["hash_d"].weight[rows] * scale.unsqueeze(1)
+    assert torch.allclose(out[:, 3], expected)
+
+
+# ---- CAFE row management ---------------------------------------------------------------------
+def _cafe(method="cafe", **kw):
+    params = dict(threshold=5.0, importance="freq", decay=0.5, decay_mass=1e12, ml_threshold=2.0)
+    params.update(kw)
+    return _emb(method, 100, SMALL, **params)
+
+
+def _batch_of(emb, feature, ids):
+    """A batch where ``feature`` holds ``ids`` and the other features distinct ids (never hot)."""
+    cols = [torch.arange(len(ids), dtype=torch.int64) % f.cardinality for f in SMALL]
+    cols[feature] = torch.as_tensor(ids)
+    return _kjt(SMALL, len(ids), ids=torch.stack(cols))
+
+
+@pytest.mark.parametrize("method", ["cafe", "cafe_ml"])
+def test_promotion_copies_exactly_the_rows_the_id_used(method):
+    emb = _cafe(method)
+    rows = TableRows(emb)
+    x = 12345
+    kjt = _batch_of(emb, 3, [x] * 4)
+    before = emb(kjt)[0, 3].detach().clone()
+    for _ in range(3):  # 4 occurrences per step: medium after the first, hot once the score passes 5
+        emb(kjt).sum().backward()
+        emb.after_step(rows)
+    key = torch.tensor([x + emb.key_offset["d"]])
+    slot = int(emb.sketch.lookup(key))
+    assert slot >= 0
+    hot_row = emb.ebc.embedding_bags["hot"].weight[slot]
+    used = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([x]), emb.hash_rows["d"])][0]
+    if method == "cafe_ml":  # it was medium when promoted: its second hash row was in the sum
+        used = used + emb.ebc.embedding_bags["hash2_d"].weight[
+            hash_mod(torch.tensor([x]), emb.hash2_rows["d"], seed=7)][0]
+    assert torch.equal(hot_row, used)
+    # the id's embedding does not jump when it changes tables (plain EBC here: no optimizer step)
+    assert torch.allclose(emb(kjt)[0, 3], before if method == "cafe" else used)
+
+
+def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
+    emb = _cafe()
+    rows = TableRows(emb)
+    kjt = _batch_of(emb, 3, [777] * 8)
+    emb(kjt).sum().backward()
+    emb.after_step(rows)
+    key = torch.tensor([777 + emb.key_offset["d"]])
+    slot = int(emb.sketch.lookup(key))
+    assert slot >= 0 and emb.sketch.num_hot == 1
+    upd = emb.sketch.decay(0.1)  # score 8 → 0.8 < threshold 5
+    assert upd.demoted_ids.tolist() == key.tolist() and upd.demoted_slots.tolist() == [slot]
+    assert int(emb.sketch.lookup(key)) == -1 and emb.sketch.num_hot == 0
+    out = emb(kjt)[0, 3]
+    hash_row = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([777]), emb.hash_rows["d"])][0]
+    assert torch.equal(out, hash_row)
+    # the freed slot is the next one handed out
+    emb(_batch_of(emb, 2, [5] * 8)).sum().backward()
+    emb.after_step(rows)
+    assert int(emb.sketch.lookup(torch.tensor([5 + emb.key_offset["c"]]))) == slot
+
+
+def test_decay_runs_when_the_inserted_mass_passes_the_bound():
+    emb = _cafe(decay_mass=100.0, decay=0.5)
+    rows = TableRows(emb)
+    kjt = _batch_of(emb, 3, [9] * 30)  # 30 ids x 2 compressed features = 60 mass per step
+    emb(kjt).sum().backward()
+    emb.after_step(rows)
+    key = torch.tensor([9 + emb.key_offset["d"]])
+    assert float(emb.sketch.scores(key)) == 30.0  # mass 60 < 100: no decay yet
+    emb(kjt).sum().backward()
+    emb.after_step(rows)
+    assert float(emb.sketch.scores(key)) == 30.0  # 60 + 30 = 60 → mass 120 ≥ 100: halved once
+
+
+def test_grad_importance_comes_from_the_backward_hook():
+    emb = _cafe(importance="grad", threshold=1e9)
+    kjt = _batch_of(emb, 3, [1, 2, 3, 4])
+    out = emb(kjt)
+    weights = torch.zeros_like(out)
+    weights[0, 3] = 10.0  # only row 0's feature d gets a gradient... and feature c gets none
+    (out * weights).sum().backward()
+    emb.after_step(TableRows(emb))
+    k = lambda i: torch.tensor([i + emb.key_offset["d"]])  # noqa: E731
+    s1, s2 = float(emb.sketch.scores(k(1))), float(emb.sketch.scores(k(2)))
+    assert s1 > 0 and s2 == 0.0
+    # normalised to batch mean 1 over 12 occurrences (3 compressed features x 4 rows): all on one
+    assert emb.budget.compressed == ("b", "c", "d") and s1 == pytest.approx(12.0)
+
+
+def test_same_stream_gives_identical_sketches():
+    """What keeps ranks consistent: every rank inserts the same gathered stream."""
+    a, b = _cafe(), _cafe()
+    for seed in range(5):
+        kjt = _kjt(SMALL, 64, seed=seed)
+        for e in (a, b):
+            e(kjt).sum().backward()
+            e.after_step(TableRows(e))
+    assert torch.equal(a.sketch.state, b.sketch.state) and a.state_checksum() == b.state_checksum()
+
+
+def test_cafe_keeps_hot_ids_out_of_the_hash_table():
+    emb = _cafe()
+    params = CafeParams(threshold=5.0)
+    assert params.importance == "grad" and emb.hot_rows > 0
+    kjt = _batch_of(emb, 3, [42] * 8)
+    emb(kjt).sum().backward()
+    emb.after_step(TableRows(emb))
+    routed = emb.transform(kjt)
+    assert routed["d@hot"].values().numel() == 8 and routed["d"].values().numel() == 0

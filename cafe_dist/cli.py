@@ -55,13 +55,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
+    if args.bench == "drift":
+        from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
 
-    spec = SketchBenchSpec(num_ids=args.num_ids, distinct=args.distinct, hot_slots=args.hot_slots,
-                           threshold=args.threshold, batch=args.batch, buckets=args.buckets,
-                           recall_k=args.recall_k, precision_k=args.precision_k, seed=args.seed,
-                           path=args.path)
-    out = run_sketch_bench(spec)
+        out = run_drift_bench(DriftBenchSpec(
+            rows=args.rows, cardinality_scale=args.cardinality_scale, drift_period=args.drift_period,
+            ratio=args.ratio, methods=tuple(args.methods), num_workers=args.num_workers,
+            data_dir=args.data_dir, extra=tuple(args.set or ())))
+        for m, r in out["runs"].items():
+            rec = " ".join(f"{s['min']:.2f}→{s['last']:.2f}" for s in r.get("recovery", []))
+            print(f"{m:8s} auc {r['auc']:.4f} logloss {r['logloss']:.4f} ratio {r['compression_ratio']:.1f}"
+                  + (f"  hot top-ids per period (min→last): {rec}" if rec else ""), file=sys.stderr)
+    else:
+        from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
+
+        out = run_sketch_bench(SketchBenchSpec(
+            num_ids=args.num_ids, distinct=args.distinct, hot_slots=args.hot_slots, threshold=args.threshold,
+            batch=args.batch, buckets=args.buckets, recall_k=args.recall_k, precision_k=args.precision_k,
+            seed=args.seed, path=args.path))
     text = json.dumps(out, indent=2)
     if args.output_json:
         with open(args.output_json, "w") as f:
@@ -115,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
     bs.add_argument("--output-json", metavar="PATH")
+    bd = bsub.add_parser("drift", help="CAFE vs hashing at equal memory on drifting synthetic data")
+    bd.add_argument("--rows", type=int, default=1_000_000)
+    bd.add_argument("--cardinality-scale", type=float, default=0.01)
+    bd.add_argument("--drift-period", type=int, default=200_000)
+    bd.add_argument("--ratio", type=float, default=100.0)
+    bd.add_argument("--methods", nargs="+", default=["hash", "cafe"])
+    bd.add_argument("--num-workers", type=int, default=1)
+    bd.add_argument("--data-dir", default="data/synth_drift")
+    bd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    bd.add_argument("--output-json", metavar="PATH")
     return p
 
 

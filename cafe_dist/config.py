@@ -60,10 +60,12 @@ class CafeConfig(_Section):
     importance: Literal["grad", "freq"] = "grad"
     threshold: float = Field(50.0, gt=0)  # score (≈ occurrences) an id needs to become hot
     decay: float = Field(0.98, gt=0, le=1)
-    decay_mass: float | None = Field(None, gt=0)  # None: one decay per sketch-cells of inserted mass
+    decay_mass: float | None = Field(None, gt=0)  # None: decay once per step; else per this much importance
     ml_threshold: float = Field(10.0, gt=0)  # cafe_ml: medium ids score in [ml_threshold, threshold)
     ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: hash budget share of the 2nd hash tables
     buckets_per_slot: float = Field(1.0, gt=0)  # sketch size: 4 cells per bucket, per hot row
+    sync_interval: int = Field(10, ge=1)  # steps between global hot-set versions
+    sync_lag: int = Field(2, ge=0)  # steps a version is applied after the summaries are sent
 
     @model_validator(mode="after")
     def _levels(self) -> CafeConfig:

@@ -244,6 +244,13 @@ class HotSketch:
         mask = self.cell_slot >= 0
         return self.cell_id[mask].to(torch.int64), self.cell_slot[mask].to(torch.int64)
 
+    def candidates(self, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of every occupied cell scoring at least ``min_score``: the summary a
+        worker sends to the coordinator."""
+        score = self.cell_score
+        keep = (self.cell_id != EMPTY) & (score >= min_score)
+        return (self.cell_id[keep].to(torch.int64).cpu().numpy(), score[keep].cpu().numpy())
+
     @property
     def num_hot(self) -> int:
         return self.num_hot_slots - int(self.free_top[0])

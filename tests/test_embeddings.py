@@ -10,6 +10,7 @@ from cafe_dist.embeddings import REGISTRY, FeatureSpec, build_embedding
 from cafe_dist.embeddings.cafe import CafeParams
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.hotmap import HotMapUpdate
 
 CPU = torch.device("cpu")
 SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
@@ -49,7 +50,8 @@ def test_byte_accounting_matches_the_requested_ratio(method, ratio):
     tables = sum(t.num_embeddings * t.embedding_dim * 4 for t in emb.tables)
     assert emb.embedding_bytes() == tables + emb.aux_bytes()
     if method in ("cafe", "cafe_ml"):
-        assert emb.aux_bytes() == emb.sketch.memory_bytes() > 0
+        medium = emb.hot_rows if method == "cafe_ml" else 0
+        assert emb.aux_bytes() == emb.sketch.memory_bytes() + emb.hot_map.memory_bytes(emb.hot_rows, medium) > 0
     if method == "mch":
         assert emb.aux_bytes() == sum(z * 24 for z in emb.zch.values())
 
@@ -67,9 +69,9 @@ def test_gradient_reaches_every_table_the_batch_uses(method):
     emb = _emb(method, 100)
     if method in ("cafe", "cafe_ml"):  # make some ids hot and some medium so every table is used
         v = emb.values_of(_kjt(SMALL, 64))
-        keys = emb.keys_of(v)[~emb.is_full[v.feature]]  # feature-major: b's, then c's, then d's
-        emb.sketch.insert(keys[::16].repeat(100))
-        emb.sketch.insert(keys[1::16].repeat(12))
+        keys = emb.keys_of(v)[~emb.is_full[v.feature]].unique()  # b's, then c's, then d's
+        hot = keys[::16]
+        emb.apply_update(HotMapUpdate(1, hot, torch.arange(hot.numel()), medium_keys=keys[1::16]), None)
     out = emb(_kjt(SMALL, 64))
     assert out.shape == (64, 4, 16)
     out.pow(2).sum().backward()
@@ -109,7 +111,9 @@ def test_memcom_scales_the_shared_row_by_its_own_scalar():
 
 # ---- CAFE row management ---------------------------------------------------------------------
 def _cafe(method="cafe", **kw):
-    params = dict(threshold=5.0, importance="freq", decay=0.5, decay_mass=1e12, ml_threshold=2.0)
+    # a hot-set version after every step, applied at once: promotions are visible on the next step
+    params = dict(threshold=5.0, importance="freq", decay=0.5, decay_mass=1e12, ml_threshold=2.0,
+                  sync_interval=1, sync_lag=0)
     params.update(kw)
     return _emb(method, 100, SMALL, **params)
 
@@ -132,7 +136,7 @@ def test_promotion_copies_exactly_the_rows_the_id_used(method):
         emb(kjt).sum().backward()
         emb.after_step(rows)
     key = torch.tensor([x + emb.key_offset["d"]])
-    slot = int(emb.sketch.lookup(key))
+    slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
     hot_row = emb.ebc.embedding_bags["hot"].weight[slot]
     used = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([x]), emb.hash_rows["d"])][0]
@@ -151,18 +155,19 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     emb(kjt).sum().backward()
     emb.after_step(rows)
     key = torch.tensor([777 + emb.key_offset["d"]])
-    slot = int(emb.sketch.lookup(key))
-    assert slot >= 0 and emb.sketch.num_hot == 1
-    upd = emb.sketch.decay(0.1)  # score 8 → 0.8 < threshold 5
-    assert upd.demoted_ids.tolist() == key.tolist() and upd.demoted_slots.tolist() == [slot]
-    assert int(emb.sketch.lookup(key)) == -1 and emb.sketch.num_hot == 0
+    slot = int(emb.hot_map.lookup(key))
+    assert slot >= 0 and len(emb.hot_map) == 1
+    emb.sketch.decay(0.1)  # score 8 → 0.8 < threshold 5: the next version demotes it
+    emb(_batch_of(emb, 2, [5] * 2)).sum().backward()
+    stats = emb.after_step(rows)
+    assert stats["demoted"] == 1 and int(emb.hot_map.lookup(key)) == -1 and len(emb.hot_map) == 0
     out = emb(kjt)[0, 3]
     hash_row = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([777]), emb.hash_rows["d"])][0]
     assert torch.equal(out, hash_row)
     # the freed slot is the next one handed out
     emb(_batch_of(emb, 2, [5] * 8)).sum().backward()
     emb.after_step(rows)
-    assert int(emb.sketch.lookup(torch.tensor([5 + emb.key_offset["c"]]))) == slot
+    assert int(emb.hot_map.lookup(torch.tensor([5 + emb.key_offset["c"]]))) == slot
 
 
 def test_decay_runs_when_the_inserted_mass_passes_the_bound():
@@ -193,15 +198,18 @@ def test_grad_importance_comes_from_the_backward_hook():
     assert emb.budget.compressed == ("b", "c", "d") and s1 == pytest.approx(12.0)
 
 
-def test_same_stream_gives_identical_sketches():
-    """What keeps ranks consistent: every rank inserts the same gathered stream."""
-    a, b = _cafe(), _cafe()
-    for seed in range(5):
-        kjt = _kjt(SMALL, 64, seed=seed)
-        for e in (a, b):
-            e(kjt).sum().backward()
-            e.after_step(TableRows(e))
-    assert torch.equal(a.sketch.state, b.sketch.state) and a.state_checksum() == b.state_checksum()
+def test_versions_arrive_every_interval_and_apply_after_the_lag():
+    emb = _cafe(sync_interval=3, sync_lag=2)
+    rows = TableRows(emb)
+    kjt = _batch_of(emb, 3, [31] * 8)
+    key = torch.tensor([31 + emb.key_offset["d"]])
+    hot_at = []
+    for step in range(1, 10):
+        emb(kjt).sum().backward()
+        emb.after_step(rows)
+        hot_at.append(int(emb.hot_map.lookup(key)) >= 0)
+        assert emb.hot_map.version == max(0, (step - 2) // 3)  # sent at 3, 6, 9; applied at 5, 8
+    assert hot_at.index(True) == 4  # step 5: version 1, from the summary sent at step 3
 
 
 def test_cafe_keeps_hot_ids_out_of_the_hash_table():

@@ -13,8 +13,10 @@ unchanged on the main route to their own full table ``t_<feature>``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,9 +46,19 @@ class Values:
     batch_size: int
 
 
+def seeded_uniform(weight: torch.Tensor, bound: float, seed: int) -> torch.Tensor:
+    """TorchRec's default init (uniform ±sqrt(1/rows)), from a generator seeded per table, so a
+    table starts the same whichever rank holds it and however many ranks there are."""
+    g = torch.Generator(device=weight.device).manual_seed(seed)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound, generator=g)
+
+
 def table(name: str, rows: int, dim: int, features: list[str]) -> EmbeddingBagConfig:
-    return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=max(int(rows), 1),
-                              feature_names=features)
+    rows = max(int(rows), 1)
+    seed = (zlib.crc32(name.encode()) ^ torch.initial_seed()) % 2**63  # train.seed reaches here
+    return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=rows, feature_names=features,
+                              init_fn=partial(seeded_uniform, bound=(1.0 / rows) ** 0.5, seed=seed))
 
 
 class CompressedEmbedding(nn.Module):

@@ -2,31 +2,41 @@
 
 Layout: one ``hot`` table shared by every compressed feature (keys ``<f>@hot``) plus a hash table per
 feature; ``cafe_ml`` adds a second hash table per feature (keys ``<f>@m``) whose row is summed in
-for medium-importance ids. A global :class:`HotSketch` over (feature, id) keys scores every
-occurrence, by the L2 norm of the gradient reaching its pooled embedding (normalised to batch mean
-1, caught by a backward hook, so fused tables never need ``.grad``) or by frequency.
+for medium-importance ids.
 
-Hot-set changes happen only in :meth:`after_step`, between steps: the step's scored ids (gathered
-from every rank, so every rank's sketch sees the same stream and makes the same decisions) go into
-the sketch; a promoted id's hot row is initialised from the hash row(s) it was using and its
-optimizer state zeroed; when the inserted mass since the last decay passes ``decay_mass`` scores are
-multiplied by ``decay`` and hot ids that fall below the threshold give their row back.
+Distributed by design (one code path; a single worker is world size 1):
+- Each worker scores the ids of its own batches in a local :class:`HotSketch` over global
+  (feature, id) keys: by the L2 norm of the gradient reaching each occurrence's pooled embedding
+  (normalised to batch mean 1, caught by a backward hook, so fused tables never need ``.grad``) or
+  by frequency. Scores decay by ``decay`` once per step, or per ``decay_mass`` of (global)
+  inserted importance when that is set.
+- Every ``sync_interval`` steps it sends its candidate cells to the coordinator
+  (:mod:`cafe_dist.coordinator`), which merges all ranks' summaries into version v of the global
+  hot set; every rank applies version v ``sync_lag`` steps later, at the same step, so the
+  exchange overlaps training and every rank maps every id to the same row.
+- Applying a version happens between steps: a promoted id's hot row is initialised from the hash
+  row(s) it was using and its optimizer state zeroed (across DMP shards, via
+  :class:`TableRows`); a demoted id's slot is freed and the id goes back to its hash row.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.collectives import all_gather_cat
+from cafe_dist.collectives import world
+from cafe_dist.coordinator import CollectiveSync, MergeConfig
 from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
-from cafe_dist.sketch import MAX_ID, HotSketch
+from cafe_dist.hotmap import HotMap, HotMapUpdate
+from cafe_dist.sketch import CELL_BYTES, MAX_ID, HotSketch
 
 
 @dataclass(frozen=True)
@@ -35,11 +45,13 @@ class CafeParams:
     importance: str = "grad"  # or "freq"
     threshold: float = 50.0
     decay: float = 0.98
-    decay_mass: float | None = None  # None: one decay per (sketch cells) of inserted mass
+    decay_mass: float | None = None  # None: one decay per step; else per this much (global) importance
     ml_threshold: float = 10.0  # cafe_ml: medium ids score in [ml_threshold, threshold)
     ml_fraction: float = 0.5  # cafe_ml: share of the hash budget for the second hash tables
     cells: int = 4
-    buckets_per_slot: float = 1.0  # sketch buckets per hot row (cells per hot row = cells × this)
+    buckets_per_slot: float = 1.0  # sketch size: buckets per hot row (cells per hot row = cells × this)
+    sync_interval: int = 10  # steps between hot-set versions
+    sync_lag: int = 2  # a version is applied this many steps after the summaries were sent
 
 
 def hash_fraction_for(ratio: float) -> float:
@@ -58,9 +70,17 @@ class CafeEmbedding(CompressedEmbedding):
         if self.multi_level and self.params.ml_threshold >= self.params.threshold:
             raise ValueError(f"cafe.ml_threshold ({self.params.ml_threshold}) must be below cafe.threshold "
                              f"({self.params.threshold})")
+        if self.params.sync_interval < 1 or self.params.sync_lag < 0:
+            raise ValueError("cafe.sync_interval must be >= 1 and cafe.sync_lag >= 0")
         self.ratio = ratio
-        self._pending: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._mass = 0.0
+        self.steps = 0
+        self.sync = None
+        self._due: deque[tuple[int, int, float, float]] = deque()  # (round, apply at step, sent at, bytes)
+        self._step_ends: deque[float] = deque(maxlen=256)
+        self.sync_log: list[dict[str, float]] = []
+        self.overhead_s = 0.0
         super().__init__(features, dim, ratio, device)
 
     # ---- sizing -------------------------------------------------------------------------------
@@ -72,8 +92,9 @@ class CafeEmbedding(CompressedEmbedding):
         self.hash_rows = self.allocate(lambda f, avail: (self.rows_for(avail), self.rows_for(avail) * row), first)
         self.hash2_rows = (self.allocate(lambda f, avail: (self.rows_for(avail), self.rows_for(avail) * row),
                                          self.hf * p.ml_fraction) if self.multi_level else {})
-        used = sum(r * self.dim * FLOAT_BYTES for r in (*self.hash_rows.values(), *self.hash2_rows.values()))
-        per_slot = self.dim * FLOAT_BYTES + HotSketch.bytes_per_slot(p.cells, p.buckets_per_slot)
+        used = sum(r * row for r in (*self.hash_rows.values(), *self.hash2_rows.values()))
+        per_slot = (row + p.buckets_per_slot * p.cells * CELL_BYTES + HotMap.BYTES_PER_HOT
+                    + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))
         self.hot_rows = max(1, int((self.budget.compressed_bytes - used) // per_slot)) if self.compressed else 0
         offsets = [0]
         for f in self.compressed:
@@ -82,9 +103,9 @@ class CafeEmbedding(CompressedEmbedding):
             raise ValueError(f"cafe: {offsets[-1]:,} ids across compressed features exceed the sketch's "
                              f"31-bit key space ({MAX_ID:,})")
         self.key_offset = {f.name: o for f, o in zip(self.compressed, offsets)}
-        self.sketch = HotSketch(max(1, int(self.hot_rows * p.buckets_per_slot)), self.hot_rows, p.threshold,
-                                cells=p.cells)
-        self.decay_mass = p.decay_mass or float(self.sketch.w * self.sketch.c)
+        # the local sketch only scores: hot slots are handed out by the coordinator's merge
+        self.sketch = HotSketch(max(1, int(self.hot_rows * p.buckets_per_slot)), 0, p.threshold, cells=p.cells)
+        self.hot_map = HotMap()
         if not self.compressed:
             return []
         out = [table("hot", self.hot_rows, self.dim, [f"{f.name}@hot" for f in self.compressed])]
@@ -93,11 +114,19 @@ class CafeEmbedding(CompressedEmbedding):
         return out
 
     def aux_bytes(self) -> int:
-        return self.sketch.memory_bytes() if self.compressed else 0
+        if not self.compressed:
+            return 0
+        return self.sketch.memory_bytes() + self.hot_map.memory_bytes(
+            self.hot_rows, self.hot_rows if self.multi_level else 0)
 
-    def state_checksum(self) -> int | None:
-        st = self.sketch.state.to(torch.int64)
-        return int((st * torch.arange(1, st.numel() + 1, device=st.device).view_as(st)).sum())
+    def merge_config(self, world_size: int) -> MergeConfig:
+        return MergeConfig(num_slots=self.hot_rows, threshold=self.params.threshold, world_size=world_size,
+                           ml_threshold=self.params.ml_threshold if self.multi_level else None,
+                           max_medium=self.hot_rows if self.multi_level else 0)
+
+    def attach_sync(self, sync) -> None:
+        """Use ``sync`` (ActorSync or CollectiveSync) to exchange summaries and receive versions."""
+        self.sync = sync
 
     # ---- transform -----------------------------------------------------------------------------
     def _per_feature(self, d: dict[str, int], default: int, v: Values) -> torch.Tensor:
@@ -107,26 +136,26 @@ class CafeEmbedding(CompressedEmbedding):
         """Global sketch key of each value (meaningful for compressed features only)."""
         return v.ids + self._per_feature(self.key_offset, 0, v)
 
+    def state_checksum(self) -> int | None:
+        return self.hot_map.checksum() if self.compressed else None
+
     def routes(self, v: Values) -> list[Route]:
         compressed = ~self.is_full[v.feature]
         keys = self.keys_of(v)
-        if keys.device != self.sketch.device:  # GPU workers: the sketch follows the ids (tensor path)
+        if keys.device != self.hot_map.device:  # GPU workers: map and sketch follow the ids
+            self.hot_map.to(keys.device)
             self.sketch.to(keys.device)
-        slot = self.sketch.lookup(keys)
+        slot = self.hot_map.lookup(keys)
         hot = compressed & (slot >= 0)
         cold_rows = hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
         main = torch.where(compressed, cold_rows, v.ids)
         routes = [Route("", torch.ones_like(self.is_full), main, mask=~hot),
                   Route("@hot", ~self.is_full, slot.clamp(min=0), mask=hot)]
-        medium = torch.zeros_like(hot)
         if self.multi_level:
-            medium = compressed & ~hot & (self.sketch.scores(keys) >= self.params.ml_threshold)
+            medium = compressed & ~hot & self.hot_map.is_medium(keys)
             rows2 = hash_mod(v.ids, self._per_feature(self.hash2_rows, 1, v), seed=7)
             routes.append(Route("@m", ~self.is_full, rows2, mask=medium))
-        if self.training and torch.is_grad_enabled():
-            self._step_keys = (keys[compressed], compressed, medium[compressed])
-        else:
-            self._step_keys = None
+        self._step_keys = (keys[compressed], compressed) if self.training and torch.is_grad_enabled() else None
         return routes
 
     def route_dims(self) -> dict[str, int]:
@@ -139,7 +168,7 @@ class CafeEmbedding(CompressedEmbedding):
         out = sum(groups.values())  # each value took exactly one of main/hot (+ medium's 2nd row)
         if self._step_keys is not None and out.requires_grad:
             # scored in backward, so only occurrences that were actually trained on count
-            keys, compressed, medium = self._step_keys
+            keys, compressed = self._step_keys
             segment = v.segment[compressed]
             nf, b = len(self.names), v.batch_size
             by_grad = self.params.importance == "grad"
@@ -147,9 +176,9 @@ class CafeEmbedding(CompressedEmbedding):
             def record(grad: torch.Tensor) -> None:
                 if by_grad:
                     norms = grad.detach().float().norm(dim=2).t().reshape(nf * b)  # per bag, (f, b) order
-                    self._pending.append((keys, norms[segment], medium))
+                    self._pending.append((keys, norms[segment]))
                 else:
-                    self._pending.append((keys, None, medium))
+                    self._pending.append((keys, None))
 
             out.register_hook(record)
         self._step_keys = None
@@ -160,35 +189,59 @@ class CafeEmbedding(CompressedEmbedding):
     def after_step(self, rows: TableRows | None = None) -> dict[str, float]:
         if not self.compressed:
             return {}
+        t0 = time.perf_counter()
+        rank, world_size = world()
+        if self.sync is None:
+            self.sync = CollectiveSync(self.merge_config(world_size))
         pending, self._pending = self._pending, []
-        if not pending:
-            return {}
-        keys = torch.cat([k for k, _, _ in pending])
-        if pending[0][1] is None:
-            weights = torch.ones(keys.shape, dtype=torch.float32, device=keys.device)
-        else:
-            weights = torch.cat([w for _, w, _ in pending])
-        # every rank inserts the same global stream, in rank order: identical sketches everywhere
-        keys, weights = all_gather_cat(keys), all_gather_cat(weights)
-        medium_keys = all_gather_cat(torch.cat([k[m] for k, _, m in pending]))
-        if self.params.importance == "grad":
-            mean = weights.mean()
-            weights = weights / mean if mean > 0 else torch.ones_like(weights)
-        update = self.sketch.insert(keys.to(self.sketch.device), weights.to(self.sketch.device))
-        promoted_keys, promoted_slots = update.promoted_ids, update.promoted_slots
-        self._mass += float(weights.sum())
-        demoted = 0
-        if self._mass >= self.decay_mass:
-            self._mass = 0.0
-            demoted = self.sketch.decay(self.params.decay).num_demoted
-        # an id promoted and demoted in the same step has no row to initialise
-        if promoted_keys.numel():
-            still = self.sketch.lookup(promoted_keys) == promoted_slots
-            promoted_keys, promoted_slots = promoted_keys[still], promoted_slots[still]
-        if rows is not None and promoted_keys.numel():
-            self._init_hot_rows(rows, promoted_keys.cpu(), promoted_slots.cpu(), medium_keys.cpu())
-        return {"promoted": float(update.num_promoted), "demoted": float(demoted),
-                "hot": float(self.sketch.num_hot)}
+        if pending:
+            keys = torch.cat([k for k, _ in pending])
+            if pending[0][1] is None:
+                weights = None
+                mass = float(keys.numel())
+            else:
+                weights = torch.cat([w for _, w in pending])
+                mean = weights.mean()
+                weights = weights / mean if mean > 0 else torch.ones_like(weights)
+                mass = float(weights.numel())
+            self.sketch.insert(keys.to(self.sketch.device), None if weights is None else weights.to(self.sketch.device))
+            if self.params.decay_mass is None:  # default: one decay per training step
+                self.sketch.decay(self.params.decay)
+            else:  # one decay per decay_mass of global importance; this rank sees 1/world of it
+                self._mass += mass
+                while self._mass >= self.params.decay_mass / world_size:
+                    self._mass -= self.params.decay_mass / world_size
+                    self.sketch.decay(self.params.decay)
+        self.steps += 1
+        stats: dict[str, float] = {}
+        if self.steps % self.params.sync_interval == 0:
+            round_ = self.steps // self.params.sync_interval - 1
+            min_score = min(self.params.threshold, self.params.ml_threshold if self.multi_level else math.inf)
+            cand_keys, cand_scores = self.sketch.candidates(min_score / (2 * world_size))
+            self.sync.send(round_, rank, cand_keys, cand_scores)
+            self._due.append((round_, self.steps + self.params.sync_lag, time.time(),
+                              float(cand_keys.nbytes + cand_scores.nbytes)))
+        while self._due and self._due[0][1] <= self.steps:
+            round_, _, sent_at, sent_bytes = self._due.popleft()
+            t_wait = time.perf_counter()
+            update = self.sync.receive(round_)
+            waited = time.perf_counter() - t_wait
+            self.apply_update(update, rows)
+            ready = update.stats.get("ready_at", update.stats.get("merged_at", sent_at))
+            in_flight = sum(1 for t in self._step_ends if sent_at < t < ready)
+            self.sync_log.append({**update.stats, "wait_s": waited, "steps_in_flight": in_flight,
+                                  "bytes_sent": sent_bytes})
+            stats.update(promoted=update.stats["promoted"], demoted=update.stats["demoted"])
+        stats["hot"] = float(len(self.hot_map))
+        self._step_ends.append(time.time())
+        self.overhead_s += time.perf_counter() - t0
+        return stats
+
+    def apply_update(self, update: HotMapUpdate, rows: TableRows | None) -> None:
+        """Apply one hot-set version: initialise promoted rows, then switch the map."""
+        if rows is not None and update.promoted_keys.numel():
+            self._init_hot_rows(rows, update.promoted_keys.cpu(), update.promoted_slots.cpu())
+        self.hot_map.apply(update)
 
     def feature_of_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(index into ``self.compressed``, id) of each global sketch key."""
@@ -196,29 +249,42 @@ class CafeEmbedding(CompressedEmbedding):
         fi = torch.searchsorted(starts, keys, right=True) - 1
         return fi, keys - starts[fi]
 
-    def _init_hot_rows(self, rows: TableRows, keys: torch.Tensor, slots: torch.Tensor,
-                       medium_keys: torch.Tensor) -> None:
-        """Each new hot row starts as the hash row (plus, for medium ids, the second hash row) the
-        id was using; the fused optimizer's state for the hot row starts from zero."""
+    def _init_hot_rows(self, rows: TableRows, keys: torch.Tensor, slots: torch.Tensor) -> None:
+        """Each new hot row starts as the hash row (plus, for ids that were medium, the second hash
+        row) the id was using; the fused optimizer's state for the hot row starts from zero."""
         fi, ids = self.feature_of_keys(keys)
+        was_medium = (self.hot_map.is_medium(keys.to(self.hot_map.device)).cpu() if self.multi_level
+                      else torch.zeros_like(keys, dtype=torch.bool))
         requests, places = [], []
-        was_medium = torch.isin(keys, medium_keys) if self.multi_level else torch.zeros_like(keys, dtype=torch.bool)
         for i, f in enumerate(self.compressed):
             sel = (fi == i).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
             requests.append((f"hash_{f.name}", hash_mod(ids[sel], self.hash_rows[f.name])))
             places.append(sel)
-            if self.multi_level:
-                m = sel[was_medium[sel]]
-                if m.numel():
-                    requests.append((f"hash2_{f.name}", hash_mod(ids[m], self.hash2_rows[f.name], seed=7)))
-                    places.append(m)
+            m = sel[was_medium[sel]]
+            if m.numel():
+                requests.append((f"hash2_{f.name}", hash_mod(ids[m], self.hash2_rows[f.name], seed=7)))
+                places.append(m)
         values = torch.zeros((keys.numel(), self.dim), dtype=torch.float32)
         for place, got in zip(places, rows.read(requests)):
             values[place] += got
         rows.write("hot", slots, values)
         rows.reset_state("hot", slots)
+
+    def sync_summary(self, train_time_s: float) -> dict[str, float]:
+        """What --output-json reports about the hot-set exchange."""
+        log = self.sync_log
+        return {
+            "hot_syncs": float(len(log)),
+            "hot_map_version": float(self.hot_map.version),
+            "sync_overhead_fraction": self.overhead_s / train_time_s if train_time_s > 0 else 0.0,
+            "sync_wait_s": float(sum(e["wait_s"] for e in log)),
+            "sync_merge_s": float(sum(e.get("merge_s", 0.0) for e in log)),
+            "sync_bytes_sent": float(sum(e.get("bytes_sent", 0.0) for e in log)),
+            "sync_mean_churn": float(sum(e.get("churn", 0.0) for e in log) / max(len(log), 1)),
+            "sync_steps_in_flight": float(sum(e.get("steps_in_flight", 0) for e in log)),
+        }
 
 
 class CafeMLEmbedding(CafeEmbedding):

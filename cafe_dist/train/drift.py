@@ -31,21 +31,33 @@ class HotSetProbe:
 
     @classmethod
     def maybe(cls, data_path: str | Path, meta: DatasetMeta, emb) -> HotSetProbe | None:
-        if "synth" not in meta.extra or not hasattr(emb, "sketch") or not emb.compressed:
+        if "synth" not in meta.extra or not hasattr(emb, "hot_map") or not emb.compressed:
             return None
         return cls(data_path, meta, emb)
 
     def __call__(self, row: int) -> float:
         """Fraction of the current top-k ids of every compressed feature that are hot."""
-        keys = []
+        keys_t = self.top_keys(row, self.k)
+        if keys_t.numel() == 0:
+            return float("nan")
+        return float((self.emb.hot_map.lookup(keys_t.to(self.emb.hot_map.device)) >= 0).float().mean())
+
+    def hot_top_keys(self, row: int, k: int) -> list[list[int]]:
+        """[key, popularity rank within its feature] of the true top-k keys at ``row`` that are hot."""
+        keys = self.top_keys(row, k)
+        ranks = torch.cat([torch.arange(n) for n in self._counts])
+        hot = (self.emb.hot_map.lookup(keys.to(self.emb.hot_map.device)) >= 0).cpu()
+        return torch.stack([keys[hot], ranks[hot]], dim=1).tolist()
+
+    def top_keys(self, row: int, k: int) -> torch.Tensor:
+        """Sketch keys of the true top-k ids of every compressed feature at ``row``."""
+        keys, self._counts = [], []
         for i in self.features:
-            raw = self.gen.top_ids(i, row, self.k)
+            raw = self.gen.top_ids(i, row, k)
             values = self.vocab.get(i, np.empty(0, np.int64))
             pos = np.searchsorted(values, raw)
             known = (pos < len(values)) & (values[np.minimum(pos, max(len(values) - 1, 0))] == raw)
             idx = torch.from_numpy((pos + 1)[known].astype(np.int64))
             keys.append(idx + self.emb.key_offset[self.emb.names[i]])
-        keys_t = torch.cat(keys)
-        if keys_t.numel() == 0:
-            return float("nan")
-        return float((self.emb.sketch.lookup(keys_t.to(self.emb.sketch.device)) >= 0).float().mean())
+            self._counts.append(int(idx.numel()))
+        return torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64)

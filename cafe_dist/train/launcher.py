@@ -74,9 +74,15 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     data_dir = Path(job.data.path).resolve()
     datasets = {s: ray.data.read_parquet(str(data_dir / s), columns=columns) for s in SPLITS}
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    coordinator = None
+    if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run
+        from cafe_dist.coordinator import start_coordinator
+
+        coordinator = start_coordinator(name)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir)},
+        train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir),
+                           "coordinator": name if coordinator is not None else None},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
@@ -84,7 +90,11 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         datasets=datasets,
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if coordinator is not None:
+            ray.kill(coordinator)
     wall = time.perf_counter() - t0
     if result.error:
         raise result.error

@@ -23,6 +23,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
 from cafe_dist.config import JobConfig
+from cafe_dist.coordinator import ActorSync
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.table_rows import TableRows
@@ -95,6 +96,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     meta = DatasetMeta(**config["meta"])
     wc = _context(job)
     dmp, dense_opt, emb, plan, rows = build_model(job, meta, wc)
+    if hasattr(emb, "attach_sync") and config.get("coordinator"):
+        emb.attach_sync(ActorSync(config["coordinator"], emb.merge_config(wc.world_size)))
     collate = Collator(meta, emb.input_kind)
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
@@ -108,6 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     step, samples = 0, 0
     totals: dict[str, float] = {}
+    checksums: list[int] = []  # digest of the hot map / id maps after every step
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     done = False
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
@@ -123,6 +127,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stats = emb.after_step(rows)  # hot-set changes, evictions: between steps, same on every rank
             for k, val in stats.items():
                 totals[k] = val if k == "hot" else totals.get(k, 0.0) + val
+            checksum = emb.state_checksum()
+            if checksum is not None:
+                checksums.append(checksum % (2**62))
             step += 1
             samples += len(batch.labels) * wc.world_size
             window_loss += float(loss.detach())
@@ -145,10 +152,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_time = time.perf_counter() - loop_start
 
     result = evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size)
-    checksum = emb.state_checksum()
-    if checksum is not None:  # hot sets / id maps must be identical on every rank
-        sums = all_gather_cat(torch.tensor([checksum % (2**62)], dtype=torch.int64))
-        result["state_consistent_across_ranks"] = bool((sums == sums[0]).all())
+    if checksums:  # hot sets / id maps must be identical on every rank after every step
+        mine = torch.tensor(checksums, dtype=torch.int64)
+        every = all_gather_cat(mine.unsqueeze(0)).view(wc.world_size, -1)
+        result["state_consistent_across_ranks"] = bool((every == mine).all())
+    if hasattr(emb, "sync_summary"):
+        result.update(emb.sync_summary(train_time))
     metrics = {
         **result,
         "steps": step,
@@ -156,7 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "samples_per_sec": samples / train_time if train_time > 0 else 0.0,
         "world_size": wc.world_size,
         **{f"{k}_total" if k != "hot" else "hot_ids": v for k, v in totals.items()},
-        **({"hot_top_ids_trace": trace} if trace else {}),
+        **({"hot_top_ids_trace": trace, "true_top_ids_hot": probe.hot_top_keys(samples, 20)} if trace else {}),
         "embedding_bytes": emb.embedding_bytes(),
         "full_embedding_bytes": emb.full_embedding_bytes(),
     }

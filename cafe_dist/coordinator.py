@@ -1,0 +1,214 @@
+"""Global hot set for distributed CAFE: per-worker sketch summaries in, one versioned map out.
+
+Every ``cafe.sync_interval`` steps each worker sends the candidate cells of its local HotSketch
+(ids with their local scores, only cells scoring at least ``min_score``). :class:`HotSetMerger`
+sums the scores per id over all ranks, keeps every hot id whose merged score still passes the
+threshold *in its slot* (stable slots), demotes the rest, promotes the strongest new candidates
+into the freed and free slots, and, for CAFE-ML, picks the medium set. The result is a
+:class:`HotMapUpdate` with a version number that every rank applies at the same step.
+
+Transports: :class:`CoordinatorActor`, a named Ray actor (one per run, namespace ``cafe-dist``)
+that merges as soon as the last rank's summary arrives, so workers keep training while it works;
+and :class:`CollectiveSync`, which all-gathers the summaries and runs the same deterministic merge
+on every rank (for process groups without Ray, e.g. unit tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cafe_dist.collectives import all_gather_cat, world
+from cafe_dist.hotmap import HotMapUpdate
+
+NAMESPACE = "cafe-dist"
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    num_slots: int
+    threshold: float
+    world_size: int
+    ml_threshold: float | None = None  # CAFE-ML medium level; None for plain CAFE
+    max_medium: int = 0
+
+
+class HotSetMerger:
+    """Deterministic merge of sketch summaries into hot-set versions (the coordinator's state)."""
+
+    def __init__(self, config: MergeConfig) -> None:
+        self.config = config
+        self.hot_keys = np.zeros(0, np.int64)  # sorted
+        self.hot_slots = np.zeros(0, np.int64)
+        self.free = np.arange(config.num_slots - 1, -1, -1, dtype=np.int64)  # stack, top at the end
+        self.version = 0
+        self.pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self.updates: dict[int, HotMapUpdate] = {}
+
+    def submit(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> bool:
+        """Add one rank's summary for ``round_``; merges (and returns True) once all ranks are in."""
+        if round_ in self.updates:
+            return True
+        self.pending.setdefault(round_, {})[rank] = (np.asarray(keys, np.int64), np.asarray(scores, np.float32))
+        if len(self.pending[round_]) < self.config.world_size:
+            return False
+        if round_ != self.version:  # rounds merge in order; the actor guarantees it, this checks it
+            raise RuntimeError(f"round {round_} complete before round {self.version}")
+        parts = self.pending.pop(round_)
+        self.updates[round_] = self._merge([parts[r] for r in sorted(parts)])
+        for old in [r for r in self.updates if r < round_ - 8]:  # keep a short history
+            del self.updates[old]
+        return True
+
+    def update(self, round_: int) -> HotMapUpdate | None:
+        return self.updates.get(round_)
+
+    def _merge(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> HotMapUpdate:
+        t0 = time.perf_counter()
+        cfg = self.config
+        keys = np.concatenate([k for k, _ in parts]) if parts else np.zeros(0, np.int64)
+        scores = np.concatenate([s for _, s in parts]) if parts else np.zeros(0, np.float32)
+        uniq, inv = np.unique(keys, return_inverse=True)
+        merged = np.bincount(inv, weights=scores, minlength=uniq.size).astype(np.float64)
+        # incumbents: stay hot (same slot) while their merged score passes the threshold
+        score_of_hot = np.zeros(self.hot_keys.size)
+        if uniq.size:
+            pos = np.minimum(np.searchsorted(uniq, self.hot_keys), uniq.size - 1)
+            score_of_hot = np.where(uniq[pos] == self.hot_keys, merged[pos], 0.0)
+        stay = score_of_hot >= cfg.threshold
+        demoted_keys, demoted_slots = self.hot_keys[~stay], self.hot_slots[~stay]
+        self.free = np.concatenate([self.free, demoted_slots[::-1]])
+        kept_keys, kept_slots = self.hot_keys[stay], self.hot_slots[stay]
+        # newcomers: strongest first, while slots last
+        is_hot = np.isin(uniq, kept_keys)
+        cand = np.nonzero((merged >= cfg.threshold) & ~is_hot)[0]
+        cand = cand[np.argsort(-merged[cand], kind="stable")][: self.free.size]
+        new_keys = uniq[cand]
+        new_slots = self.free[::-1][: new_keys.size].copy()
+        self.free = self.free[: self.free.size - new_keys.size]
+        keys_all = np.concatenate([kept_keys, new_keys])
+        slots_all = np.concatenate([kept_slots, new_slots])
+        order = np.argsort(keys_all)
+        self.hot_keys, self.hot_slots = keys_all[order], slots_all[order]
+        medium = np.zeros(0, np.int64)
+        if cfg.ml_threshold is not None:
+            mid = np.nonzero((merged >= cfg.ml_threshold) & (merged < cfg.threshold) & ~np.isin(uniq, self.hot_keys))[0]
+            medium = np.sort(uniq[mid[np.argsort(-merged[mid], kind="stable")][: cfg.max_medium]])
+        self.version += 1
+        n_hot = int(self.hot_keys.size)
+        stats = {"version": self.version, "hot": n_hot, "promoted": int(new_keys.size),
+                 "demoted": int(demoted_keys.size), "medium": int(medium.size),
+                 "churn": (new_keys.size + demoted_keys.size) / max(n_hot, 1),
+                 "candidates": int(uniq.size), "merge_s": time.perf_counter() - t0, "merged_at": time.time()}
+        t = torch.from_numpy
+        return HotMapUpdate(self.version, t(new_keys.copy()), t(new_slots.copy()), t(demoted_keys.copy()),
+                            t(demoted_slots.copy()), t(medium), stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.config.__dict__, "hot_keys": self.hot_keys.copy(), "hot_slots": self.hot_slots.copy(),
+                "free": self.free.copy(), "version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.config = MergeConfig(**state["config"])
+        self.hot_keys, self.hot_slots = state["hot_keys"].copy(), state["hot_slots"].copy()
+        self.free, self.version = state["free"].copy(), int(state["version"])
+        self.pending, self.updates = {}, {}
+
+
+class CoordinatorActor:
+    """Ray actor around :class:`HotSetMerger` (async: ``wait`` blocks only its caller)."""
+
+    def __init__(self, merge_delay_s: float = 0.0) -> None:
+        self.merger: HotSetMerger | None = None
+        self.events: dict[int, asyncio.Event] = {}
+        self.merge_delay_s = merge_delay_s  # simulated merge latency (tests, what-if measurements)
+
+    async def configure(self, config: MergeConfig) -> None:
+        if self.merger is None:
+            self.merger = HotSetMerger(config)
+        elif self.merger.config != config:
+            raise ValueError(f"coordinator already configured with {self.merger.config}, got {config}")
+
+    def _event(self, round_: int) -> asyncio.Event:
+        return self.events.setdefault(round_, asyncio.Event())
+
+    async def submit(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
+        assert self.merger is not None, "configure() first"
+        while round_ > self.merger.version and round_ - 1 not in self.merger.updates:
+            await self._event(round_ - 1).wait()  # merges happen in round order
+        if self.merger.submit(round_, rank, keys, scores) and not self._event(round_).is_set():
+            if self.merge_delay_s:
+                await asyncio.sleep(self.merge_delay_s)
+            self.merger.update(round_).stats["ready_at"] = time.time()
+            self._event(round_).set()
+
+    async def wait(self, round_: int) -> HotMapUpdate:
+        await self._event(round_).wait()
+        self.events.pop(round_ - 8, None)
+        return self.merger.update(round_)
+
+    async def state_dict(self) -> dict[str, Any]:
+        return self.merger.state_dict() if self.merger else {}
+
+    async def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.merger = HotSetMerger(MergeConfig(**state["config"]))
+        self.merger.load_state_dict(state)
+
+
+def actor_name(run_name: str) -> str:
+    return f"coordinator-{run_name}"
+
+
+def start_coordinator(run_name: str, merge_delay_s: float = 0.0):
+    """Create the run's named coordinator actor (driver side); returns its handle."""
+    import ray
+
+    cls = ray.remote(num_cpus=0)(CoordinatorActor)
+    return cls.options(name=actor_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(merge_delay_s)
+
+
+class ActorSync:
+    """Worker side of the Ray actor transport: send without waiting, receive when due."""
+
+    def __init__(self, run_name: str, config: MergeConfig) -> None:
+        import ray
+
+        self._ray = ray
+        self.actor = ray.get_actor(actor_name(run_name), namespace=NAMESPACE)
+        ray.get(self.actor.configure.remote(config))
+        self._refs: list[Any] = []
+
+    def send(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
+        self._refs.append(self.actor.submit.remote(round_, rank, keys, scores))
+        self._refs = [r for r in self._refs if not self._ray.wait([r], timeout=0)[0]]  # drop finished
+
+    def receive(self, round_: int) -> HotMapUpdate:
+        return self._ray.get(self.actor.wait.remote(round_))
+
+
+class CollectiveSync:
+    """All-gather the summaries and merge identically on every rank (no Ray needed)."""
+
+    def __init__(self, config: MergeConfig) -> None:
+        self.merger = HotSetMerger(config)
+        self._sent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def send(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
+        self._sent[round_] = (keys, scores)
+
+    def receive(self, round_: int) -> HotMapUpdate:
+        keys, scores = self._sent.pop(round_)
+        rank, n = world()
+        score_bits = torch.from_numpy(scores.astype(np.float32)).view(torch.int32).to(torch.int64)
+        mine = torch.stack([torch.from_numpy(keys), torch.full((keys.size,), rank, dtype=torch.int64), score_bits])
+        every = all_gather_cat(mine.t().contiguous())  # (key, rank, score bits) rows, in rank order
+        for r in range(n):
+            mine = every[every[:, 1] == r]
+            s = mine[:, 2].to(torch.int32).view(torch.float32).numpy()
+            self.merger.submit(round_, r, mine[:, 0].numpy(), s)
+        return self.merger.update(round_)

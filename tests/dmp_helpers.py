@@ -32,10 +32,13 @@ class EmbeddingOnly(torch.nn.Module):
 
 
 def shard(emb, world: int, sharding: str | None = None):
-    """(DMP-wrapped model, TableRows) with fused row-wise Adagrad, as the training worker builds it."""
+    """(DMP-wrapped model, TableRows, plan, dense optimizer) with fused row-wise Adagrad for sharded
+    tables and Adagrad for everything else (data-parallel tables), as the training worker builds it."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.optim import RowWiseAdagrad
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from cafe_dist.embeddings.table_rows import TableRows
     from cafe_dist.train.sharding import make_plan
@@ -45,4 +48,6 @@ def shard(emb, world: int, sharding: str | None = None):
     plan = make_plan(model, [t.name for t in emb.tables], torch.device("cpu"), world, world, 8,
                      [sharding] if sharding else None)
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=get_default_sharders())
-    return dmp, TableRows(dmp, dmp.fused_optimizer.state_dict()["state"]), plan
+    params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense = KeyedOptimizerWrapper(params, lambda ps: torch.optim.Adagrad(ps, lr=0.1)) if params else None
+    return dmp, TableRows(dmp, dmp.fused_optimizer.state_dict()["state"], dense), plan, dense

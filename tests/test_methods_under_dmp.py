@@ -11,8 +11,8 @@ from dmp_helpers import free_port, init, shard
 
 from cafe_dist.embeddings import REGISTRY
 
-OPTIONS = {"cafe": {"threshold": 4.0, "ml_threshold": 1.5}, "cafe_ml": {"threshold": 4.0, "ml_threshold": 1.5},
-           "mch": {"eviction_interval": 2}}
+CAFE = {"threshold": 4.0, "ml_threshold": 1.5, "sync_interval": 2, "sync_lag": 1}
+OPTIONS = {"cafe": CAFE, "cafe_ml": CAFE, "mch": {"eviction_interval": 2}}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     for method in REGISTRY:
         torch.manual_seed(0)
         emb = build_embedding(method, feats, 16, 50, options=OPTIONS.get(method))
-        dmp, rows, _ = shard(emb, world, sharding)
+        dmp, rows, _, dense = shard(emb, world, sharding)
         model = dmp.module
         before = {t.name: rows.read([(t.name, torch.arange(t.num_embeddings))])[0] for t in model.emb.tables}
         g = torch.Generator().manual_seed(rank)
@@ -37,7 +37,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
             kjt = KeyedJaggedTensor(keys=["a", "b", "c", "d"], values=zipf.reshape(-1),
                                     lengths=torch.ones(32, dtype=torch.int32), stride=8)
             loss = (dmp(kjt) - target).pow(2).mean()
+            if dense is not None:
+                dense.zero_grad()
             loss.backward()
+            if dense is not None:
+                dense.step()
             losses.append(float(loss))
             for k, v in model.emb.after_step(rows).items():
                 stats[k] = stats.get(k, 0.0) + v
@@ -51,7 +55,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module", params=["table_wise", "column_wise"])
+@pytest.fixture(scope="module", params=["table_wise", "column_wise", "data_parallel"])
 def dmp_results(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     mp.spawn(_worker, args=(2, free_port(), str(out), request.param), nprocs=2, join=True)
@@ -63,8 +67,12 @@ def test_method_trains_under_dmp_on_two_ranks(dmp_results, method):
     r0, r1 = dmp_results[0][method], dmp_results[1][method]
     assert all(torch.isfinite(torch.tensor(r0["losses"])))
     untouched = [n for n, changed in r0["changed"].items() if not changed]
-    # every table is updated by the fused optimizer; CAFE's hot table only once ids are hot
-    assert untouched in ([], ["hot"]), f"{method}: tables never updated: {untouched}"
+    # every table is updated by its optimizer; CAFE-ML's second hash tables only for features with
+    # medium ids in these few steps
+    if method == "cafe_ml":
+        assert any(n.startswith("hash2_") for n in r0["changed"] if n not in untouched)
+        untouched = [n for n in untouched if not n.startswith("hash2_")]
+    assert untouched == [], f"{method}: tables never updated: {untouched}"
     assert r0["ratio"] == pytest.approx(1.0 if method == "full" else 50, rel=0.02)
     assert r0["checksum"] == r1["checksum"]  # hot sets / id maps identical on both ranks
     if method.startswith("cafe"):

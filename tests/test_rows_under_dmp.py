@@ -4,13 +4,14 @@ row-wise Adagrad state, and both ranks hold identical hot sets."""
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from dmp_helpers import free_port, init, shard
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
     init(rank, world, port)
     from torchrec import KeyedJaggedTensor
 
@@ -20,8 +21,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     torch.manual_seed(0)
     feats = [FeatureSpec("a", 5), FeatureSpec("b", 4000), FeatureSpec("c", 9000)]
-    emb = build_embedding("cafe", feats, 8, 20, options={"threshold": 6.0, "importance": "freq", "decay_mass": 1e12})
-    dmp, rows, plan = shard(emb, world)
+    emb = build_embedding("cafe", feats, 8, 20, options={"threshold": 6.0, "importance": "freq", "decay_mass": 1e12,
+                                                           "sync_interval": 1, "sync_lag": 0})
+    dmp, rows, plan, dense = shard(emb, world, sharding)
     owners = {t.name: plan.plan["emb.ebc"][t.name].ranks for t in emb.tables}
     g = torch.Generator().manual_seed(rank)
 
@@ -32,18 +34,24 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                            torch.full((4,), x)])
         kjt = KeyedJaggedTensor(keys=["a", "b", "c"], values=ids.reshape(-1),
                                 lengths=torch.ones(12, dtype=torch.int32), stride=4)
+        if dense is not None:
+            dense.zero_grad()
         dmp(kjt).sum().backward()
+        if dense is not None:  # data-parallel tables train with the dense optimizer
+            dense.step()
         used = rows.read([("hash_c", hash_mod(torch.tensor([x]), emb.hash_rows["c"]))])[0]
         emb.after_step(rows)
-        return used, int(emb.sketch.lookup(torch.tensor([x + emb.key_offset["c"]])))
+        return used, int(emb.hot_map.lookup(torch.tensor([x + emb.key_offset["c"]])))
 
     def hot_state(slot: int) -> tuple[torch.Tensor, float]:
         """(hot row, its row-wise Adagrad state) wherever they live."""
         momentum = torch.zeros(1)
-        for state in rows.states.get("hot", []):
+        for state in rows.states.get("hot", []) + rows._dense_states("hot"):
             for r0, _, local in _pieces(state):
                 if r0 <= slot < r0 + local.shape[0]:
-                    momentum += local[slot - r0]
+                    momentum += local[slot - r0].sum()
+        if sharding == "data_parallel":  # every rank holds the whole state: count it once
+            momentum /= world
         dist.all_reduce(momentum)
         return rows.read([("hot", torch.tensor([slot]))])[0], float(momentum)
 
@@ -52,9 +60,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     out["x_slot"] = slot
     step(4321)  # x trains on its hot row: the row's optimizer state becomes non-zero
     out["x_row"], out["x_momentum"] = hot_state(slot)
-    emb.sketch.decay(0.0)  # x falls below the threshold: demoted, slot freed
-    out["x_after_decay"] = int(emb.sketch.lookup(torch.tensor([4321 + emb.key_offset["c"]])))
-    used, y_slot = step(777)  # y takes the freed slot
+    emb.sketch.decay(0.0)  # x's score drops to 0 on both ranks: the next version demotes it
+    used, y_slot = step(777)  # ... and y takes the freed slot
+    out["x_after_decay"] = int(emb.hot_map.lookup(torch.tensor([4321 + emb.key_offset["c"]])))
     out["y_slot"], out["y_used"] = y_slot, used
     out["y_row"], out["y_momentum"] = hot_state(y_slot)
     out["checksum"] = emb.state_checksum()
@@ -62,8 +70,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_promotion_under_dmp_copies_the_trained_hash_row_and_resets_optimizer_state(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("sharding", ["table_wise", "data_parallel"])
+def test_promotion_under_dmp_copies_the_trained_hash_row_and_resets_optimizer_state(tmp_path, sharding):
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), sharding), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["x_slot"] >= 0 and r0["x_momentum"] > 0 and r0["x_after_decay"] == -1
     assert r0["y_slot"] == r0["x_slot"] == r1["y_slot"] and r0["checksum"] == r1["checksum"]
@@ -72,5 +81,5 @@ def test_promotion_under_dmp_copies_the_trained_hash_row_and_resets_optimizer_st
     assert torch.equal(r0["y_row"], r0["y_used"]) and torch.equal(r1["y_row"], r0["y_used"])
     assert not torch.equal(r0["y_row"], r0["x_row"])
     assert r0["y_momentum"] == 0.0
-    # the tables really are spread over both ranks, so the copy crossed processes
-    assert {tuple(r) for r in r0["owners"].values()} == {(0,), (1,)}
+    if sharding == "table_wise":  # the tables really are spread over both ranks: copies crossed processes
+        assert {tuple(r) for r in r0["owners"].values()} == {(0,), (1,)}

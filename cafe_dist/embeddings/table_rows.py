@@ -27,7 +27,10 @@ def _pieces(t: torch.Tensor | ShardedTensor) -> list[tuple[int, int, torch.Tenso
 class TableRows:
     """Row access to the tables of one ``EmbeddingBagCollection`` (sharded by DMP or not)."""
 
-    def __init__(self, model: nn.Module, optimizer_state: dict | None = None) -> None:
+    def __init__(self, model: nn.Module, optimizer_state: dict | None = None, dense_optimizer=None) -> None:
+        """``optimizer_state``: the fused optimizer's state dict (``dmp.fused_optimizer``);
+        ``dense_optimizer``: the keyed optimizer that trains data-parallel tables, whose state
+        appears only after its first step."""
         self.weights: dict[str, torch.Tensor | ShardedTensor] = {}
         for key, value in model.state_dict(keep_vars=True).items():
             if ".embedding_bags." in key and key.endswith(".weight"):
@@ -37,6 +40,7 @@ class TableRows:
             if ".embedding_bags." in key:
                 name = key.split(".embedding_bags.")[1][: -len(".weight")]
                 self.states[name] = [v for v in state.values() if isinstance(v, (torch.Tensor, ShardedTensor))]
+        self.dense_optimizer = dense_optimizer
 
     def _replicated(self, t: torch.Tensor | ShardedTensor) -> bool:
         return not isinstance(t, ShardedTensor)
@@ -68,10 +72,21 @@ class TableRows:
             if hit.any():
                 local[(rows[hit] - r0).to(local.device)] = values[hit, c0:c0 + local.shape[1]].to(local)
 
+    def _dense_states(self, name: str) -> list[torch.Tensor]:
+        """State tensors the dense optimizer keeps for a data-parallel table (e.g. Adagrad's sum)."""
+        opt = self.dense_optimizer
+        if opt is None:
+            return []
+        for key, param in getattr(opt, "params", {}).items():
+            if key.endswith(f".embedding_bags.{name}.weight"):
+                return [v for v in opt.state.get(param, {}).values()
+                        if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == param.shape[0]]
+        return []
+
     @torch.no_grad()
     def reset_state(self, name: str, rows: torch.Tensor) -> None:
         """Zero the optimizer state (e.g. row-wise Adagrad's sum of squares) of ``rows``."""
-        for state in self.states.get(name, []):
+        for state in self.states.get(name, []) + self._dense_states(name):
             for r0, _, local in _pieces(state):
                 hit = (rows >= r0) & (rows < r0 + local.shape[0])
                 if hit.any():

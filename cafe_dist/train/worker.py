@@ -65,7 +65,7 @@ def build_model(job: JobConfig, meta: DatasetMeta, wc: WorkerContext):
     dmp = DistributedModelParallel(model, device=wc.device, plan=plan, sharders=get_default_sharders())
     dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense_opt = KeyedOptimizerWrapper(dense_params, lambda ps: torch.optim.Adagrad(ps, lr=job.train.lr))
-    rows = TableRows(dmp, dmp.fused_optimizer.state_dict()["state"])
+    rows = TableRows(dmp, dmp.fused_optimizer.state_dict()["state"], dense_opt)
     return dmp, dense_opt, emb, plan, rows
 
 

@@ -86,6 +86,12 @@ class MCHConfig(_Section):
     eviction_interval: int = Field(20, gt=0)  # steps between LFU evictions
 
 
+class MLflowConfig(_Section):
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "cafe-dist"
+
+
 class ModelConfig(_Section):
     dense_arch: list[int] = Field(default_factory=lambda: [64])  # embedding.dim is appended
     over_arch: list[int] = Field(default_factory=lambda: [64, 32])  # the final 1 is appended
@@ -123,6 +129,7 @@ class JobConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
+    mlflow: MLflowConfig = MLflowConfig()
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())

@@ -67,3 +67,15 @@ def test_sync_is_cheap_and_observable(runs):
     for key in ("hot_syncs", "sync_overhead_fraction", "hot_map_version", "sync_wait_s", "sync_bytes_sent"):
         assert key in two
     assert two["sync_bytes_sent"] > 0 and 0 < two["sync_overhead_fraction"] < 0.2
+
+
+def test_cafe_with_data_parallel_tables(ray_cluster, synth_400k, tmp_path):
+    """Row migration when every table is replicated (trained by the dense optimizer)."""
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data: {{path: {synth_400k}}}\n")
+    job = load_config(cfg, ["ray.num_workers=2", "train.batch_size=512", "train.max_steps=80",
+                            "embedding.method=cafe", "embedding.compression_ratio=100",
+                            "ray.sharding_types=[data_parallel]", f"ray.storage_path={tmp_path / 'runs'}"])
+    out = run_training(job)
+    assert out["state_consistent_across_ranks"] is True and out["promoted_total"] > 0
+    assert out["auc"] > 0.6

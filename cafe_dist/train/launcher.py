@@ -10,9 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cafe_dist.config import JobConfig
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import input_kind
+from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
 
 
 def ensure_data(job: JobConfig) -> DatasetMeta:
@@ -79,10 +82,17 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         from cafe_dist.coordinator import start_coordinator
 
         coordinator = start_coordinator(name)
+    tracker = None
+    if job.mlflow.enabled:  # the driver opens the run; rank 0 logs into it; nobody else does
+        tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment)
+        tracker.start(name, job.flat(), run_tags(job.embedding.method, job.embedding.compression_ratio,
+                                                  job.ray.num_workers),
+                      yaml.safe_dump(job.model_dump(), sort_keys=False))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir),
-                           "coordinator": name if coordinator is not None else None},
+                           "coordinator": name if coordinator is not None else None,
+                           "mlflow": {"uri": tracker.uri, "run_id": tracker.run_id} if tracker else None},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
@@ -91,13 +101,18 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     )
     t0 = time.perf_counter()
     try:
-        result = trainer.fit()
-    finally:
-        if coordinator is not None:
-            ray.kill(coordinator)
+        try:
+            result = trainer.fit()
+        finally:
+            if coordinator is not None:
+                ray.kill(coordinator)
+        if result.error:
+            raise result.error
+    except BaseException as e:
+        if tracker:
+            tracker.fail(e)
+        raise
     wall = time.perf_counter() - t0
-    if result.error:
-        raise result.error
     m = result.metrics or {}
     if "embedding_bytes" not in m:
         raise RuntimeError(f"training finished without a final report (metrics: {m})")
@@ -118,6 +133,9 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         "data_path": str(data_dir),
     }
     out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
+    if tracker:
+        out["mlflow_run_id"] = tracker.run_id
+        tracker.finish(out)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(output_json).write_text(json.dumps(out, indent=2) + "\n")

@@ -28,6 +28,7 @@ from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.model import DLRM
+from cafe_dist.tracking import StepLogger
 from cafe_dist.train.drift import HotSetProbe
 from cafe_dist.train.sharding import make_plan
 
@@ -105,9 +106,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     is_chief = wc.rank == 0
     probe = HotSetProbe.maybe(config["data_dir"], meta, emb) if is_chief else None
     trace: list[list[float]] = []
+    tracking = StepLogger(**config["mlflow"]) if is_chief and config.get("mlflow") else None
     if is_chief:
         print(f"[cafe-dist] world_size={wc.world_size} device={wc.device.type} "
               f"method={job.embedding.method} plan:\n{plan}", flush=True)
+    if tracking:
+        tracking.log_text(str(plan), "sharding_plan.txt")
 
     step, samples = 0, 0
     totals: dict[str, float] = {}
@@ -143,6 +147,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     extra += f" top-ids hot {trace[-1][2]:.2f}"
                 print(f"[cafe-dist] epoch {epoch} step {step} loss {window_loss / window_steps:.4f} "
                       f"{rate:,.0f} samples/s{extra}", flush=True)
+                if tracking:
+                    tracking.log(step, {"loss": window_loss / window_steps, "samples_per_sec": rate,
+                                        **totals, **({"hot_top_ids": trace[-1][2]} if trace else {})})
                 window_loss, window_steps, window_start = 0.0, 0, now
             if tc.max_steps is not None and step >= tc.max_steps:
                 done = True

@@ -13,7 +13,7 @@ def test_cafe_beats_hash_and_follows_the_drift(ray_cluster, tmp_path):
     hash_run, cafe = out["runs"]["hash"], out["runs"]["cafe"]
     assert cafe["compression_ratio"] == pytest.approx(hash_run["compression_ratio"], rel=0.02)
     assert cafe["auc"] > hash_run["auc"], out
-    periods = cafe["recovery"]
-    assert len(periods) >= 3
-    for seg in periods[1:]:  # after each rotation: a dip, then most current top ids are hot again
-        assert seg["min"] < 0.8 and seg["last"] >= 0.75, periods
+    periods = cafe["recovery"][1:-1]  # whole periods after a rotation (the last one is cut by the test split)
+    assert len(periods) >= 2
+    for seg in periods:  # after each rotation: a dip, then most current top ids are hot again
+        assert seg["min"] < 0.8 and seg["last"] >= 0.75, cafe["recovery"]

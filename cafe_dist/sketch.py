@@ -302,7 +302,7 @@ class HotSketch:
         st, sf, fs, ft = self._views()
         k = _insert_kernel(ids_np, w, unit, st, sf, fs, ft, self._thr32, self._ew32, pi, ps,
                            self.randomized, self.rng)
-        return self._promoted(k) if k else self._no_change
+        return self._promoted(k)
 
     @property
     def threshold(self) -> float:

@@ -187,12 +187,20 @@ class CompressedEmbedding(nn.Module):
             carry = avail - used
         return out
 
+    def allocate_rows(self, share: float = 1.0, row_bytes: float | None = None) -> dict[str, int]:
+        """Rows per compressed feature when each row costs ``row_bytes`` (default: one embedding
+        row), via :meth:`allocate`, so rounding is carried over; at least one row each."""
+        unit = row_bytes or self.dim * FLOAT_BYTES
+
+        def fit(f: FeatureSpec, avail: float) -> tuple[int, float]:
+            rows = max(1, int(avail // unit))
+            return rows, rows * unit
+
+        return self.allocate(fit, share)
+
     def rows_for(self, nbytes: float, dim: int | None = None) -> int:
         """Whole rows of width ``dim`` that fit in ``nbytes`` (at least one)."""
         return max(1, int(nbytes // ((dim or self.dim) * FLOAT_BYTES)))
-
-    def compressed_mask(self) -> torch.Tensor:
-        return ~self.is_full
 
     def per_value(self, per_feature: list[int] | torch.Tensor, v: Values) -> torch.Tensor:
         """Expand a per-feature quantity (rows of its table, say) to one entry per value."""

@@ -89,9 +89,8 @@ class CafeEmbedding(CompressedEmbedding):
         self.hf = p.hash_fraction if p.hash_fraction is not None else hash_fraction_for(self.ratio)
         row = self.dim * FLOAT_BYTES
         first = self.hf * (1 - p.ml_fraction) if self.multi_level else self.hf
-        self.hash_rows = self.allocate(lambda f, avail: (self.rows_for(avail), self.rows_for(avail) * row), first)
-        self.hash2_rows = (self.allocate(lambda f, avail: (self.rows_for(avail), self.rows_for(avail) * row),
-                                         self.hf * p.ml_fraction) if self.multi_level else {})
+        self.hash_rows = self.allocate_rows(first)
+        self.hash2_rows = self.allocate_rows(self.hf * p.ml_fraction) if self.multi_level else {}
         used = sum(r * row for r in (*self.hash_rows.values(), *self.hash2_rows.values()))
         per_slot = (row + p.buckets_per_slot * p.cells * CELL_BYTES + HotMap.BYTES_PER_HOT
                     + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))

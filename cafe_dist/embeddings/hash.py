@@ -7,13 +7,11 @@ from torchrec import EmbeddingBagConfig
 
 from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
 from cafe_dist.embeddings.hashing import hash_mod
-from cafe_dist.embeddings.spec import FLOAT_BYTES
 
 
 class HashEmbedding(CompressedEmbedding):
     def method_tables(self) -> list[EmbeddingBagConfig]:
-        row = self.dim * FLOAT_BYTES
-        self.hash_rows = self.allocate(lambda f, avail: (self.rows_for(avail), self.rows_for(avail) * row))
+        self.hash_rows = self.allocate_rows()
         return [table(f"hash_{n}", r, self.dim, [n]) for n, r in self.hash_rows.items()]
 
     def row_table(self) -> list[int]:

@@ -34,7 +34,7 @@ class MCHEmbedding(CompressedEmbedding):
 
     def method_tables(self) -> list[EmbeddingBagConfig]:
         per_slot = self.dim * FLOAT_BYTES + SLOT_STATE_BYTES
-        self.zch = self.allocate(lambda f, avail: (max(1, int(avail // per_slot)), max(1, int(avail // per_slot)) * per_slot))
+        self.zch = self.allocate_rows(row_bytes=per_slot)
         # kept in a plain dict, not as submodules: DMP would otherwise wrap their buffers in DDP
         self.remappers: dict[str, MCHManagedCollisionModule] = {
             f.name: MCHManagedCollisionModule(

@@ -15,6 +15,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
+	bash scripts/setup-browser.sh   # Debian's chromium for the MLflow UI test
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup

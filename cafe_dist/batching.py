@@ -9,6 +9,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from cafe_dist.data.schema import DatasetMeta, idx_column
+from cafe_dist.data.validate import BatchValidator
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Collator:
         self.keys = list(meta.sparse_features)
         self.id_cols = [idx_column(f) if input_kind == "idx" else f for f in self.keys]
         self.columns = ["label"] + self.dense_cols + self.id_cols
+        self.validate = BatchValidator(meta, self.id_cols, input_kind)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
         n = len(batch["label"])
@@ -38,6 +40,7 @@ class Collator:
         else:
             dense = np.zeros((n, 1), np.float32)
         ids = np.stack([batch[c] for c in self.id_cols], axis=0).astype(np.int64, copy=False)
+        self.validate(batch["label"], dense if self.dense_cols else None, self.dense_cols, ids)
         kjt = KeyedJaggedTensor(
             keys=self.keys,
             values=torch.from_numpy(ids.reshape(-1)),

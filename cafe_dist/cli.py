@@ -1,4 +1,5 @@
-"""``cafe-dist`` command line: data conversion/generation, training and benchmarks."""
+"""``cafe-dist`` command line: data conversion/generation, training, sweeps, run comparison, jobs on
+a Ray cluster and benchmarks."""
 
 from __future__ import annotations
 
@@ -51,6 +52,77 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = run_training(job, args.output_json)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _csv(text: str, kind=str) -> list:
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
+
+    tags = dict(t.split("=", 1) for t in args.tag or [])
+    rows = collect_runs(args.tracking_uri, args.experiment, tags=tags)
+    if args.format == "json":
+        print(to_json(rows))
+    else:
+        print(format_table(rows, markdown=args.format == "markdown") if rows else
+              f"no runs in experiment {args.experiment!r}" + (f" with tags {tags}" if tags else ""))
+    if args.plot:
+        n = plot_auc_vs_ratio(rows, args.plot, title=f"{args.experiment}: AUC versus compression")
+        print(f"plot: {args.plot} ({n} points)", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.num_workers is not None:
+        overrides.append(f"ray.num_workers={args.num_workers}")
+    if args.name is not None:
+        overrides.append(f"sweep.name={args.name}")
+    job = load_config(args.config, overrides)
+    from cafe_dist.sweep import run_sweep
+
+    out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
+    return 1 if out["failed"] else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cafe_dist import submit as jobs
+
+    env = dict(e.split("=", 1) for e in args.env or [])
+    job_id = jobs.submit(args.job, args.address, args.num_workers, args.set, env, tracking_uri=args.tracking_uri,
+                         submission_id=args.job_id)
+    print(f"submitted {job_id} to {jobs.address_or_default(args.address)}", file=sys.stderr, flush=True)
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    final = jobs.follow(job_id, args.address)
+    print(f"job {job_id}: {final}", file=sys.stderr)
+    return jobs.EXIT_CODES.get(final, 1)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """status / logs / stop of submitted jobs."""
+    from cafe_dist import submit as jobs
+
+    if args.command == "status":
+        info = jobs.status(args.job_id, args.address) if args.job_id else jobs.list_jobs(args.address)
+        print(json.dumps(info, indent=2, default=str))
+    elif args.command == "logs":
+        if args.follow:
+            final = jobs.follow(args.job_id, args.address)
+            print(f"job {args.job_id}: {final}", file=sys.stderr)
+        else:
+            sys.stdout.write(jobs.logs(args.job_id, args.address))
+    else:
+        final = jobs.stop(args.job_id, args.address)
+        print(f"job {args.job_id}: {final}")
+        return 0 if final in ("STOPPED", "SUCCEEDED", "FAILED") else 1
     return 0
 
 
@@ -112,6 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-workers", type=int)
     t.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     t.add_argument("--output-json", metavar="PATH")
+    c = sub.add_parser("compare", help="table of tracked runs (MLflow), optional AUC-vs-ratio plot")
+    c.add_argument("--experiment", default="cafe-dist", help="MLflow experiment (default cafe-dist)")
+    c.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    c.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag, e.g. sweep=NAME")
+    c.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    c.add_argument("--plot", metavar="PATH", help="write AUC versus compression ratio per method (PNG)")
+    sw = sub.add_parser("sweep", help="train every (method, ratio) of a grid, each a tracked run; then compare")
+    sw.add_argument("--config", required=True, metavar="FILE")
+    sw.add_argument("--methods", type=_csv, metavar="M1,M2", help="default: the job's sweep.methods")
+    sw.add_argument("--ratios", type=lambda t: _csv(t, float), metavar="R1,R2",
+                    help="default: the job's sweep.ratios")
+    sw.add_argument("--name", help="sweep name (MLflow tag sweep=NAME); default sweep-<timestamp>")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for every run")
+    sw.add_argument("--num-workers", type=int)
+    sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
+    sw.add_argument("--output-json", metavar="PATH")
+    sj = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API)")
+    sj.add_argument("job", metavar="JOB.yaml", help="job spec under the working directory (uploaded with it)")
+    sj.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS, else http://127.0.0.1:8265)")
+    sj.add_argument("--num-workers", type=int)
+    sj.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    sj.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job")
+    sj.add_argument("--tracking-uri", help="MLflow store the job logs to (default $MLFLOW_TRACKING_URI, "
+                                           "else the job's mlflow.tracking_uri)")
+    sj.add_argument("--job-id", help="submission id (default: Ray picks one)")
+    sj.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's status")
+    for name, help_ in (("status", "a job's status (all jobs without JOB_ID)"), ("logs", "a job's logs"),
+                        ("stop", "stop a running job")):
+        j = sub.add_parser(name, help=help_)
+        j.add_argument("job_id", metavar="JOB_ID", nargs="?" if name == "status" else None)
+        j.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
+        if name == "logs":
+            j.add_argument("--follow", action="store_true", help="stream until the job ends")
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     bs = bsub.add_parser("sketch", help="HotSketch insert throughput, recall and precision")
@@ -141,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"data": cmd_data, "train": cmd_train, "bench": cmd_bench}
+    handlers = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "sweep": cmd_sweep,
+                "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
-    except (ConfigError, BadInputError, FileNotFoundError) as e:
+    except (ConfigError, BadInputError, FileNotFoundError, LookupError, ConnectionError) as e:
         print(f"cafe-dist: error: {e}", file=sys.stderr)
         return 2
 

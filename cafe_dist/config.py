@@ -90,6 +90,7 @@ class MLflowConfig(_Section):
     enabled: bool = True
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "cafe-dist"
+    run_tags: dict[str, str] = Field(default_factory=dict)  # extra tags on the run (a sweep adds sweep=NAME)
 
 
 class ModelConfig(_Section):
@@ -106,6 +107,7 @@ class TrainConfig(_Section):
     embedding_lr: float | None = Field(None, gt=0)  # fused sparse optimizer; None = lr
     seed: int = 0
     log_every: int = Field(50, gt=0)
+    eval_every: int | None = Field(None, gt=0)  # steps between test-set evaluations; None: at the end only
 
 
 class RayConfig(_Section):
@@ -119,6 +121,23 @@ class RayConfig(_Section):
     name: str | None = None
 
 
+class SweepConfig(_Section):
+    """The grid ``cafe-dist sweep`` runs when --methods / --ratios are not given."""
+
+    methods: list[str] = Field(default_factory=list)  # --methods overrides
+    ratios: list[float] = Field(default_factory=list)  # --ratios overrides
+    name: str | None = None  # MLflow tag sweep=NAME on every run; None: sweep-<timestamp>
+
+    @model_validator(mode="after")
+    def _known(self) -> SweepConfig:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        if any(r < 1 for r in self.ratios):
+            raise ValueError("every compression ratio must be >= 1")
+        return self
+
+
 class JobConfig(_Section):
     data: DataConfig
     embedding: EmbeddingConfig = EmbeddingConfig()
@@ -130,6 +149,7 @@ class JobConfig(_Section):
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    sweep: SweepConfig | None = None
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())

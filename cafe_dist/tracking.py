@@ -2,8 +2,8 @@
 
 The driver opens the run (params = the flattened resolved config, tags, the config as an
 artifact), hands its id to the workers, and closes it with the final metrics (status FAILED with
-the error when training fails). Only rank 0 writes step metrics (loss, samples/s, hot-set size,
-promotions, demotions) and the sharding plan; other ranks never touch MLflow. Default store:
+the error when training fails). Only rank 0 writes step metrics (loss, samples/s, AUC/logloss at
+each evaluation, hot-set size, promotions, demotions, churn, sync overhead) and the sharding plan; other ranks never touch MLflow. Default store:
 ``sqlite:///mlflow.db`` in the working directory; ``mlflow.tracking_uri`` or
 ``MLFLOW_TRACKING_URI`` override it (use ``mlflow server`` on a cluster).
 """
@@ -95,27 +95,38 @@ class RunTracker:
         self.client.set_terminated(self.run_id, "FAILED")
 
     def _plots(self) -> None:
-        """Loss and (for CAFE) hot-set curves as PNG artifacts, from the logged step metrics."""
+        """PNG artifacts from the logged step metrics: ``plots/curves.png`` (loss, AUC at each
+        evaluation, samples/s) and, for CAFE, ``plots/hot_set.png`` (hot-set size, churn of the last
+        sync, promotions/demotions so far, sync overhead)."""
+        self._plot("curves.png", [("loss",), ("auc",), ("samples_per_sec",)])
+        self._plot("hot_set.png", [("hot",), ("churn",), ("promoted", "demoted"), ("sync_overhead",)])
+
+    def _plot(self, name: str, panels: list[tuple[str, ...]]) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = [k for k in ("loss", "samples_per_sec", "hot", "promoted", "demoted")
-                  if self.client.get_metric_history(self.run_id, k)]
+        history = {k: sorted(self.client.get_metric_history(self.run_id, k), key=lambda m: m.step)
+                   for keys in panels for k in keys}
+        panels = [keys for keys in panels if any(history[k] for k in keys)]
         if not panels:
             return
-        fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), squeeze=False)
-        for ax, key in zip(axes[:, 0], panels):
-            hist = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
-            ax.plot([m.step for m in hist], [m.value for m in hist])
-            ax.set_ylabel(key)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), squeeze=False, sharex=True)
+        for ax, keys in zip(axes[:, 0], panels):
+            for key in keys:
+                hist = history[key]
+                ax.plot([m.step for m in hist], [m.value for m in hist], marker="o" if len(hist) < 20 else None,
+                        label=key)
+            ax.set_ylabel(" / ".join(keys))
+            if len(keys) > 1:
+                ax.legend(fontsize="small")
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
-        tmp = Path(tempfile.mkdtemp()) / "curves.png"
+        tmp = Path(tempfile.mkdtemp()) / name
         tmp.write_bytes(buf.getvalue())
         self.client.log_artifact(self.run_id, str(tmp), "plots")
         shutil.rmtree(tmp.parent, ignore_errors=True)

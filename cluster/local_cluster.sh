@@ -2,8 +2,11 @@
 # Start (or stop) a local multi-process Ray cluster on loopback, to try the cluster path on one machine.
 #   cluster/local_cluster.sh start [NUM_WORKER_NODES]   → head at 127.0.0.1:6379, dashboard :8265
 #   cluster/local_cluster.sh stop
+# then: cafe-dist submit jobs/demo.yaml --address http://127.0.0.1:8265 --wait
 set -euo pipefail
 RAY=${RAY:-.venv/bin/ray}
+# jobs run `python -m cafe_dist.cli ...` with the PATH the nodes were started with: put the venv first
+export PATH="$(cd "$(dirname "$RAY")" && pwd):$PATH"
 case "${1:-start}" in
   start)
     "$RAY" start --head --node-ip-address=127.0.0.1 --port=6379 --dashboard-host=127.0.0.1 \

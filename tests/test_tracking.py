@@ -1,25 +1,47 @@
-"""MLflow tracking of a real 2-worker run against a real sqlite store, read back with MlflowClient."""
+"""MLflow tracking of a real 2-worker run against a real sqlite store, read back with MlflowClient,
+through a real ``mlflow server`` REST API, by ``cafe-dist compare``, and (slow) in headless Chromium."""
+
+from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
+import pytest
+from dmp_helpers import free_port
 from mlflow.tracking import MlflowClient
 
+from cafe_dist.cli import main
 from cafe_dist.config import load_config
 from cafe_dist.train.launcher import run_training
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_two_worker_run_is_one_tracked_mlflow_run(ray_cluster, tiny_synth, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tmp_path / "job.yaml"
+
+@pytest.fixture(scope="module")
+def tracked(ray_cluster, tiny_synth, tmp_path_factory):
+    """One real 2-worker CAFE run tracked in its own sqlite store: (uri, output JSON, path of it)."""
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = tmp / "job.yaml"
     cfg.write_text(f"data: {{path: {tiny_synth}}}\n")
     job = load_config(cfg, ["ray.num_workers=2", "train.batch_size=256", "train.max_steps=60", "train.log_every=20",
-                            "embedding.method=cafe", "embedding.compression_ratio=100", "cafe.threshold=20",
-                            f"mlflow.tracking_uri={uri}", "mlflow.experiment=test-exp",
-                            f"ray.storage_path={tmp_path / 'runs'}"])
-    out_path = tmp_path / "out.json"
+                            "train.eval_every=30", "embedding.method=cafe", "embedding.compression_ratio=100",
+                            "cafe.threshold=20", f"mlflow.tracking_uri={uri}", "mlflow.experiment=test-exp",
+                            "ray.name=tracked-cafe", f"ray.storage_path={tmp / 'runs'}"])
+    out_path = tmp / "out.json"
     out = run_training(job, out_path)
-    assert json.loads(out_path.read_text())["mlflow_run_id"] == out["mlflow_run_id"]
+    return uri, out, out_path
 
+
+def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
+    uri, out, out_path = tracked
+    assert json.loads(out_path.read_text())["mlflow_run_id"] == out["mlflow_run_id"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("test-exp")
     runs = client.search_runs([exp.experiment_id])
@@ -34,17 +56,116 @@ def test_two_worker_run_is_one_tracked_mlflow_run(ray_cluster, tiny_synth, tmp_p
     assert {"ray_version", "torch_version", "torchrec_version"} <= set(t)
     assert abs(m["final_auc"] - out["auc"]) < 1e-9 and abs(m["embedding_bytes"] - out["embedding_bytes"]) < 1e-9
     assert m["sync_overhead_fraction"] == out["sync_overhead_fraction"]
-    loss = client.get_metric_history(run.info.run_id, "loss")
-    assert [x.step for x in loss] == [20, 40, 60]
-    assert len(client.get_metric_history(run.info.run_id, "hot")) == 3
+    history = {k: client.get_metric_history(run.info.run_id, k)
+               for k in ("loss", "samples_per_sec", "hot", "promoted", "churn", "sync_overhead", "auc", "logloss")}
+    assert [x.step for x in history["loss"]] == [20, 40, 60]
+    assert [x.step for x in history["hot"]] == [20, 40, 60] and history["hot"][-1].value == out["hot_ids"]
+    assert [x.step for x in history["auc"]] == [30, 60]  # every train.eval_every steps; the last is final
+    assert history["auc"][-1].value == out["auc"] and history["logloss"][-1].value == out["logloss"]
+    assert all(0.4 < x.value < 1 for x in history["auc"])
+    promoted = [x.value for x in history["promoted"]]  # running totals
+    assert promoted == sorted(promoted) and promoted[-1] == out["promoted_total"] > 0
+    assert len(history["churn"]) == 3 and all(x.value >= 0 for x in history["churn"])
+    assert all(0 < x.value < 1 for x in history["sync_overhead"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "result.json", "sharding_plan.txt", "plots"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/curves.png"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/curves.png",
+                                                                                   "plots/hot_set.png"}
+    plan = Path(client.download_artifacts(run.info.run_id, "sharding_plan.txt")).read_text()
+    assert "table_wise" in plan
+
+
+def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, capsys):
+    uri, out, _ = tracked
+    plot = tmp_path / "auc.png"
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--plot", str(plot)]) == 0
+    header, rule, row = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert header.split() == ["run", "method", "ratio", "emb", "MB", "AUC", "logloss", "samples/s", "workers",
+                              "status"]
+    assert row.split()[:2] == ["tracked-cafe", "cafe"] and f"{out['auc']:.4f}" in row and "FINISHED" in row
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--format", "json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["run_id"] == out["mlflow_run_id"] and entry["world_size"] == 2
+    assert abs(entry["compression_ratio"] - out["compression_ratio"]) < 1e-6
+    assert abs(entry["embedding_mb"] - out["embedding_bytes"] / 1e6) < 1e-9
+
+
+def test_compare_names_the_experiments_there_when_one_is_missing(tracked, capsys):
+    uri, _, _ = tracked
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "no-such"]) == 2
+    err = capsys.readouterr().err
+    assert "no experiment 'no-such'" in err and "test-exp" in err
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tracked):
+    """The real MLflow tracking server on a loopback port, over the tracked run's store."""
+    uri, _, _ = tracked
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not come up: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def _rest(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=data,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_the_mlflow_server_serves_the_run_over_rest(tracked, mlflow_server):
+    _, out, _ = tracked
+    exp = _rest(mlflow_server, "experiments/get-by-name?experiment_name=test-exp")["experiment"]
+    found = _rest(mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                 "filter": "tags.method = 'cafe'"})["runs"]
+    assert [r["info"]["run_id"] for r in found] == [out["mlflow_run_id"]]
+    metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
+    assert abs(metrics["final_auc"] - out["auc"]) < 1e-9
+    history = _rest(mlflow_server, f"metrics/get-history?run_id={out['mlflow_run_id']}&metric_key=loss")
+    assert [m["step"] for m in history["metrics"]] == [20, 40, 60]
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_renders_the_runs_in_headless_chromium(tracked, mlflow_server, tmp_path):
+    """The experiment's runs page as a person's browser shows it (Debian's chromium, installed by
+    scripts/setup-browser.sh when missing)."""
+    if shutil.which("chromium") is None:
+        subprocess.run(["bash", str(REPO / "scripts" / "setup-browser.sh")], check=True)
+    _, out, _ = tracked
+    exp_id = MlflowClient(tracked[0]).get_experiment_by_name("test-exp").experiment_id
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--window-size=1400,900"]
+    url = f"{mlflow_server}/#/experiments/{exp_id}/runs"
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    assert "Runs - Experiment" in dom and "tracked-cafe" in dom, dom[-2000:]
+    shot = tmp_path / "runs.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.stat().st_size > 20_000  # kept beside the test's tmp dir for a person to look at
 
 
 def test_a_failed_run_is_marked_failed_with_its_error(ray_cluster, tiny_synth, tmp_path):
-    import pytest
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"data: {{path: {tiny_synth}}}\n")

@@ -230,7 +230,8 @@ class CafeEmbedding(CompressedEmbedding):
             in_flight = sum(1 for t in self._step_ends if sent_at < t < ready)
             self.sync_log.append({**update.stats, "wait_s": waited, "steps_in_flight": in_flight,
                                   "bytes_sent": sent_bytes})
-            stats.update(promoted=update.stats["promoted"], demoted=update.stats["demoted"])
+            stats.update(promoted=update.stats["promoted"], demoted=update.stats["demoted"],
+                         churn=update.stats["churn"])
         stats["hot"] = float(len(self.hot_map))
         self._step_ends.append(time.time())
         self.overhead_s += time.perf_counter() - t0

@@ -37,5 +37,17 @@ def build_embedding(method: str, features: list[FeatureSpec], dim: int, compress
         raise ValueError(f"unknown embedding method {method!r}; choose one of {', '.join(REGISTRY)}")
     opts = dict(options or {})
     if method in ("cafe", "cafe_ml"):
-        return REGISTRY[method](features, dim, compression_ratio, device, params=CafeParams(**opts))
-    return REGISTRY[method](features, dim, compression_ratio, device, **opts)
+        emb = REGISTRY[method](features, dim, compression_ratio, device, params=CafeParams(**opts))
+    else:
+        emb = REGISTRY[method](features, dim, compression_ratio, device, **opts)
+    achieved = emb.full_embedding_bytes() / emb.embedding_bytes()
+    if method != "full" and achieved < compression_ratio * (1 - RATIO_TOLERANCE):  # full ignores the ratio
+        raise ValueError(
+            f"embedding.compression_ratio={compression_ratio:g} cannot be met by method {method!r} on these "
+            f"{len(features)} features (dim {dim}): its smallest form (one row per table, plus its fixed "
+            f"state) is {achieved:,.1f}x. Use a ratio of at most {achieved:,.0f}, or a method that goes lower "
+            "(robe shares one array across all features).")
+    return emb
+
+
+RATIO_TOLERANCE = 0.05  # achieved ratios land within 0.5 % (tested); 5 % below means it cannot be met

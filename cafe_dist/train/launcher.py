@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from cafe_dist.config import JobConfig
+from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import input_kind
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
@@ -49,8 +49,9 @@ def _init_ray(job: JobConfig) -> None:
 
     if ray.is_initialized():
         return
-    if job.ray.address:
-        ray.init(address=job.ray.address, log_to_driver=True)
+    address = job.ray.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
+    if address:
+        ray.init(address=address, log_to_driver=True)
         return
     # A local cluster: logical CPUs for every worker plus headroom for Ray Data's read tasks, so
     # small machines do not deadlock with all CPUs held by training workers.
@@ -58,8 +59,44 @@ def _init_ray(job: JobConfig) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, need), log_to_driver=True)
 
 
+def preflight(job: JobConfig, meta: DatasetMeta) -> None:
+    """What can be checked on the driver is checked before any worker starts: the Parquet schema,
+    whether the compression ratio can be met (tables sized on the meta device: no memory)."""
+    import torch
+
+    from cafe_dist.data.validate import check_parquet_schema
+    from cafe_dist.embeddings import FeatureSpec, build_embedding
+
+    check_parquet_schema(job.data.path, meta, input_kind(job.embedding.method))
+    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
+    try:
+        build_embedding(job.embedding.method, features, job.embedding.dim, job.embedding.compression_ratio,
+                        device=torch.device("meta"), options=job.method_options())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_resources(job: JobConfig) -> None:
+    """Fail with a message, not a hang, when the cluster cannot hold the workers Ray Train asks for."""
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = job.ray.num_workers * job.ray.cpus_per_worker
+    if have.get("CPU", 0) < need_cpu:
+        raise ConfigError(
+            f"ray.num_workers={job.ray.num_workers} needs {need_cpu:g} CPUs (ray.cpus_per_worker="
+            f"{job.ray.cpus_per_worker:g} each) but the Ray cluster has {have.get('CPU', 0):g}; lower "
+            "ray.num_workers or ray.cpus_per_worker, or add nodes")
+    if job.ray.use_gpu and have.get("GPU", 0) < job.ray.num_workers:
+        raise ConfigError(
+            f"ray.use_gpu=true with ray.num_workers={job.ray.num_workers} needs {job.ray.num_workers} GPUs but "
+            f"the Ray cluster has {have.get('GPU', 0):g}; lower ray.num_workers, add GPU nodes, or set "
+            "ray.use_gpu=false")
+
+
 def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[str, Any]:
     meta = ensure_data(job)
+    preflight(job, meta)
     import ray
     import ray.data
     from ray.train import RunConfig, ScalingConfig
@@ -68,6 +105,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     from cafe_dist.train.worker import train_loop_per_worker
 
     _init_ray(job)
+    check_resources(job)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True  # click logs are time-ordered: train in that order
@@ -85,8 +123,9 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     tracker = None
     if job.mlflow.enabled:  # the driver opens the run; rank 0 logs into it; nobody else does
         tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment)
-        tracker.start(name, job.flat(), run_tags(job.embedding.method, job.embedding.compression_ratio,
-                                                  job.ray.num_workers),
+        tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
+                **job.mlflow.run_tags}
+        tracker.start(name, job.flat(), tags,
                       yaml.safe_dump(job.model_dump(), sort_keys=False))
     trainer = TorchTrainer(
         train_loop_per_worker,

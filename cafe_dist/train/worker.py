@@ -25,6 +25,7 @@ from cafe_dist.collectives import all_gather_cat
 from cafe_dist.config import JobConfig
 from cafe_dist.coordinator import ActorSync
 from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.writer import BadInputError
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.model import DLRM
@@ -79,7 +80,10 @@ def evaluate(dmp: torch.nn.Module, shard, collate: Collator, device: torch.devic
     with torch.no_grad():
         for np_batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy",
                                            drop_last=False, prefetch_batches=2):
-            batch = collate(np_batch).to(device)
+            try:
+                batch = collate(np_batch).to(device)
+            except BadInputError as e:
+                raise BadInputError(f"test split, rank {dist.get_rank()}: {e}") from None
             logits = dmp(batch.dense, batch.sparse)
             auroc.update(torch.sigmoid(logits), batch.labels.long())
             totals[0] += binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum").double()
@@ -90,6 +94,18 @@ def evaluate(dmp: torch.nn.Module, shard, collate: Collator, device: torch.devic
         return {"auc": float("nan"), "logloss": float("nan"), "eval_rows": 0}
     return {"auc": float(auroc.compute()), "logloss": float(totals[0] / totals[1]),
             "eval_rows": int(totals[1])}
+
+
+# after_step statistics that are a current level rather than a count to sum, and their output name
+LEVELS = {"hot": "hot_ids", "churn": "last_churn"}
+
+
+def _log_eval(is_chief: bool, tracking: StepLogger | None, step: int, result: dict[str, float]) -> None:
+    if tracking:
+        tracking.log(step, {"auc": result["auc"], "logloss": result["logloss"]})
+    if is_chief:
+        print(f"[cafe-dist] eval at step {step}: auc {result['auc']:.4f} logloss {result['logloss']:.4f}",
+              flush=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -114,15 +130,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracking.log_text(str(plan), "sharding_plan.txt")
 
     step, samples = 0, 0
-    totals: dict[str, float] = {}
+    totals: dict[str, float] = {}  # counters summed over steps (promoted, ...); levels (hot, churn) kept
     checksums: list[int] = []  # digest of the hot map / id maps after every step
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    eval_s, last_eval = 0.0, None  # time in periodic evaluation (not training); the latest (step, result)
     done = False
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
     for epoch in range(tc.epochs):
         for np_batch in train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
                                                  drop_last=True, prefetch_batches=2):
-            batch = collate(np_batch).to(wc.device)
+            try:
+                batch = collate(np_batch).to(wc.device)
+            except BadInputError as e:  # say where: this rank's shard, this step's batch
+                raise BadInputError(f"train split, rank {wc.rank}, step {step + 1} (rows {step * tc.batch_size:,}"
+                                    f"–{(step + 1) * tc.batch_size - 1:,} of this rank's shard): {e}") from None
             logits = dmp(batch.dense, batch.sparse)
             loss = binary_cross_entropy_with_logits(logits, batch.labels)
             dense_opt.zero_grad()
@@ -130,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             dense_opt.step()
             stats = emb.after_step(rows)  # hot-set changes, evictions: between steps, same on every rank
             for k, val in stats.items():
-                totals[k] = val if k == "hot" else totals.get(k, 0.0) + val
+                totals[k] = val if k in LEVELS else totals.get(k, 0.0) + val
             checksum = emb.state_checksum()
             if checksum is not None:
                 checksums.append(checksum % (2**62))
@@ -148,17 +169,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 print(f"[cafe-dist] epoch {epoch} step {step} loss {window_loss / window_steps:.4f} "
                       f"{rate:,.0f} samples/s{extra}", flush=True)
                 if tracking:
-                    tracking.log(step, {"loss": window_loss / window_steps, "samples_per_sec": rate,
-                                        **totals, **({"hot_top_ids": trace[-1][2]} if trace else {})})
+                    overhead = getattr(emb, "overhead_s", None)
+                    tracking.log(step, {"loss": window_loss / window_steps, "samples_per_sec": rate, **totals,
+                                        **({"hot_top_ids": trace[-1][2]} if trace else {}),
+                                        **({"sync_overhead": overhead / (now - loop_start - eval_s)}
+                                           if overhead is not None else {})})
                 window_loss, window_steps, window_start = 0.0, 0, now
+            if tc.eval_every is not None and step % tc.eval_every == 0:  # every rank is at this step
+                t_eval = time.perf_counter()
+                last_eval = (step, evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size))
+                eval_s += time.perf_counter() - t_eval
+                window_start += time.perf_counter() - t_eval
+                _log_eval(is_chief, tracking, *last_eval)
             if tc.max_steps is not None and step >= tc.max_steps:
                 done = True
                 break
         if done:
             break
-    train_time = time.perf_counter() - loop_start
+    train_time = time.perf_counter() - loop_start - eval_s
 
-    result = evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size)
+    if last_eval is not None and last_eval[0] == step:  # the last periodic evaluation was the final one
+        result = dict(last_eval[1])
+    else:
+        result = evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size)
+        _log_eval(is_chief, tracking, step, result)
     if checksums:  # hot sets / id maps must be identical on every rank after every step
         mine = torch.tensor(checksums, dtype=torch.int64)
         every = all_gather_cat(mine.unsqueeze(0)).view(wc.world_size, -1)
@@ -171,7 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "train_samples": samples,
         "samples_per_sec": samples / train_time if train_time > 0 else 0.0,
         "world_size": wc.world_size,
-        **{f"{k}_total" if k != "hot" else "hot_ids": v for k, v in totals.items()},
+        **{f"{k}_total" if k not in LEVELS else LEVELS[k]: v for k, v in totals.items()},
         **({"hot_top_ids_trace": trace, "true_top_ids_hot": probe.hot_top_keys(samples, 20)} if trace else {}),
         "embedding_bytes": emb.embedding_bytes(),
         "full_embedding_bytes": emb.full_embedding_bytes(),

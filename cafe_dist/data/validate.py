@@ -1,0 +1,77 @@
+"""Checks that stop bad input before it reaches a model: each error names the file or row, the
+column, what was found and what to do. Nothing here loops per row: whole columns are checked at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
+from cafe_dist.data.writer import BadInputError
+
+
+def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) -> None:
+    """Every split directory holds Parquet files with the label, dense and id columns meta.json
+    declares, with numeric types (the driver runs this before any worker starts)."""
+    data_dir = Path(data_dir)
+    ids = [idx_column(f) if id_kind == "idx" else f for f in meta.sparse_features]
+    for split in SPLITS:
+        files = sorted((data_dir / split).glob("*.parquet"))
+        if not files:
+            raise BadInputError(f"{data_dir / split} holds no Parquet files (meta.json lists {meta.rows.get(split, 0):,} "
+                                f"{split} rows); re-create {data_dir} with `cafe-dist data ... --out {data_dir}`")
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise BadInputError(f"{path}: not a readable Parquet file ({e})") from None
+            missing = [c for c in ["label", *meta.dense_features, *ids] if c not in schema.names]
+            if missing:
+                raise BadInputError(f"{path}: missing column(s) {', '.join(missing[:8])}"
+                                    f"{' ...' if len(missing) > 8 else ''}; meta.json expects label, "
+                                    f"{len(meta.dense_features)} dense and {len(ids)} id columns. Was this file "
+                                    "written by `cafe-dist data`, or for another dataset?")
+            for col in ["label", *meta.dense_features]:
+                t = schema.field(col).type
+                if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+                    raise BadInputError(f"{path}: column {col!r} has type {t}, expected a number")
+            for col in ids:
+                t = schema.field(col).type
+                if not pa.types.is_integer(t):
+                    raise BadInputError(f"{path}: id column {col!r} has type {t}, expected integers "
+                                        f"(ids are mapped to integers by `cafe-dist data`)")
+
+
+class BatchValidator:
+    """Per-batch checks of what the schema cannot promise: finite dense values, 0/1 labels, and
+    ids inside each feature's declared range ([0, cardinality) for contiguous ids)."""
+
+    def __init__(self, meta: DatasetMeta, id_cols: list[str], id_kind: str) -> None:
+        self.id_cols = id_cols
+        if id_kind == "idx":
+            self.high = np.array([meta.cardinality[f] for f in meta.sparse_features], np.int64)
+            self.range_note = "its contiguous ids run from 0 to cardinality-1 in meta.json"
+        else:  # raw 32-bit values, missing = 2**32
+            self.high = np.full(len(id_cols), meta.missing_id + 1, np.int64)
+            self.range_note = f"raw ids are 32-bit values or {meta.missing_id} for missing"
+
+    def __call__(self, labels: np.ndarray, dense: np.ndarray | None, dense_cols: list[str], ids: np.ndarray) -> None:
+        """``ids``: (features, rows). Raises BadInputError for the first bad value found."""
+        bad = ~((labels == 0) | (labels == 1))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise BadInputError(f"row {i}: label is {labels[i].item()!r}; labels must be 0 or 1")
+        if dense is not None and not np.isfinite(dense).all():
+            i, j = (int(x) for x in np.argwhere(~np.isfinite(dense))[0])
+            raise BadInputError(f"row {i}: dense column {dense_cols[j]!r} is {dense[i, j]}; dense values must "
+                                "be finite (`cafe-dist data` maps missing values to 0): fix or drop these rows")
+        out = (ids < 0) | (ids >= self.high[:, None])
+        if out.any():
+            f, i = (int(x) for x in np.argwhere(out)[0])
+            raise BadInputError(f"row {i}: id column {self.id_cols[f]!r} holds {ids[f, i]}, outside [0, "
+                                f"{self.high[f]}) ({self.range_note}); the data and meta.json disagree: "
+                                "re-convert the data, or train on the directory it was converted into")

@@ -1,0 +1,71 @@
+"""``cafe-dist sweep``: one tracked training run per (method, compression ratio), then the comparison.
+
+Every run of a sweep carries the MLflow tag ``sweep=<name>``, so ``cafe-dist compare`` and the MLflow
+UI (filter ``tags.sweep = '<name>'``) show exactly that grid. A run that fails is recorded (FAILED in
+MLflow, its error printed) and the sweep goes on with the rest; the exit status says whether all ran.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
+from cafe_dist.config import METHODS, ConfigError, JobConfig
+from cafe_dist.tracking import resolve_uri
+
+
+def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) -> tuple[list[str], list[float]]:
+    """Methods and ratios from the command line, else from the job's ``sweep`` section."""
+    methods = methods or (list(job.sweep.methods) if job.sweep else None)
+    ratios = ratios or (list(job.sweep.ratios) if job.sweep else None)
+    if not methods or not ratios:
+        raise ConfigError("a sweep needs methods and ratios: pass --methods m1,m2 --ratios 10,100 or give "
+                          "the job a sweep section (sweep.methods, sweep.ratios)")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if any(r < 1 for r in ratios):
+        raise ConfigError(f"--ratios: every compression ratio must be ≥ 1 (got {ratios})")
+    if not job.mlflow.enabled:
+        raise ConfigError("a sweep is compared through MLflow: set mlflow.enabled=true")
+    return methods, ratios
+
+
+def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[float] | None = None,
+              plot: str | Path | None = None, output_json: str | Path | None = None) -> dict[str, Any]:
+    from cafe_dist.train.launcher import run_training
+
+    methods, ratios = grid(job, methods, ratios)
+    name = (job.sweep.name if job.sweep and job.sweep.name else None) or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    runs: list[dict[str, Any]] = []
+    total = len(methods) * len(ratios)
+    for i, (method, ratio) in enumerate(((m, r) for m in methods for r in ratios), 1):
+        raw = job.model_dump()
+        raw["embedding"].update(method=method, compression_ratio=ratio)
+        raw["ray"]["name"] = f"{name}-{method}-{ratio:g}x"
+        raw["mlflow"]["run_tags"] = {**raw["mlflow"]["run_tags"], "sweep": name}
+        print(f"[cafe-dist sweep] {i}/{total}: {method} at {ratio:g}x", file=sys.stderr, flush=True)
+        try:
+            out = run_training(JobConfig.model_validate(raw))
+            runs.append({"method": method, "ratio": ratio, "status": "FINISHED", "auc": out["auc"],
+                         "mlflow_run_id": out.get("mlflow_run_id")})
+        except Exception as e:  # noqa: BLE001 - one bad cell must not cost the rest of the grid
+            print(f"[cafe-dist sweep] {method} at {ratio:g}x failed: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            runs.append({"method": method, "ratio": ratio, "status": "FAILED", "error": f"{type(e).__name__}: {e}"})
+    rows = collect_runs(job.mlflow.tracking_uri, job.mlflow.experiment, tags={"sweep": name})
+    plot_path = Path(plot) if plot else Path(job.ray.storage_path) / name / "auc_vs_ratio.png"
+    plot_auc_vs_ratio(rows, plot_path, title=f"{name}: AUC versus compression")
+    result = {"sweep": name, "tracking_uri": resolve_uri(job.mlflow.tracking_uri),
+              "experiment": job.mlflow.experiment, "plot": str(plot_path), "runs": runs,
+              "table": json.loads(to_json(rows)), "failed": sum(r["status"] != "FINISHED" for r in runs)}
+    print(format_table(rows))
+    print(f"\nplot: {plot_path}\nMLflow UI filter: tags.sweep = '{name}'", file=sys.stderr)
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,141 @@
+"""The cluster path on one machine: a real Ray cluster from ``ray start --head`` on loopback, jobs
+submitted through the Ray Jobs API by ``cafe-dist submit``, tracked in a real MLflow store; and the
+cluster configs and Dockerfiles checked by the tools their users would run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dmp_helpers import free_port
+from mlflow.tracking import MlflowClient
+
+from cafe_dist.cli import main
+from cafe_dist.submit import auth_headers
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """``ray start --head --block`` on 127.0.0.1 in its own process group: stopping it stops only this
+    cluster (``ray stop`` would stop every Ray on the machine, the test session's included)."""
+    from ray.job_submission import JobSubmissionClient
+
+    tmp = tmp_path_factory.mktemp("head")
+    port, dash = free_port(), free_port()
+    # every port a node listens on is picked free, so this cluster coexists with the session's own
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
+         f"--temp-dir={tmp / 'ray'}", *ports],
+        env=env, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            JobSubmissionClient(address, headers=auth_headers()).list_jobs()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray head did not come up:\n{(tmp / 'head.log').read_text()[-3000:]}") from None
+            time.sleep(1)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _overrides(data, tmp):
+    return ["--set", f"data.path={data}", "--set", "train.batch_size=256", "--set", "train.log_every=10",
+            "--set", f"ray.storage_path={tmp / 'runs'}", "--set", "ray.name=submitted"]
+
+
+def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_synth, tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.chdir(REPO)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "2", "--wait", "--tracking-uri", uri,
+               *_overrides(tiny_synth, tmp_path), "--set", "train.max_steps=20"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    job_id = out.splitlines()[0].strip()
+    assert "[cafe-dist] done: steps 20" in out  # the job's own log lines, streamed
+    info = json.loads(_run_cli(capsys, ["status", job_id, "--address", head]))
+    assert info["status"] == "SUCCEEDED" and "cafe_dist.cli train --config jobs/demo.yaml" in info["entrypoint"]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cafe-dist").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2" and run.data.metrics["steps"] == 20
+
+
+def test_stop_stops_a_running_submission(head, tiny_synth, tmp_path, monkeypatch, capsys):
+    from ray.job_submission import JobSubmissionClient
+
+    monkeypatch.chdir(REPO)
+    assert main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "1",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_overrides(tiny_synth, tmp_path),
+                 "--set", "train.epochs=1000"]) == 0
+    job_id = capsys.readouterr().out.strip().splitlines()[-1]
+    client = JobSubmissionClient(head, headers=auth_headers())
+    deadline = time.time() + 120
+    while str(client.get_job_status(job_id).value) != "RUNNING":
+        assert time.time() < deadline, client.get_job_logs(job_id)[-2000:]
+        time.sleep(1)
+    assert main(["stop", job_id, "--address", head]) == 0
+    assert f"job {job_id}: STOPPED" in capsys.readouterr().out
+    assert str(client.get_job_status(job_id).value) == "STOPPED"
+
+
+def test_submit_refuses_a_bad_job_spec_before_it_reaches_the_cluster(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["submit", "jobs/demo.yaml", "--address", "http://127.0.0.1:9", "--set", "train.btach_size=3"]) == 2
+    assert "config key 'train.btach_size' is not a known key" in capsys.readouterr().err
+
+
+def test_submit_names_the_address_it_cannot_reach(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    port = free_port()  # nothing listens there
+    assert main(["submit", "jobs/demo.yaml", "--address", f"http://127.0.0.1:{port}"]) == 2
+    assert f"cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def _run_cli(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_the_cluster_launcher_config_passes_rays_own_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster" / "ray-cluster-gpu.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["docker"]["image"].startswith("cafe-dist-gpu")
+    assert any("mlflow server" in c for c in config["head_start_ray_commands"])
+    config["head_node_typo"] = "head"
+    with pytest.raises(Exception, match="head_node_typo"):
+        validate_config(prepare_config(config))
+
+
+def test_both_dockerfiles_pass_hadolint():
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        r = subprocess.run([str(BIN / "hadolint"), str(REPO / "docker" / name)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-cu12x" in gpu
+    assert "fbgemm-gpu==1.8.0" in gpu and '--no-deps "torchrec==1.8.0"' in gpu

@@ -1,0 +1,67 @@
+"""``cafe-dist sweep``: a grid of real tracked runs, the comparison table and the AUC-vs-ratio plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cafe_dist.cli import main
+from cafe_dist.config import ConfigError, load_config
+from cafe_dist.sweep import grid
+
+
+def test_the_sweep_job_spec_loads_and_names_its_grid():
+    job = load_config("jobs/sweep_compression.yaml")
+    methods, ratios = grid(job, None, None)
+    assert len(methods) == 9 and ratios == [10, 100, 1000]
+    assert grid(job, ["hash", "cafe"], [10.0]) == (["hash", "cafe"], [10.0])
+
+
+@pytest.mark.parametrize("methods,ratios,message", [
+    (["hash", "nope"], [10.0], "unknown method(s) nope"),
+    (["hash"], [0.5], "must be ≥ 1"),
+    (None, [10.0], "needs methods and ratios"),
+])
+def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, methods, ratios, message):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("data: {path: nowhere}\n")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        grid(load_config(cfg), methods, ratios)
+
+
+def test_a_sweep_section_with_an_unknown_method_names_the_key(tmp_path):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("data: {path: nowhere}\nsweep: {methods: [hash, hsah], ratios: [10]}\n")
+    with pytest.raises(ConfigError, match="sweep.*unknown method.*hsah"):
+        load_config(cfg)
+
+
+@pytest.mark.slow
+def test_three_methods_by_two_ratios_make_six_tracked_runs_a_table_and_a_plot(
+        ray_cluster, tiny_synth, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 40}}\n"
+                   f"mlflow: {{tracking_uri: '{uri}', experiment: sweep-test}}\n"
+                   f"ray: {{storage_path: '{tmp_path / 'runs'}'}}\n")
+    plot, out = tmp_path / "auc.png", tmp_path / "sweep.json"
+    rc = main(["sweep", "--config", str(cfg), "--methods", "hash,qr,cafe", "--ratios", "10,100",
+               "--name", "grid", "--num-workers", "1", "--plot", str(plot), "--output-json", str(out)])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()  # worker logs come first; the table is last
+    start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["run", "method"])
+    rows = [line.split() for line in lines[start + 2:]]
+    assert len(rows) == 6 and all(r[-1] == "FINISHED" for r in rows)
+    assert sorted((r[1], round(float(r[2]), -1)) for r in rows) == sorted(
+        (m, r) for m in ("cafe", "hash", "qr") for r in (10, 100))  # achieved ratios, within 5 of requested
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id], "tags.sweep = 'grid'")
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.tags["method"], r.data.params["embedding.compression_ratio"]) for r in runs} == {
+        (m, r) for m in ("hash", "qr", "cafe") for r in ("10.0", "100.0")}
+    result = json.loads(out.read_text())
+    assert result["failed"] == 0 and len(result["table"]) == 6 and result["plot"] == str(plot)
+    assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 10_000

@@ -41,13 +41,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace, flags: dict[str, object]) -> list[str]:
+    """``--set`` assignments, then the dedicated flags that were given (config key → value)."""
+    return list(args.set or []) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    overrides = list(args.set or [])
-    if args.num_workers is not None:
-        overrides.append(f"ray.num_workers={args.num_workers}")
-    if args.address is not None:
-        overrides.append(f"ray.address={args.address}")
-    job = load_config(args.config, overrides)
+    job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers,
+                                                     "ray.address": args.address}))
     from cafe_dist.train.launcher import run_training
 
     out = run_training(job, args.output_json)
@@ -79,12 +80,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    overrides = list(args.set or [])
-    if args.num_workers is not None:
-        overrides.append(f"ray.num_workers={args.num_workers}")
-    if args.name is not None:
-        overrides.append(f"sweep.name={args.name}")
-    job = load_config(args.config, overrides)
+    job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name}))
     from cafe_dist.sweep import run_sweep
 
     out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)

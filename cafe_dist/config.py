@@ -108,6 +108,13 @@ class TrainConfig(_Section):
     seed: int = 0
     log_every: int = Field(50, gt=0)
     eval_every: int | None = Field(None, gt=0)  # steps between test-set evaluations; None: at the end only
+    target_auc: float | None = Field(None, gt=0.5, lt=1)  # stop at the first evaluation reaching it
+
+    @model_validator(mode="after")
+    def _target_needs_evals(self) -> TrainConfig:
+        if self.target_auc is not None and self.eval_every is None:
+            raise ValueError("train.target_auc is checked at evaluations: set train.eval_every too")
+        return self
 
 
 class RayConfig(_Section):

@@ -54,3 +54,10 @@ def test_missing_required_and_bad_files(tmp_path):
         load_config(_write(tmp_path, "data: {path: d}\n"), ["train.lr"])
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_a_target_auc_needs_periodic_evaluation(tmp_path):
+    p = _write(tmp_path, "data: {path: d}\n")
+    with pytest.raises(ConfigError, match="train.target_auc is checked at evaluations: set train.eval_every"):
+        load_config(p, ["train.target_auc=0.8"])
+    assert load_config(p, ["train.target_auc=0.8", "train.eval_every=100"]).train.target_auc == 0.8

@@ -19,12 +19,12 @@ def synth_400k(tmp_path_factory):
     return out
 
 
-def _run(tmp_path, data, workers, method="cafe"):
+def _run(tmp_path, data, workers, method="cafe", extra=()):
     cfg = tmp_path / f"job{workers}.yaml"
     cfg.write_text(f"data: {{path: {data}}}\n")
     job = load_config(cfg, [f"ray.num_workers={workers}", f"train.batch_size={1024 // workers}",
                             f"embedding.method={method}", "embedding.compression_ratio=100",
-                            "train.log_every=40", f"ray.storage_path={tmp_path / 'runs'}"])
+                            "train.log_every=40", f"ray.storage_path={tmp_path / 'runs'}", *extra])
     return run_training(job)
 
 
@@ -49,17 +49,20 @@ def test_two_workers_find_the_same_heavy_hitters_as_one(runs):
 
 @pytest.mark.slow
 def test_two_worker_auc_matches_one_worker(runs, synth_400k, tmp_path_factory):
-    """Distributed CAFE costs no accuracy: its 1-vs-2-worker AUC gap is within 0.003 of the gap
-    that plain hashing (no hot set to synchronise) shows on the same data. On this data size the
-    two worker counts see rows in different orders and run-to-run AUC noise is ~0.005, so the bare
-    gap is not a fair measure by itself; both gaps are printed for the record."""
-    tmp = tmp_path_factory.mktemp("dist_hash")
-    hash_runs = {w: _run(tmp, synth_400k, w, method="hash") for w in (1, 2)}
-    cafe_gap = runs[2]["auc"] - runs[1]["auc"]
-    hash_gap = hash_runs[2]["auc"] - hash_runs[1]["auc"]
-    print(f"\nAUC cafe 1w {runs[1]['auc']:.4f} 2w {runs[2]['auc']:.4f} gap {cafe_gap:+.4f}; "
-          f"hash 1w {hash_runs[1]['auc']:.4f} 2w {hash_runs[2]['auc']:.4f} gap {hash_gap:+.4f}")
-    assert abs(cafe_gap) <= abs(hash_gap) + 0.003
+    """Distributed CAFE costs no accuracy: mean test AUC of 2-worker runs is within 0.003 of 1-worker
+    runs on the same data, budget and global batch, over 8 seeds (measured: -0.0023, SE 0.0015). One
+    pair is not enough: this model's AUC moves by ~0.005 from the seed alone, and even on identical
+    global batches float rounding alone moves plain hashing by 0.002 (BENCHMARKS.md)."""
+    tmp = tmp_path_factory.mktemp("dist_seeds")
+    auc = {(w, 0): runs[w]["auc"] for w in (1, 2)}
+    for seed in range(1, 8):
+        for w in (1, 2):
+            auc[w, seed] = _run(tmp, synth_400k, w, extra=[f"train.seed={seed}"])["auc"]
+    gaps = [auc[2, s] - auc[1, s] for s in range(8)]
+    mean_gap = sum(gaps) / len(gaps)
+    print("\n" + "\n".join(f"seed {s}: 1w {auc[1, s]:.4f} 2w {auc[2, s]:.4f} gap {g:+.4f}"
+                            for s, g in enumerate(gaps)) + f"\nmean gap {mean_gap:+.4f}")
+    assert abs(mean_gap) <= 0.003
 
 
 def test_sync_is_cheap_and_observable(runs):

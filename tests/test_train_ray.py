@@ -29,6 +29,13 @@ def test_two_worker_training(ray_cluster, tiny_synth, tmp_path):
     assert out["embedding_bytes"] == out["full_embedding_bytes"] and out["compression_ratio"] == 1.0
 
 
+def test_training_stops_at_the_first_evaluation_reaching_the_target_auc(ray_cluster, tiny_synth, tmp_path):
+    """Evaluations at 10, 20, ...; an easy target is reached at the first one, which is the final result."""
+    out = run_training(_job(tmp_path, tiny_synth, 1, ["train.eval_every=10", "train.target_auc=0.51",
+                                                      "mlflow.enabled=false"]))
+    assert out["steps"] == 10 and out["target_auc_reached_at_step"] == 10 and out["auc"] >= 0.51
+
+
 def test_one_worker_training_via_cli(ray_cluster, tiny_synth, tmp_path):
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 60}}\n"

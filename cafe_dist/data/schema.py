@@ -64,10 +64,13 @@ class DatasetMeta:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> DatasetMeta:
-        path = Path(data_dir) / META_FILE
-        if not path.is_file():
+        """``data_dir``: a local directory or a URI pyarrow reads (see cafe_dist.data.storage)."""
+        from cafe_dist.data import storage
+
+        path = storage.join(data_dir, META_FILE)
+        if not storage.is_file(path):
             raise FileNotFoundError(
                 f"{path} not found: {data_dir} is not a converted dataset. "
                 "Create one with `cafe-dist data criteo|avazu|synth --out DIR`."
             )
-        return cls(**json.loads(path.read_text()))
+        return cls(**json.loads(storage.read_text(path)))

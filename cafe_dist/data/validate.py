@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.data.writer import BadInputError
 
@@ -17,16 +18,16 @@ from cafe_dist.data.writer import BadInputError
 def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) -> None:
     """Every split directory holds Parquet files with the label, dense and id columns meta.json
     declares, with numeric types (the driver runs this before any worker starts)."""
-    data_dir = Path(data_dir)
     ids = [idx_column(f) if id_kind == "idx" else f for f in meta.sparse_features]
     for split in SPLITS:
-        files = sorted((data_dir / split).glob("*.parquet"))
+        files = storage.list_files(storage.join(data_dir, split), ".parquet")
         if not files:
-            raise BadInputError(f"{data_dir / split} holds no Parquet files (meta.json lists {meta.rows.get(split, 0):,} "
+            raise BadInputError(f"{storage.join(data_dir, split)} holds no Parquet files (meta.json lists {meta.rows.get(split, 0):,} "
                                 f"{split} rows); re-create {data_dir} with `cafe-dist data ... --out {data_dir}`")
         for path in files:
             try:
-                schema = pq.read_schema(path)
+                with storage.open_input_file(path) as f:
+                    schema = pq.read_schema(f)
             except (pa.ArrowInvalid, OSError) as e:
                 raise BadInputError(f"{path}: not a readable Parquet file ({e})") from None
             missing = [c for c in ["label", *meta.dense_features, *ids] if c not in schema.names]

@@ -203,8 +203,15 @@ class CompressedEmbedding(nn.Module):
         return max(1, int(nbytes // ((dim or self.dim) * FLOAT_BYTES)))
 
     def per_value(self, per_feature: list[int] | torch.Tensor, v: Values) -> torch.Tensor:
-        """Expand a per-feature quantity (rows of its table, say) to one entry per value."""
-        t = torch.as_tensor(per_feature, dtype=torch.int64, device=v.ids.device)
+        """Expand a per-feature quantity (rows of its table, say) to one entry per value. The small
+        per-feature tensor is built once per distinct list and device, not on every step."""
+        if isinstance(per_feature, torch.Tensor):
+            return per_feature.to(v.ids.device)[v.feature]
+        cache = self.__dict__.setdefault("_per_value_cache", {})
+        key = (tuple(per_feature), v.ids.device)
+        t = cache.get(key)
+        if t is None:
+            t = cache[key] = torch.as_tensor(per_feature, dtype=torch.int64, device=v.ids.device)
         return t[v.feature]
 
 

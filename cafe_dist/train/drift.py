@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.synth import SynthGenerator, SynthSpec
 
@@ -22,7 +23,7 @@ class HotSetProbe:
     def __init__(self, data_path: str | Path, meta: DatasetMeta, emb, k: int = 5) -> None:
         spec = meta.extra["synth"]
         self.gen = SynthGenerator(SynthSpec(**{f.name: spec[f.name] for f in fields(SynthSpec) if f.name in spec}))
-        vocab = pq.read_table(Path(data_path) / "vocab.parquet").to_pandas()
+        vocab = pq.read_table(storage.join(data_path, "vocab.parquet")).to_pandas()
         self.vocab = {int(f): np.sort(g["value"].to_numpy()) for f, g in vocab.groupby("feature")}
         self.emb = emb
         self.k = k

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import input_kind
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
@@ -20,9 +21,9 @@ from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
 
 def ensure_data(job: JobConfig) -> DatasetMeta:
     """Load ``data.path``; generate it from ``data.synthetic`` when absent."""
-    path = Path(job.data.path)
-    if not (path / "meta.json").is_file():
-        if job.data.synthetic is None:
+    path = job.data.path
+    if not storage.is_file(storage.join(path, "meta.json")):
+        if job.data.synthetic is None or storage.is_uri(path):
             raise FileNotFoundError(
                 f"data.path {path} holds no converted dataset (no meta.json). Convert data with "
                 "`cafe-dist data criteo|avazu --out DIR`, or add a data.synthetic section to generate "
@@ -112,8 +113,8 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     kind = input_kind(job.embedding.method)
     columns = ["label", *meta.dense_features,
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
-    data_dir = Path(job.data.path).resolve()
-    datasets = {s: ray.data.read_parquet(str(data_dir / s), columns=columns) for s in SPLITS}
+    data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
+    datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     coordinator = None
     if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run

@@ -133,7 +133,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     totals: dict[str, float] = {}  # counters summed over steps (promoted, ...); levels (hot, churn) kept
     checksums: list[int] = []  # digest of the hot map / id maps after every step
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    eval_s, last_eval = 0.0, None  # time in periodic evaluation (not training); the latest (step, result)
+    # time in periodic evaluation (not training), the latest (step, result), step that reached target_auc
+    eval_s, last_eval, reached = 0.0, None, None
     done = False
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
     for epoch in range(tc.epochs):
@@ -181,6 +182,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 eval_s += time.perf_counter() - t_eval
                 window_start += time.perf_counter() - t_eval
                 _log_eval(is_chief, tracking, *last_eval)
+                if tc.target_auc is not None and last_eval[1]["auc"] >= tc.target_auc:  # same AUC on every rank
+                    reached = step
+                    done = True
+                    break
             if tc.max_steps is not None and step >= tc.max_steps:
                 done = True
                 break
@@ -205,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "train_samples": samples,
         "samples_per_sec": samples / train_time if train_time > 0 else 0.0,
         "world_size": wc.world_size,
+        **({"target_auc_reached_at_step": reached} if tc.target_auc is not None else {}),
         **{f"{k}_total" if k not in LEVELS else LEVELS[k]: v for k, v in totals.items()},
         **({"hot_top_ids_trace": trace, "true_top_ids_hot": probe.hot_top_keys(samples, 20)} if trace else {}),
         "embedding_bytes": emb.embedding_bytes(),

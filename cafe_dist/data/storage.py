@@ -1,0 +1,60 @@
+"""Dataset locations as pyarrow sees them: a local path, or a URI of any filesystem pyarrow reads
+(``file://``, ``s3://``, ``gs://``, ``hdfs://``, ``abfs://``). Training reads ``meta.json``, lists
+the Parquet files and streams them through Ray Data with the same location string, so a cluster can
+train from shared storage or an object store without copying the data to each node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def resolve(location: str | Path) -> str:
+    """Local paths become absolute (workers may run in other directories); URIs stay as they are."""
+    return str(location) if is_uri(location) else str(Path(location).resolve())
+
+
+def join(location: str | Path, *parts: str) -> str:
+    loc = str(location)
+    return "/".join([loc.rstrip("/"), *parts]) if is_uri(loc) else str(Path(loc, *parts))
+
+
+def _fs(location: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def is_file(location: str | Path) -> bool:
+    try:
+        fs, path = _fs(str(location))
+        return fs.get_file_info(path).type == pafs.FileType.File
+    except (OSError, ValueError):  # unreachable store, unknown scheme: treated as absent
+        return False
+
+
+def read_text(location: str | Path) -> str:
+    fs, path = _fs(str(location))
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def list_files(directory: str | Path, suffix: str) -> list[str]:
+    """Files directly under ``directory`` ending in ``suffix``, sorted, as location strings."""
+    fs, path = _fs(str(directory))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    except FileNotFoundError:
+        return []
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+    return [join(directory, n) for n in names]
+
+
+def open_input_file(location: str | Path):
+    fs, path = _fs(str(location))
+    return fs.open_input_file(path)

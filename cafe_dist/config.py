@@ -124,8 +124,24 @@ class RayConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     sharding_types: list[Literal["table_wise", "column_wise", "table_column_wise", "row_wise",
                                  "data_parallel"]] | None = None
-    storage_path: str = "runs"
-    name: str | None = None
+    storage_path: str = "runs"  # Ray Train storage: checkpoints land in <storage_path>/<name>/
+    name: str | None = None  # re-running the same name with the same storage_path resumes
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint (-1: no limit)
+
+
+class CheckpointConfig(_Section):
+    """What survives a crash: see cafe_dist.checkpoint."""
+
+    every_steps: int | None = Field(None, gt=0)  # None: only at the end
+    at_end: bool = True  # a full checkpoint after the last step (a re-run of the name resumes there)
+    keep: int = Field(3, ge=1)  # newest checkpoints kept (Ray's CheckpointConfig.num_to_keep)
+
+
+class FaultConfig(_Section):
+    """Fault injection for tests and drills; each fault fires once per run (a marker file says so)."""
+
+    kill_worker_at_step: int | None = Field(None, gt=0)  # SIGKILL the last rank's process after this step
+    kill_coordinator_at_step: int | None = Field(None, gt=0)  # ray.kill the coordinator actor (it restarts)
 
 
 class SweepConfig(_Section):
@@ -156,7 +172,18 @@ class JobConfig(_Section):
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
     mlflow: MLflowConfig = MLflowConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    fault: FaultConfig = FaultConfig()
     sweep: SweepConfig | None = None
+
+    @model_validator(mode="after")
+    def _faults_need_recovery(self) -> JobConfig:
+        if self.fault.kill_worker_at_step is not None and self.ray.max_failures == 0:
+            raise ValueError("fault.kill_worker_at_step needs ray.max_failures >= 1 (else the run just fails)")
+        if self.fault.kill_coordinator_at_step is not None and self.embedding.method not in ("cafe", "cafe_ml"):
+            raise ValueError("fault.kill_coordinator_at_step needs embedding.method cafe or cafe_ml "
+                             "(only they have a coordinator)")
+        return self
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())

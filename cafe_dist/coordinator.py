@@ -9,13 +9,17 @@ into the freed and free slots, and, for CAFE-ML, picks the medium set. The resul
 
 Transports: :class:`CoordinatorActor`, a named Ray actor (one per run, namespace ``cafe-dist``)
 that merges as soon as the last rank's summary arrives, so workers keep training while it works;
-and :class:`CollectiveSync`, which all-gathers the summaries and runs the same deterministic merge
+it writes every summary it accepts and every merged state to ``state_dir`` before answering, and
+Ray restarts it after a crash (``max_restarts``) and retries the calls in flight, so a restarted
+coordinator picks up exactly where the dead one stopped; and :class:`CollectiveSync`, which all-gathers the summaries and runs the same deterministic merge
 on every rank (for process groups without Ray, e.g. unit tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from cafe_dist.collectives import all_gather_cat, world
+from cafe_dist.data import storage
 from cafe_dist.hotmap import HotMapUpdate
 
 NAMESPACE = "cafe-dist"
@@ -110,29 +115,125 @@ class HotSetMerger:
                             t(demoted_slots.copy()), t(medium), stats)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything but partial rounds; ``updates`` keeps the recent versions ranks may still fetch."""
         return {"config": self.config.__dict__, "hot_keys": self.hot_keys.copy(), "hot_slots": self.hot_slots.copy(),
-                "free": self.free.copy(), "version": self.version}
+                "free": self.free.copy(), "version": self.version, "updates": dict(self.updates)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = MergeConfig(**state["config"])
         self.hot_keys, self.hot_slots = state["hot_keys"].copy(), state["hot_slots"].copy()
         self.free, self.version = state["free"].copy(), int(state["version"])
-        self.pending, self.updates = {}, {}
+        self.pending, self.updates = {}, dict(state.get("updates", {}))
+
+
+class _StateStore:
+    """The coordinator's durable state under one directory (local path or URI): ``merged-v<V>.pt``
+    after each merge, ``submit-r<round>-k<rank>.npz`` for each accepted summary until its round is
+    merged and saved."""
+
+    _SUBMIT = re.compile(r"^submit-r(\d+)-k(\d+)\.npz$")
+    _MERGED = re.compile(r"^merged-v(\d+)\.pt$")
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+
+    def clear(self) -> None:
+        storage.delete(self.dir)
+
+    def save_submit(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, keys=keys, scores=scores)
+        storage.write_bytes(storage.join(self.dir, f"submit-r{round_:08d}-k{rank:04d}.npz"), buf.getvalue())
+
+    def save_merged(self, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        version = int(state["version"])
+        storage.write_bytes(storage.join(self.dir, f"merged-v{version:08d}.pt"), buf.getvalue())
+        for name in storage.list_dir(self.dir):  # older states and the summaries now merged into this one
+            m, s = self._MERGED.match(name), self._SUBMIT.match(name)
+            if (m and int(m.group(1)) < version) or (s and int(s.group(1)) < version):
+                storage.delete(storage.join(self.dir, name))
+
+    def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, int, np.ndarray, np.ndarray]]]:
+        """(newest readable merged state, the summaries accepted after it in (round, rank) order)."""
+        names = sorted(storage.list_dir(self.dir))
+        state = None
+        for name in sorted((n for n in names if self._MERGED.match(n)), reverse=True):
+            try:
+                state = torch.load(io.BytesIO(storage.read_bytes(storage.join(self.dir, name))), weights_only=False)
+                break
+            except Exception:  # noqa: BLE001 (a write cut short by the crash: use the one before)
+                continue
+        version = int(state["version"]) if state else 0
+        submits = []
+        for name in names:
+            m = self._SUBMIT.match(name)
+            if m and int(m.group(1)) >= version:
+                with np.load(io.BytesIO(storage.read_bytes(storage.join(self.dir, name)))) as z:
+                    submits.append((int(m.group(1)), int(m.group(2)), z["keys"], z["scores"]))
+        return state, submits
 
 
 class CoordinatorActor:
-    """Ray actor around :class:`HotSetMerger` (async: ``wait`` blocks only its caller)."""
+    """Ray actor around :class:`HotSetMerger` (async: ``wait`` blocks only its caller).
 
-    def __init__(self, merge_delay_s: float = 0.0) -> None:
+    With ``state_dir`` every accepted summary and every merge is saved before the call returns, and
+    a restarted actor (after a crash; Ray restarts it) reloads them, re-merging any round whose
+    summaries were all in."""
+
+    def __init__(self, merge_delay_s: float = 0.0, state_dir: str | None = None) -> None:
         self.merger: HotSetMerger | None = None
         self.events: dict[int, asyncio.Event] = {}
         self.merge_delay_s = merge_delay_s  # simulated merge latency (tests, what-if measurements)
+        self.store = _StateStore(state_dir) if state_dir else None
+        self.restarted = False
+        if self.store is not None:
+            import ray
+
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                self.restarted = True
+                self._recover()
+
+    def _recover(self) -> None:
+        state, submits = self.store.load()
+        if state is None and not submits:
+            return
+        if state is not None:
+            self._load(state)
+        for round_, rank, keys, scores in submits:
+            if self.merger is not None and self.merger.submit(round_, rank, keys, scores):
+                self._merged(round_)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.merger = HotSetMerger(MergeConfig(**state["config"]))
+        self.merger.load_state_dict(state)
+        self.events = {}
+        for round_ in self.merger.updates:
+            self._event(round_).set()
+
+    def _merged(self, round_: int) -> None:
+        if self.store is not None:
+            self.store.save_merged(self.merger.state_dict())
+        self.merger.update(round_).stats["ready_at"] = time.time()
+        self._event(round_).set()
 
     async def configure(self, config: MergeConfig) -> None:
         if self.merger is None:
             self.merger = HotSetMerger(config)
         elif self.merger.config != config:
             raise ValueError(f"coordinator already configured with {self.merger.config}, got {config}")
+
+    async def reset(self, state: dict[str, Any] | None) -> None:
+        """Start a run (``None``) or resume one from a checkpointed state: whatever this actor or its
+        state directory held before is dropped."""
+        self.merger, self.events = None, {}
+        if self.store is not None:
+            self.store.clear()
+        if state:
+            self._load(state)
+            if self.store is not None:
+                self.store.save_merged(self.merger.state_dict())
 
     def _event(self, round_: int) -> asyncio.Event:
         return self.events.setdefault(round_, asyncio.Event())
@@ -141,35 +242,44 @@ class CoordinatorActor:
         assert self.merger is not None, "configure() first"
         while round_ > self.merger.version and round_ - 1 not in self.merger.updates:
             await self._event(round_ - 1).wait()  # merges happen in round order
+        if round_ < self.merger.version and round_ in self.merger.updates:
+            return  # a retried call whose round was merged before a restart
+        if self.store is not None:
+            self.store.save_submit(round_, rank, keys, scores)
         if self.merger.submit(round_, rank, keys, scores) and not self._event(round_).is_set():
             if self.merge_delay_s:
                 await asyncio.sleep(self.merge_delay_s)
-            self.merger.update(round_).stats["ready_at"] = time.time()
-            self._event(round_).set()
+            self._merged(round_)
 
     async def wait(self, round_: int) -> HotMapUpdate:
         await self._event(round_).wait()
         self.events.pop(round_ - 8, None)
         return self.merger.update(round_)
 
-    async def state_dict(self) -> dict[str, Any]:
+    async def state_dict(self, drain: list[int] | None = None) -> dict[str, Any]:
+        """The merged state once every round in ``drain`` (rounds all ranks have sent) is merged:
+        with nothing in flight, it is the state a checkpoint must hold."""
+        for round_ in drain or []:
+            await self._event(round_).wait()
         return self.merger.state_dict() if self.merger else {}
 
-    async def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.merger = HotSetMerger(MergeConfig(**state["config"]))
-        self.merger.load_state_dict(state)
+    async def was_restarted(self) -> bool:
+        return self.restarted
 
 
 def actor_name(run_name: str) -> str:
     return f"coordinator-{run_name}"
 
 
-def start_coordinator(run_name: str, merge_delay_s: float = 0.0):
-    """Create the run's named coordinator actor (driver side); returns its handle."""
+def start_coordinator(run_name: str, merge_delay_s: float = 0.0, state_dir: str | None = None):
+    """Create the run's named coordinator actor (driver side); returns its handle. With
+    ``state_dir`` it survives crashes: Ray restarts it and retries the calls in flight."""
     import ray
 
-    cls = ray.remote(num_cpus=0)(CoordinatorActor)
-    return cls.options(name=actor_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(merge_delay_s)
+    cls = ray.remote(num_cpus=0, max_restarts=-1 if state_dir else 0,
+                     max_task_retries=-1 if state_dir else 0)(CoordinatorActor)
+    return cls.options(name=actor_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(
+        merge_delay_s, state_dir)
 
 
 class ActorSync:

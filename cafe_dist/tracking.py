@@ -79,6 +79,18 @@ class RunTracker:
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
         return self.run_id
 
+    def resume(self, run_id: str) -> bool:
+        """Continue ``run_id`` (a re-run of a checkpointed job); False if this store does not hold it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
     def finish(self, final: dict[str, Any]) -> None:
         now = int(time.time() * 1000)
         metrics = [Metric(f"final_{k}" if k in ("auc", "logloss") else k, float(v), now, 0)

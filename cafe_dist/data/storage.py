@@ -58,3 +58,45 @@ def list_files(directory: str | Path, suffix: str) -> list[str]:
 def open_input_file(location: str | Path):
     fs, path = _fs(str(location))
     return fs.open_input_file(path)
+
+
+def read_bytes(location: str | Path) -> bytes:
+    fs, path = _fs(str(location))
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write a whole file; on a local disk through a temporary name and a rename, so a reader never
+    sees half of it (object stores publish an object only once it is complete)."""
+    fs, path = _fs(str(location))
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(path)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def list_dir(directory: str | Path) -> dict[str, int | None]:
+    """Entries directly under ``directory``: name → size in bytes (None for a directory); {} if absent."""
+    fs, path = _fs(str(directory))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    except FileNotFoundError:
+        return {}
+    return {i.base_name: (None if i.type == pafs.FileType.Directory else i.size) for i in infos}
+
+
+def delete(location: str | Path) -> None:
+    """Remove a file or a directory tree; absent is fine."""
+    fs, path = _fs(str(location))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -108,6 +108,13 @@ class CompressedEmbedding(nn.Module):
         """A digest of state every rank must hold identically (hot sets, id maps); None if none."""
         return None
 
+    def local_state(self) -> dict[str, Any]:
+        """This rank's state outside the tables (sketches, id maps, counters), for checkpoints."""
+        return {}
+
+    def load_local_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`local_state` returned."""
+
     # ---- the shared machinery -------------------------------------------------------------
     def values_of(self, kjt: KeyedJaggedTensor) -> Values:
         nf, b = len(self.names), kjt.stride()

@@ -237,6 +237,26 @@ class CafeEmbedding(CompressedEmbedding):
         self.overhead_s += time.perf_counter() - t0
         return stats
 
+    def local_state(self) -> dict:
+        if not self.compressed:
+            return {}
+        return {"sketch": self.sketch.state_dict(), "hot_map": self.hot_map.state_dict(), "steps": self.steps,
+                "mass": self._mass, "due": list(self._due), "overhead_s": self.overhead_s,
+                "sync_log": list(self.sync_log)}
+
+    def load_local_state(self, state: dict) -> None:
+        if not state:
+            return
+        self.sketch.load_state_dict(state["sketch"])
+        self.hot_map.load_state_dict(state["hot_map"])
+        self.steps, self._mass, self.overhead_s = state["steps"], state["mass"], state["overhead_s"]
+        self._due = deque(state["due"])
+        self.sync_log = list(state["sync_log"])
+
+    def rounds_in_flight(self) -> list[int]:
+        """Rounds whose summaries every rank has sent but whose version is not applied yet."""
+        return [round_ for round_, *_ in self._due]
+
     def apply_update(self, update: HotMapUpdate, rows: TableRows | None) -> None:
         """Apply one hot-set version: initialise promoted rows, then switch the map."""
         if rows is not None and update.promoted_keys.numel():

@@ -53,6 +53,16 @@ class MCHEmbedding(CompressedEmbedding):
             total += int((ids % 1_000_003 * torch.arange(1, ids.numel() + 1, device=ids.device)).sum())
         return total
 
+    def local_state(self) -> dict:
+        return {f: {"buffers": m.state_dict(), "iter": m._current_iter,
+                    "last_eviction": getattr(m, "_last_eviction_iter", -1)} for f, m in self.remappers.items()}
+
+    def load_local_state(self, state: dict) -> None:
+        for f, s in state.items():
+            m = self.remappers[f]
+            m.load_state_dict(s["buffers"])
+            m._current_iter, m._last_eviction_iter = s["iter"], s["last_eviction"]
+
     def train(self, mode: bool = True) -> MCHEmbedding:
         super().train(mode)
         for m in self.remappers.values():

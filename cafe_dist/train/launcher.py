@@ -6,12 +6,14 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cafe_dist.checkpoint import find_latest, resize_message
 from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
@@ -100,7 +102,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     preflight(job, meta)
     import ray
     import ray.data
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cafe_dist.train.worker import train_loop_per_worker
@@ -116,27 +118,39 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
     datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = storage.resolve(job.ray.storage_path)
+    run_dir = storage.join(storage_path, name)
+    found = find_latest(run_dir)  # a re-run of a checkpointed name resumes (workers pick the same one)
+    if found is not None:
+        if found.world_size != job.ray.num_workers:
+            raise ConfigError(resize_message(found, job.ray.num_workers))
+        print(f"[cafe-dist] {name}: resuming from {found.path} (step {found.step})", file=sys.stderr)
     coordinator = None
-    if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run
+    if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run, crash-safe
         from cafe_dist.coordinator import start_coordinator
 
-        coordinator = start_coordinator(name)
+        coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
     tracker = None
     if job.mlflow.enabled:  # the driver opens the run; rank 0 logs into it; nobody else does
         tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment)
-        tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
-                **job.mlflow.run_tags}
-        tracker.start(name, job.flat(), tags,
-                      yaml.safe_dump(job.model_dump(), sort_keys=False))
+        previous = found.info.get("mlflow_run_id") if found is not None else None
+        if not (previous and tracker.resume(previous)):
+            tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
+                    **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {})}
+            tracker.start(name, job.flat(), tags,
+                          yaml.safe_dump(job.model_dump(), sort_keys=False))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir),
                            "coordinator": name if coordinator is not None else None,
+                           "run_dir": run_dir, "fit_id": uuid.uuid4().hex[:12],
                            "mlflow": {"uri": tracker.uri, "run_id": tracker.run_id} if tracker else None},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=str(Path(job.ray.storage_path).resolve())),
+        run_config=RunConfig(name=name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=job.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep)),
         datasets=datasets,
     )
     t0 = time.perf_counter()
@@ -171,6 +185,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         "eval_rows": m.get("eval_rows"),
         "wall_time_s": wall,
         "data_path": str(data_dir),
+        "checkpoint_path": result.checkpoint.path if result.checkpoint else None,
     }
     out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
     if tracker:

@@ -20,7 +20,12 @@ def _summary(meta, out: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    if args.format == "criteo":
+    if args.format == "criteo" and args.address:
+        from cafe_dist.data.distributed import convert_criteo_distributed
+
+        meta = convert_criteo_distributed(args.input, args.out, test_fraction=args.test_fraction,
+                                          min_count=args.min_count, address=args.address)
+    elif args.format == "criteo":
         from cafe_dist.data.criteo import convert_criteo
 
         meta = convert_criteo(args.input, args.out, test_fraction=args.test_fraction,
@@ -123,6 +128,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "quality":
+        from cafe_dist.bench.quality import QualitySpec, run_quality_bench
+
+        out = run_quality_bench(QualitySpec(
+            data=args.data, methods=tuple(args.methods), ratios=tuple(args.ratios), num_workers=args.num_workers,
+            batch_size=args.batch_size, seed=args.seed, storage_path=args.storage_path, extra=tuple(args.set or ())),
+            output_json=args.output_json, markdown=args.markdown, plot=args.plot)
+        print(out["markdown"] + "\n\ngoals: " + json.dumps(out["goals"]), file=sys.stderr)
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.bench == "throughput":
+        from cafe_dist.bench.throughput import ThroughputSpec, run_throughput_bench
+
+        out = run_throughput_bench(ThroughputSpec(
+            methods=tuple(args.methods), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
+            batch_size=args.batch_size, data=args.data, storage_path=args.storage_path,
+            extra=tuple(args.set or ())), output_json=args.output_json)
+        for m, r in out["methods"].items():
+            print(f"{m:8s} " + "  ".join(f"{w}w {b['samples_per_sec']:>9,.0f}/s" for w, b in r["by_workers"].items()
+                                         if "samples_per_sec" in b)
+                  + (f"  vs full {r['vs_full']:.2f}" if "vs_full" in r else "")
+                  + (f"  vs hash {r['vs_hash']:.2f}" if "vs_hash" in r else ""), file=sys.stderr)
+        print(json.dumps(out, indent=2))
+        return 0
     if args.bench == "drift":
         from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
 
@@ -163,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="last fraction of rows used as test split (default 1/7, as in CAFE)")
         d.add_argument("--min-count", type=int, default=1,
                        help="train-split occurrences a value needs for its own contiguous id")
+        if fmt == "criteo":
+            d.add_argument("--address", help="convert as a distributed Ray Data job on this Ray cluster "
+                                             "(ray://HEAD:10001, auto, or 'local'); --out must be shared storage")
     s = dsub.add_parser("synth", help="Criteo-shaped synthetic data with skew and drift")
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--rows", type=int, required=True)
@@ -215,6 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
             j.add_argument("--follow", action="store_true", help="stream until the job ends")
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
+    from cafe_dist.config import METHODS
+
+    bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
+    bq.add_argument("--data", required=True, help="converted dataset directory, or a Criteo TSV file")
+    bq.add_argument("--methods", type=_csv, default=[m for m in METHODS if m != "full"], metavar="M1,M2",
+                    help="compressed methods (full always runs as the baseline)")
+    bq.add_argument("--ratios", type=lambda t: _csv(t, float), default=[10, 100, 1000, 10000], metavar="R1,R2")
+    bq.add_argument("--num-workers", type=int, default=1)
+    bq.add_argument("--batch-size", type=int, default=256)
+    bq.add_argument("--seed", type=int, default=0)
+    bq.add_argument("--storage-path", default="runs/bench")
+    bq.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    bq.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
+    bq.add_argument("--plot", metavar="PATH", help="write AUC versus ratio (PNG)")
+    bq.add_argument("--output-json", metavar="PATH")
+    bt = bsub.add_parser("throughput", help="training samples/s per method, as ratios to full and hash")
+    bt.add_argument("--methods", type=_csv, default=list(METHODS), metavar="M1,M2")
+    bt.add_argument("--num-workers", type=lambda t: _csv(t, int), default=[1, 2], metavar="N1,N2")
+    bt.add_argument("--ratio", type=float, default=100.0, help="compression ratio of every method but full")
+    bt.add_argument("--steps", type=int, default=120)
+    bt.add_argument("--batch-size", type=int, default=1024)
+    bt.add_argument("--data", help="dataset directory or Criteo TSV (default: synthetic, generated once)")
+    bt.add_argument("--storage-path", default="runs/bench")
+    bt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    bt.add_argument("--output-json", metavar="PATH")
     bs = bsub.add_parser("sketch", help="HotSketch insert throughput, recall and precision")
     bs.add_argument("--num-ids", type=int, default=20_000_000)
     bs.add_argument("--distinct", type=int, default=10_000_000)

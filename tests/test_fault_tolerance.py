@@ -75,6 +75,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_exactly(baseline, tiny
     assert (runs / "runs" / "killed" / ".faults" / "kill_worker").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_coordinator_restarts_with_its_state(baseline, tiny_synth, runs):
     """Killed right after the round of step 30 was sent and before it is applied (sync_lag 2)."""
     out = run_training(_job(runs, tiny_synth, "coordinator", "fault.kill_coordinator_at_step=30"))
@@ -83,6 +84,7 @@ def test_a_killed_coordinator_restarts_with_its_state(baseline, tiny_synth, runs
     _same_training(out, baseline)
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_a_truncated_checkpoint(baseline, tiny_synth, runs, tmp_path):
     """A run stops at step 40 (checkpoints at 20 and, final, 40); the step-40 one is then truncated.
     Re-running the same name resumes from step 20 in the same MLflow run and ends as the baseline."""
@@ -101,14 +103,35 @@ def test_resume_falls_back_past_a_truncated_checkpoint(baseline, tiny_synth, run
     _same_training(out, baseline)
 
 
+def _copy_checkpoints(runs: Path, dest: Path) -> Path:
+    for step in (20, 40):
+        name = f"checkpoint_step{step:08d}"
+        shutil.copytree(runs / "runs" / "baseline" / name, dest / name)
+    return dest / "checkpoint_step00000040"
+
+
 def test_a_checkpoint_without_every_manifest_is_incomplete(baseline, runs, tmp_path):
     """A crash between ranks' uploads: rank 1's manifest never arrived."""
-    copy = tmp_path / "run"
-    shutil.copytree(runs / "runs" / "baseline" / "checkpoint_step00000040", copy / "checkpoint_step00000040")
-    shutil.copytree(runs / "runs" / "baseline" / "checkpoint_step00000020", copy / "checkpoint_step00000020")
-    (copy / "checkpoint_step00000040" / "manifest-rank1.json").unlink()
-    found = find_latest(str(copy))
+    newest = _copy_checkpoints(runs, tmp_path)
+    (newest / "manifest-rank1.json").unlink()
+    found = find_latest(str(tmp_path))
     assert found.step == 20 and "rank 1 never finished" in found.skipped[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_file_makes_the_checkpoint_incomplete(baseline, runs, tmp_path, damage):
+    newest = _copy_checkpoints(runs, tmp_path)
+    assert find_latest(str(tmp_path)).step == 40
+    victim = newest / "rank0.pt"
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2:]
+    else:  # same size, one bit off: only the hash can tell
+        data[len(data) // 2] ^= 1
+    victim.write_bytes(bytes(data))
+    found = find_latest(str(tmp_path))
+    assert found.step == 20
+    assert ("bytes, manifest says" if damage == "truncate" else "SHA-256 differs") in found.skipped[0]
 
 
 def test_resuming_on_another_number_of_workers_says_why_not(baseline, tiny_synth, runs):

@@ -25,6 +25,31 @@ def _layout(path: str) -> bool:
     return n == 40
 
 
+def labeled_layout(inputs: list[str]) -> bool:
+    """Whether the inputs are labeled; all of them must agree."""
+    if not inputs:
+        raise BadInputError("no input files given")
+    layouts = {p: _layout(p) for p in inputs}
+    labeled = set(layouts.values())
+    if len(labeled) > 1:
+        raise BadInputError(f"mixing labeled (40-field) and unlabeled (39-field) files: {layouts}")
+    return labeled.pop()
+
+
+def parse_file(path: str, labeled: bool, sink, progress: bool = False) -> None:
+    """Parse one Criteo TSV file into ``sink`` (``add_rows`` / ``add_bad``, e.g. a RawSink)."""
+    names = (["label"] if labeled else []) + CRITEO_DENSE + CRITEO_SPARSE
+    bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
+               disable=not progress, mininterval=1.0)
+    for tb in read_delimited(path, names, "\t"):
+        if tb.wrong_width:
+            sink.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
+        if tb.table.num_rows:
+            _convert_block(tb, names, labeled, sink, str(path))
+        bar.update(tb.table.num_rows + len(tb.wrong_width))
+    bar.close()
+
+
 def convert_criteo(
     inputs: list[str],
     out_dir: str | Path,
@@ -33,31 +58,16 @@ def convert_criteo(
     min_count: int = 1,
     progress: bool = True,
 ) -> DatasetMeta:
-    if not inputs:
-        raise BadInputError("no input files given")
-    layouts = {p: _layout(p) for p in inputs}
-    labeled = set(layouts.values())
-    if len(labeled) > 1:
-        raise BadInputError(f"mixing labeled (40-field) and unlabeled (39-field) files: {layouts}")
-    labeled_flag = labeled.pop()
-    names = (["label"] if labeled_flag else []) + CRITEO_DENSE + CRITEO_SPARSE
+    labeled = labeled_layout(inputs)
     writer = DatasetWriter(out_dir, "criteo", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
-                           labeled=labeled_flag, min_count=min_count, sources=[str(p) for p in inputs],
+                           labeled=labeled, min_count=min_count, sources=[str(p) for p in inputs],
                            progress=progress)
     for path in inputs:
-        bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
-                   disable=not progress, mininterval=1.0)
-        for tb in read_delimited(path, names, "\t"):
-            if tb.wrong_width:
-                writer.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
-            if tb.table.num_rows:
-                _convert_block(tb, names, labeled_flag, writer, str(path))
-            bar.update(tb.table.num_rows + len(tb.wrong_width))
-        bar.close()
+        parse_file(path, labeled, writer, progress)
     return writer.finalize()
 
 
-def _convert_block(tb, names: list[str], labeled: bool, writer: DatasetWriter, source: str) -> None:
+def _convert_block(tb, names: list[str], labeled: bool, writer, source: str) -> None:
     t = tb.table
     n = t.num_rows
     checks: list[tuple[str, np.ndarray]] = []  # (reason prefix, ok mask), in field order

@@ -64,6 +64,69 @@ class _CountMerger:
         return self.values, self.counts
 
 
+def vocab_table(sparse: list[str], values: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    """``vocab.parquet``'s rows (feature index, value, count) from each feature's sorted values + counts."""
+    return pa.table({
+        "feature": np.concatenate([np.full(len(values[f][0]), j, np.int16) for j, f in enumerate(sparse)]),
+        "value": np.concatenate([values[f][0] for f in sparse]),
+        "count": np.concatenate([values[f][1] for f in sparse]),
+    })
+
+
+def contiguous_ids(vocab_values: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Position + 1 of each raw value in the sorted vocabulary; 0 for values not in it."""
+    if len(vocab_values) == 0:
+        return np.zeros(len(raw), np.int64)
+    pos = np.searchsorted(vocab_values, raw)
+    hit = (pos < len(vocab_values)) & (vocab_values[np.minimum(pos, len(vocab_values) - 1)] == raw)
+    return np.where(hit, pos + 1, 0).astype(np.int64)
+
+
+class RawSink:
+    """Pass 1's output: good rows appended to one raw Parquet file in source order, rejected lines
+    (source, line number, reason, raw text) to a TSV file. Memory stays one batch."""
+
+    def __init__(self, raw_path: Path, bad_path: Path, schema: pa.Schema, n_dense: int, n_sparse: int,
+                 extra_names: list[str] | None = None, bad_header: bool = True) -> None:
+        self.schema, self.n_dense, self.n_sparse = schema, n_dense, n_sparse
+        self.extra_names = extra_names or []
+        self.raw = pq.ParquetWriter(raw_path, schema)
+        self.bad_file = open(bad_path, "w")  # noqa: SIM115 (closed in close)
+        if bad_header:
+            self.bad_file.write("source\tline\treason\traw\n")
+        self.good = self.bad = 0
+
+    def add_rows(self, label: np.ndarray, dense: np.ndarray, sparse: np.ndarray,
+                 extra: dict[str, np.ndarray] | None = None) -> None:
+        """Append good rows: label (n,), dense (n, n_dense) float32, sparse (n, n_sparse) int64."""
+        if len(label) == 0:
+            return
+        cols = [pa.array(label.astype(np.int8))]
+        cols += [pa.array(dense[:, j].astype(np.float32)) for j in range(self.n_dense)]
+        cols += [pa.array(sparse[:, j].astype(np.int64)) for j in range(self.n_sparse)]
+        cols += [pa.array(extra[name]) for name in self.extra_names] if extra else []
+        self.raw.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        self.good += len(label)
+
+    def add_bad(self, source: str, lines: list[int | None], reasons: list[str], raws: list[str]) -> None:
+        for line, reason, raw in zip(lines, reasons, raws):
+            raw = raw.replace("\t", "\\t").replace("\n", "\\n")
+            self.bad_file.write(f"{source}\t{'' if line is None else line}\t{reason}\t{raw[:500]}\n")
+        self.bad += len(lines)
+
+    def close(self) -> None:
+        self.raw.close()
+        self.bad_file.close()
+
+
+def raw_schema(dense: list[str], sparse: list[str], extra_columns: dict[str, pa.DataType] | None = None) -> pa.Schema:
+    fields = [pa.field("label", pa.int8())]
+    fields += [pa.field(n, pa.float32()) for n in dense]
+    fields += [pa.field(n, pa.int64()) for n in sparse]
+    fields += [pa.field(n, t) for n, t in (extra_columns or {}).items()]
+    return pa.schema(fields)
+
+
 class DatasetWriter:
     """Collects good rows and bad-line records; ``finalize`` writes the dataset layout."""
 
@@ -98,43 +161,20 @@ class DatasetWriter:
         self.sources = sources or []
         self.extra_meta = extra_meta or {}
         self.progress = progress
-        fields = [pa.field("label", pa.int8())]
-        fields += [pa.field(n, pa.float32()) for n in self.dense]
-        fields += [pa.field(n, pa.int64()) for n in self.sparse]
-        fields += [pa.field(n, t) for n, t in (extra_columns or {}).items()]
         self.extra_names = list((extra_columns or {}).keys())
-        self.raw_schema = pa.schema(fields)
+        self.raw_schema = raw_schema(self.dense, self.sparse, extra_columns)
         self._raw_path = self.out / "_raw.parquet"
-        self._raw = pq.ParquetWriter(self._raw_path, self.raw_schema)
-        self.good = 0
-        self.bad = 0
-        self._bad_file = open(self.out / BAD_ROWS_FILE, "w")  # noqa: SIM115 (closed in finalize)
-        self._bad_file.write("source\tline\treason\traw\n")
+        self.sink = RawSink(self._raw_path, self.out / BAD_ROWS_FILE, self.raw_schema, len(self.dense),
+                            len(self.sparse), self.extra_names)
+        self.add_rows, self.add_bad = self.sink.add_rows, self.sink.add_bad
 
-    # ---- pass 1 -------------------------------------------------------------------------------
-    def add_rows(
-        self,
-        label: np.ndarray,
-        dense: np.ndarray,
-        sparse: np.ndarray,
-        extra: dict[str, np.ndarray] | None = None,
-    ) -> None:
-        """Append good rows: label (n,), dense (n, n_dense) float32, sparse (n, n_sparse) int64."""
-        n = len(label)
-        if n == 0:
-            return
-        cols = [pa.array(label.astype(np.int8))]
-        cols += [pa.array(dense[:, j].astype(np.float32)) for j in range(len(self.dense))]
-        cols += [pa.array(sparse[:, j].astype(np.int64)) for j in range(len(self.sparse))]
-        cols += [pa.array(extra[name]) for name in self.extra_names] if extra else []
-        self._raw.write_table(pa.Table.from_arrays(cols, schema=self.raw_schema))
-        self.good += n
+    @property
+    def good(self) -> int:
+        return self.sink.good
 
-    def add_bad(self, source: str, lines: list[int | None], reasons: list[str], raws: list[str]) -> None:
-        for line, reason, raw in zip(lines, reasons, raws):
-            raw = raw.replace("\t", "\\t").replace("\n", "\\n")
-            self._bad_file.write(f"{source}\t{'' if line is None else line}\t{reason}\t{raw[:500]}\n")
-        self.bad += len(lines)
+    @property
+    def bad(self) -> int:
+        return self.sink.bad
 
     # ---- pass 2 -------------------------------------------------------------------------------
     def _raw_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -145,8 +185,7 @@ class DatasetWriter:
                     disable=not self.progress, mininterval=1.0)
 
     def finalize(self) -> DatasetMeta:
-        self._raw.close()
-        self._bad_file.close()
+        self.sink.close()
         if self.good == 0:
             self._raw_path.unlink(missing_ok=True)
             detail = f"all {self.bad} lines were malformed" if self.bad else "the input holds no rows"
@@ -187,20 +226,12 @@ class DatasetWriter:
                 seen += take
                 bar.update(take)
         vocab, self._distinct = {}, {}
-        feats, vals, cnts = [], [], []
-        for j, f in enumerate(self.sparse):
+        for f in self.sparse:
             values, counts = mergers[f].result()
             self._distinct[f] = len(values)
             keep = counts >= self.min_count
             vocab[f] = (values[keep], counts[keep])
-            feats.append(np.full(int(keep.sum()), j, np.int16))
-            vals.append(values[keep])
-            cnts.append(counts[keep])
-        pq.write_table(
-            pa.table({"feature": np.concatenate(feats), "value": np.concatenate(vals),
-                      "count": np.concatenate(cnts)}),
-            self.out / VOCAB_FILE,
-        )
+        pq.write_table(vocab_table(self.sparse, vocab), self.out / VOCAB_FILE)
         return vocab
 
     def _write_splits(self, n_train: int, vocab: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -213,12 +244,7 @@ class DatasetWriter:
                 n = batch.num_rows
                 cols = list(batch.columns)
                 for f in self.sparse:
-                    values = vocab[f][0]
-                    raw = batch.column(f).to_numpy()
-                    pos = np.searchsorted(values, raw)
-                    pos_c = np.minimum(pos, max(len(values) - 1, 0))
-                    hit = (pos < len(values)) & (values[pos_c] == raw) if len(values) else np.zeros(n, bool)
-                    cols.append(pa.array(np.where(hit, pos + 1, 0).astype(np.int64)))
+                    cols.append(pa.array(contiguous_ids(vocab[f][0], batch.column(f).to_numpy())))
                 table = pa.Table.from_arrays(cols, schema=schema)
                 cut = min(max(n_train - row, 0), n)
                 if cut:

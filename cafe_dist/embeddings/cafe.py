@@ -81,6 +81,7 @@ class CafeEmbedding(CompressedEmbedding):
         self._step_ends: deque[float] = deque(maxlen=256)
         self.sync_log: list[dict[str, float]] = []
         self.overhead_s = 0.0
+        self.phase_s = {"sketch": 0.0, "sync": 0.0, "migration": 0.0}  # where after_step's time goes
         super().__init__(features, dim, ratio, device)
 
     # ---- sizing -------------------------------------------------------------------------------
@@ -213,6 +214,9 @@ class CafeEmbedding(CompressedEmbedding):
                     self.sketch.decay(self.params.decay)
         self.steps += 1
         stats: dict[str, float] = {}
+        t1 = time.perf_counter()
+        self.phase_s["sketch"] += t1 - t0
+        migration = 0.0
         if self.steps % self.params.sync_interval == 0:
             round_ = self.steps // self.params.sync_interval - 1
             min_score = min(self.params.threshold, self.params.ml_threshold if self.multi_level else math.inf)
@@ -226,6 +230,7 @@ class CafeEmbedding(CompressedEmbedding):
             update = self.sync.receive(round_)
             waited = time.perf_counter() - t_wait
             self.apply_update(update, rows)
+            migration += time.perf_counter() - t_wait - waited
             ready = update.stats.get("ready_at", update.stats.get("merged_at", sent_at))
             in_flight = sum(1 for t in self._step_ends if sent_at < t < ready)
             self.sync_log.append({**update.stats, "wait_s": waited, "steps_in_flight": in_flight,
@@ -234,7 +239,10 @@ class CafeEmbedding(CompressedEmbedding):
                          churn=update.stats["churn"])
         stats["hot"] = float(len(self.hot_map))
         self._step_ends.append(time.time())
-        self.overhead_s += time.perf_counter() - t0
+        t2 = time.perf_counter()
+        self.phase_s["migration"] += migration
+        self.phase_s["sync"] += t2 - t1 - migration
+        self.overhead_s += t2 - t0
         return stats
 
     def local_state(self) -> dict:

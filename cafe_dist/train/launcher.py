@@ -117,7 +117,8 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
     data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
     datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
-    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
+    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path = storage.resolve(job.ray.storage_path)
     run_dir = storage.join(storage_path, name)
     found = find_latest(run_dir)  # a re-run of a checkpointed name resumes (workers pick the same one)

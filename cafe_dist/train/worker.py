@@ -102,6 +102,8 @@ def evaluate(dmp: torch.nn.Module, shard, collate: Collator, device: torch.devic
             "eval_rows": int(totals[1])}
 
 
+WARMUP_STEPS = 10  # steps left out of steady_samples_per_sec
+
 # after_step statistics that are a current level rather than a count to sum, and their output name
 LEVELS = {"hot": "hot_ids", "churn": "last_churn"}
 
@@ -128,6 +130,40 @@ class Progress:
     totals: dict[str, float] = field(default_factory=dict)  # summed counters; levels (hot, churn) kept
     checksums: list[int] = field(default_factory=list)  # state checksum after every step
     trace: list[list[float]] = field(default_factory=list)
+
+
+class StepPhases:
+    """Where a training step's wall time goes (this rank's view; ``bench throughput`` reports it):
+    data (waiting for and collating the batch), lookup (the embedding module's forward: id
+    transform, sharded lookups, combine), dense forward, backward (both optimizers included; fused
+    tables update in backward) and the method's between-steps work (CAFE: sketch, sync, migration)."""
+
+    def __init__(self, emb: torch.nn.Module) -> None:
+        self.s = dict.fromkeys(("data", "lookup", "forward", "backward", "method"), 0.0)
+        self.mark = time.perf_counter()
+        self._lookup_start = 0.0
+        emb.register_forward_pre_hook(self._pre)
+        emb.register_forward_hook(self._post)
+
+    def _pre(self, module, args) -> None:
+        self._lookup_start = time.perf_counter()
+
+    def _post(self, module, args, out) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.s["lookup"] += time.perf_counter() - self._lookup_start
+
+    def add(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.s[phase] += now - self.mark
+        self.mark = now
+
+    def split(self, emb: torch.nn.Module) -> dict[str, float]:
+        """Seconds per phase; the method's share broken down where it says how."""
+        out = {k: v for k, v in self.s.items() if k not in ("forward", "method")}
+        out["dense_forward"] = self.s["forward"] - self.s["lookup"]
+        parts = getattr(emb, "phase_s", None)
+        out.update(parts if parts else {"method": self.s["method"]})
+        return out
 
 
 def _batch_crc(np_batch: dict[str, np.ndarray], seed: int) -> int:
@@ -264,6 +300,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed_samples = progress.samples
     done = tc.max_steps is not None and progress.step >= tc.max_steps
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
+    phases = StepPhases(emb)
+    first_step, warm, paused_s = progress.step, None, 0.0  # paused: evaluations and checkpoints
     for epoch in range(progress.epoch, tc.epochs):
         if done:
             break
@@ -280,12 +318,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             except BadInputError as e:  # say where: this rank's shard, this step's batch
                 raise BadInputError(f"train split, rank {wc.rank}, step {step + 1} (rows {step * tc.batch_size:,}"
                                     f"–{(step + 1) * tc.batch_size - 1:,} of this rank's shard): {e}") from None
+            phases.add("data")
             logits = dmp(batch.dense, batch.sparse)
             loss = binary_cross_entropy_with_logits(logits, batch.labels)
+            phases.add("forward")
             dense_opt.zero_grad()
             loss.backward()
             dense_opt.step()
+            phases.add("backward")
             stats = emb.after_step(rows)  # hot-set changes, evictions: between steps, same on every rank
+            phases.add("method")
             for k, val in stats.items():
                 progress.totals[k] = val if k in LEVELS else progress.totals.get(k, 0.0) + val
             checksum = emb.state_checksum()
@@ -296,6 +338,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.step = step = step + 1
             progress.batch_in_epoch += 1
             progress.samples += len(batch.labels) * wc.world_size
+            if step - first_step == WARMUP_STEPS:  # steady state from here: JIT compiles, caches warm
+                warm = (time.perf_counter(), paused_s, progress.samples)
             window_loss += float(loss.detach())
             window_steps += 1
             if is_chief and step % tc.log_every == 0:
@@ -320,6 +364,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 t_eval = time.perf_counter()
                 last_eval = (step, evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size))
                 eval_s += time.perf_counter() - t_eval
+                paused_s += time.perf_counter() - t_eval
                 window_start += time.perf_counter() - t_eval
                 _log_eval(is_chief, tracking, *last_eval)
                 if tc.target_auc is not None and last_eval[1]["auc"] >= tc.target_auc:  # same AUC on every rank
@@ -335,10 +380,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 saved_at = step
                 loop_start, eval_s = time.perf_counter(), 0.0
                 window_start += loop_start - t_ckpt
+                paused_s += loop_start - t_ckpt
             inject_faults()
             if done:
                 break
-    train_time = progress.train_time_s + time.perf_counter() - loop_start - eval_s
+            phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
+    end = time.perf_counter()
+    train_time = progress.train_time_s + end - loop_start - eval_s
+    steady = ((progress.samples - warm[2]) / (end - warm[0] - (paused_s - warm[1]))
+              if warm is not None and progress.samples > warm[2] else None)
     step, samples, totals = progress.step, progress.samples, progress.totals
 
     if last_eval is not None and last_eval[0] == step:  # the last periodic evaluation was the final one
@@ -362,10 +412,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "train_samples": samples,
         "samples_per_sec": (samples - resumed_samples) / (train_time - progress.train_time_s)
         if train_time > progress.train_time_s and samples > resumed_samples else samples / max(train_time, 1e-9),
+        "steady_samples_per_sec": steady,  # after the first WARMUP_STEPS of this attempt
         "world_size": wc.world_size,
         "restarts": restarts,
         "resumed_from_step": found.step if found is not None else None,
         "resumed_hot_map_checksum": resume_checksum,
+        "time_split_s": phases.split(emb),
         "data_digest": digests,
         **({"target_auc_reached_at_step": reached} if tc.target_auc is not None else {}),
         **{f"{k}_total" if k not in LEVELS else LEVELS[k]: v for k, v in totals.items()},

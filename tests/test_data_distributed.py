@@ -1,0 +1,48 @@
+"""``cafe-dist data criteo --address``: the Ray Data conversion writes the same dataset as the
+single-machine converter (real Criteo rows split into three 'day' files, one with a bad line)."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from cafe_dist.cli import main
+from cafe_dist.data.criteo import convert_criteo
+from cafe_dist.data.schema import DatasetMeta
+
+
+def _days(tmp: Path) -> list[str]:
+    from conftest import CRITEO_SAMPLE, need
+
+    lines = need(CRITEO_SAMPLE).read_text().splitlines(keepends=True)
+    parts = [lines[:4000], lines[4000:7000] + ["not\ta criteo line\n"], lines[7000:]]
+    files = []
+    for i, part in enumerate(parts):
+        f = tmp / f"day_{i}.tsv"
+        f.write_text("".join(part))
+        files.append(str(f))
+    return files
+
+
+def _table(d: Path, split: str):
+    return pq.read_table(sorted((d / split).glob("part-*.parquet")))
+
+
+def test_ray_data_conversion_equals_the_single_machine_one(ray_cluster, tmp_path):
+    days = _days(tmp_path)
+    rc = main(["data", "criteo", "--input", *days, "--out", str(tmp_path / "dist"), "--test-fraction", "0.3",
+               "--min-count", "2", "--address", "local"])
+    assert rc == 0
+    single = convert_criteo(days, tmp_path / "single", test_fraction=0.3, min_count=2, progress=False)
+    dist = DatasetMeta.load(tmp_path / "dist")
+    assert dist.rows == single.rows == {"train": 7000, "test": 3000}
+    assert dist.cardinality == single.cardinality and dist.raw_distinct == single.raw_distinct
+    assert dist.bad_rows == single.bad_rows == 1
+    assert dist.extra["converted_by"] == "ray-data"
+    # the split falls inside day_1 (rows 7,000 on are test): train has 2 parts, test the other 2
+    assert len(list((tmp_path / "dist" / "train").glob("*.parquet"))) == 2
+    for split in ("train", "test"):
+        a, b = _table(tmp_path / "dist", split), _table(tmp_path / "single", split)
+        assert a.equals(b.select(a.column_names)), split
+    assert pq.read_table(tmp_path / "dist" / "vocab.parquet").equals(pq.read_table(tmp_path / "single" / "vocab.parquet"))
+    bad = (tmp_path / "dist" / "bad_rows.tsv").read_text().splitlines()
+    assert bad[1].startswith(f"{days[1]}\t3001\texpected 40 fields, got 2")

@@ -196,7 +196,7 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-class Run:
+class RunMarkers:
     """Files of this run beside its checkpoints: attempt markers (restarts) and fault markers."""
 
     def __init__(self, run_dir: str, fit_id: str) -> None:
@@ -225,7 +225,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dmp, dense_opt, emb, plan, _ = build_model(job, meta, wc)
     tc = job.train
     is_chief = wc.rank == 0
-    run = Run(config["run_dir"], config["fit_id"])
+    run = RunMarkers(config["run_dir"], config["fit_id"])
     actor = None
     if config.get("coordinator"):
         from cafe_dist.coordinator import NAMESPACE, actor_name
@@ -295,13 +295,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     saved_at = progress.step if found is not None else -1  # step of the newest state checkpoint
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    # time in periodic evaluation (not training), the latest (step, result), step that reached target_auc
-    eval_s, last_eval, reached = 0.0, None, None
-    resumed_samples = progress.samples
+    last_eval, reached = None, None  # the latest (step, result); the step that reached target_auc
+    resumed_samples, prior_train_s = progress.samples, progress.train_time_s  # from earlier attempts
     done = tc.max_steps is not None and progress.step >= tc.max_steps
     loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
+    paused_s = 0.0  # evaluations and checkpoints of this attempt: not training time
+
+    def trained_s(now: float) -> float:
+        return prior_train_s + now - loop_start - paused_s
+
     phases = StepPhases(emb)
-    first_step, warm, paused_s = progress.step, None, 0.0  # paused: evaluations and checkpoints
+    first_step, warm = progress.step, None
     for epoch in range(progress.epoch, tc.epochs):
         if done:
             break
@@ -356,14 +360,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     tracking.log(step, {"loss": window_loss / window_steps, "samples_per_sec": rate,
                                         **progress.totals,
                                         **({"hot_top_ids": progress.trace[-1][2]} if progress.trace else {}),
-                                        **({"sync_overhead": overhead / (now - loop_start - eval_s
-                                                                         + progress.train_time_s)}
+                                        **({"sync_overhead": overhead / trained_s(now)}
                                            if overhead is not None else {})})
                 window_loss, window_steps, window_start = 0.0, 0, now
             if tc.eval_every is not None and step % tc.eval_every == 0:  # every rank is at this step
                 t_eval = time.perf_counter()
                 last_eval = (step, evaluate(dmp, test_shard, collate, wc.device, tc.eval_batch_size))
-                eval_s += time.perf_counter() - t_eval
                 paused_s += time.perf_counter() - t_eval
                 window_start += time.perf_counter() - t_eval
                 _log_eval(is_chief, tracking, *last_eval)
@@ -375,18 +377,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             every = job.checkpoint.every_steps
             if every is not None and step % every == 0 and not done:
                 t_ckpt = time.perf_counter()
-                progress.train_time_s += t_ckpt - loop_start - eval_s  # so far, saved with the rest
+                progress.train_time_s = trained_s(t_ckpt)  # so far, saved with the rest
                 save_checkpoint(False, {"step": step})
                 saved_at = step
-                loop_start, eval_s = time.perf_counter(), 0.0
-                window_start += loop_start - t_ckpt
-                paused_s += loop_start - t_ckpt
+                paused_s += time.perf_counter() - t_ckpt
+                window_start += time.perf_counter() - t_ckpt
             inject_faults()
             if done:
                 break
             phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
     end = time.perf_counter()
-    train_time = progress.train_time_s + end - loop_start - eval_s
+    train_time, attempt_s = trained_s(end), trained_s(end) - prior_train_s
+    progress.train_time_s = train_time  # what the final checkpoint records
     steady = ((progress.samples - warm[2]) / (end - warm[0] - (paused_s - warm[1]))
               if warm is not None and progress.samples > warm[2] else None)
     step, samples, totals = progress.step, progress.samples, progress.totals
@@ -410,8 +412,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         **result,
         "steps": step,
         "train_samples": samples,
-        "samples_per_sec": (samples - resumed_samples) / (train_time - progress.train_time_s)
-        if train_time > progress.train_time_s and samples > resumed_samples else samples / max(train_time, 1e-9),
+        "samples_per_sec": (samples - resumed_samples) / attempt_s if attempt_s > 0 else 0.0,  # this attempt
         "steady_samples_per_sec": steady,  # after the first WARMUP_STEPS of this attempt
         "world_size": wc.world_size,
         "restarts": restarts,

@@ -139,11 +139,17 @@ class StepPhases:
     tables update in backward) and the method's between-steps work (CAFE: sketch, sync, migration)."""
 
     def __init__(self, emb: torch.nn.Module) -> None:
-        self.s = dict.fromkeys(("data", "lookup", "forward", "backward", "method"), 0.0)
+        self.emb = emb
         self.mark = time.perf_counter()
         self._lookup_start = 0.0
+        self.restart()
         emb.register_forward_pre_hook(self._pre)
         emb.register_forward_hook(self._post)
+
+    def restart(self) -> None:
+        """Count from here on (after the warm-up steps, as steady_samples_per_sec does)."""
+        self.s = dict.fromkeys(("data", "lookup", "forward", "backward", "method"), 0.0)
+        self._method_base = dict(getattr(self.emb, "phase_s", None) or {})
 
     def _pre(self, module, args) -> None:
         self._lookup_start = time.perf_counter()
@@ -157,12 +163,13 @@ class StepPhases:
         self.s[phase] += now - self.mark
         self.mark = now
 
-    def split(self, emb: torch.nn.Module) -> dict[str, float]:
+    def split(self) -> dict[str, float]:
         """Seconds per phase; the method's share broken down where it says how."""
         out = {k: v for k, v in self.s.items() if k not in ("forward", "method")}
         out["dense_forward"] = self.s["forward"] - self.s["lookup"]
-        parts = getattr(emb, "phase_s", None)
-        out.update(parts if parts else {"method": self.s["method"]})
+        parts = getattr(self.emb, "phase_s", None)
+        out.update({k: v - self._method_base.get(k, 0.0) for k, v in parts.items()} if parts
+                   else {"method": self.s["method"]})
         return out
 
 
@@ -344,6 +351,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.samples += len(batch.labels) * wc.world_size
             if step - first_step == WARMUP_STEPS:  # steady state from here: JIT compiles, caches warm
                 warm = (time.perf_counter(), paused_s, progress.samples)
+                phases.restart()
             window_loss += float(loss.detach())
             window_steps += 1
             if is_chief and step % tc.log_every == 0:
@@ -418,7 +426,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "restarts": restarts,
         "resumed_from_step": found.step if found is not None else None,
         "resumed_hot_map_checksum": resume_checksum,
-        "time_split_s": phases.split(emb),
+        "time_split_s": phases.split(),  # steady state too, where the run had more than WARMUP_STEPS
         "data_digest": digests,
         **({"target_auc_reached_at_step": reached} if tc.target_auc is not None else {}),
         **{f"{k}_total" if k not in LEVELS else LEVELS[k]: v for k, v in totals.items()},

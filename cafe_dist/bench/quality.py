@@ -59,7 +59,7 @@ def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def markdown_tables(runs: list[dict[str, Any]], ratios: tuple[float, ...]) -> str:
+def markdown_tables(runs: list[dict[str, Any]], ratios: tuple[float, ...], workers: int) -> str:
     """AUC per method (rows) and ratio (columns), then every run in detail."""
     by = {(r["method"], r["ratio"]): r for r in runs}
     methods = list(dict.fromkeys(r["method"] for r in runs))
@@ -68,12 +68,12 @@ def markdown_tables(runs: list[dict[str, Any]], ratios: tuple[float, ...]) -> st
     for m in methods:
         cells = []
         for x in ratios:
-            r = by.get((m, float(x))) or (by.get((m, 1.0)) if m == "full" else None)
+            r = by.get((m, float(x)))
             cells.append("-" if r is None else "n/a" if "error" in r else f"{r['auc']:.4f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    rows = [RunRow("", r["method"], r["method"], r.get("compression_ratio", r["ratio"]),
+    rows = [RunRow("", f"{r['method']}-{r['ratio']:g}x", r["method"], r.get("compression_ratio", r["ratio"]),
                    r.get("embedding_bytes", math.nan) / 1e6, r.get("auc", math.nan), r.get("logloss", math.nan),
-                   r.get("samples_per_sec", math.nan), 0, "FINISHED" if "auc" in r else "UNREACHABLE")
+                   r.get("samples_per_sec", math.nan), workers, "FINISHED" if "auc" in r else "UNREACHABLE")
             for r in runs]
     return "\n".join(lines) + "\n\n" + format_table(rows, markdown=True)
 
@@ -92,7 +92,7 @@ def run_quality_bench(spec: QualitySpec, output_json: str | Path | None = None, 
                                                    common)))
     result = {"spec": asdict(spec), "data_dir": data_dir, "runs": runs, "goals": goals(runs),
               "wall_time_s": time.perf_counter() - t0}
-    table = markdown_tables(runs, (1.0, *map(float, spec.ratios)))
+    table = markdown_tables(runs, (1.0, *map(float, spec.ratios)), spec.num_workers)
     result["markdown"] = table
     if markdown:
         Path(markdown).write_text(table + "\n")

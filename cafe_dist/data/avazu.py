@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from cafe_dist.data.parsing import hash_strings32
 from cafe_dist.data.schema import DatasetMeta
-from cafe_dist.data.textsource import bad_row_text, first_line, read_delimited
+from cafe_dist.data.textsource import bad_row_text, first_line, parse_into
 from cafe_dist.data.writer import BadInputError, DatasetWriter
 
 AVAZU_FIELDS = [
@@ -59,15 +57,9 @@ def convert_avazu(
     )
     for path in inputs:
         names = headers[path]
-        bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
-                   disable=not progress, mininterval=1.0)
-        for tb in read_delimited(path, names, ",", skip_header=True):
-            if tb.wrong_width:
-                writer.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
-            if tb.table.num_rows:
-                _convert_block(tb, names, labeled_flag, writer, str(path))
-            bar.update(tb.table.num_rows + len(tb.wrong_width))
-        bar.close()
+        parse_into(path, names, ",", writer,
+                   lambda tb, names=names, path=path: _convert_block(tb, names, labeled_flag, writer, str(path)),
+                   progress, skip_header=True)
     return writer.finalize()
 
 

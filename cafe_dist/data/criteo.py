@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from cafe_dist.data.parsing import dense_transform, parse_hex32, parse_int
 from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_SPARSE, DatasetMeta
-from cafe_dist.data.textsource import bad_row_text, first_line, read_delimited
+from cafe_dist.data.textsource import bad_row_text, first_line, parse_into
 from cafe_dist.data.writer import BadInputError, DatasetWriter
 
 
@@ -39,15 +37,7 @@ def labeled_layout(inputs: list[str]) -> bool:
 def parse_file(path: str, labeled: bool, sink, progress: bool = False) -> None:
     """Parse one Criteo TSV file into ``sink`` (``add_rows`` / ``add_bad``, e.g. a RawSink)."""
     names = (["label"] if labeled else []) + CRITEO_DENSE + CRITEO_SPARSE
-    bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
-               disable=not progress, mininterval=1.0)
-    for tb in read_delimited(path, names, "\t"):
-        if tb.wrong_width:
-            sink.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
-        if tb.table.num_rows:
-            _convert_block(tb, names, labeled, sink, str(path))
-        bar.update(tb.table.num_rows + len(tb.wrong_width))
-    bar.close()
+    parse_into(path, names, "\t", sink, lambda tb: _convert_block(tb, names, labeled, sink, str(path)), progress)
 
 
 def convert_criteo(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from tqdm import tqdm
 
 from cafe_dist.data.writer import BadInputError
 
@@ -97,3 +99,18 @@ def bad_row_text(table: pa.Table, rows: np.ndarray, delimiter: str) -> list[str]
     """Rebuild the raw text of a few rejected rows (only bad rows, so a Python join is fine)."""
     cols = [table.column(i).take(pa.array(rows)).to_pylist() for i in range(table.num_columns)]
     return [delimiter.join(vals) for vals in zip(*cols)]
+
+
+def parse_into(path: str | Path, names: list[str], delimiter: str, sink, convert: Callable[[TextBatch], None],
+               progress: bool = False, skip_header: bool = False) -> None:
+    """Stream one file into ``sink``: lines of the wrong width go to ``sink.add_bad``, every other
+    block through ``convert`` (which validates it and adds its good rows to the sink)."""
+    bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
+               disable=not progress, mininterval=1.0)
+    for tb in read_delimited(path, names, delimiter, skip_header=skip_header):
+        if tb.wrong_width:
+            sink.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
+        if tb.table.num_rows:
+            convert(tb)
+        bar.update(tb.table.num_rows + len(tb.wrong_width))
+    bar.close()

@@ -292,13 +292,18 @@ class ActorSync:
         self.actor = ray.get_actor(actor_name(run_name), namespace=NAMESPACE)
         ray.get(self.actor.configure.remote(config))
         self._refs: list[Any] = []
+        self._waits: dict[int, Any] = {}
 
     def send(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
         self._refs.append(self.actor.submit.remote(round_, rank, keys, scores))
         self._refs = [r for r in self._refs if not self._ray.wait([r], timeout=0)[0]]  # drop finished
+        # ask for the version now (the actor is async: the call waits there, not here), so that when
+        # it is due, ``receive`` finds it already delivered instead of paying a round trip
+        self._waits[round_] = self.actor.wait.remote(round_)
 
     def receive(self, round_: int) -> HotMapUpdate:
-        return self._ray.get(self.actor.wait.remote(round_))
+        ref = self._waits.pop(round_, None)
+        return self._ray.get(ref if ref is not None else self.actor.wait.remote(round_))
 
 
 class CollectiveSync:

@@ -50,15 +50,15 @@ class HotMap:
     def _find(sorted_keys: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if sorted_keys.numel() == 0:
             return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
-        pos = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
-        return pos, sorted_keys[pos] == keys
+        pos = torch.searchsorted(sorted_keys, keys).clamp_(max=sorted_keys.numel() - 1)
+        return pos, sorted_keys.index_select(0, pos) == keys
 
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
         """Hot slot of each key, or -1."""
         pos, hit = self._find(self.keys, keys)
         if self.slots.numel() == 0:
             return torch.full_like(keys, -1)
-        return torch.where(hit, self.slots[pos], torch.full_like(keys, -1))
+        return torch.where(hit, self.slots.index_select(0, pos), -1)
 
     def is_medium(self, keys: torch.Tensor) -> torch.Tensor:
         return self._find(self.medium, keys)[1]

@@ -138,8 +138,9 @@ def test_promotion_copies_exactly_the_rows_the_id_used(method):
     key = torch.tensor([x + emb.key_offset["d"]])
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
-    hot_row = emb.ebc.embedding_bags["hot"].weight[slot]
-    used = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([x]), emb.hash_rows["d"])][0]
+    table = emb.ebc.embedding_bags[emb.TABLE].weight
+    hot_row = table[slot]
+    used = table[emb.hash_row("d", torch.tensor([x]))][0]
     if method == "cafe_ml":  # it was medium when promoted: its second hash row was in the sum
         used = used + emb.ebc.embedding_bags["hash2_d"].weight[
             hash_mod(torch.tensor([x]), emb.hash2_rows["d"], seed=7)][0]
@@ -162,7 +163,7 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     stats = emb.after_step(rows)
     assert stats["demoted"] == 1 and int(emb.hot_map.lookup(key)) == -1 and len(emb.hot_map) == 0
     out = emb(kjt)[0, 3]
-    hash_row = emb.ebc.embedding_bags["hash_d"].weight[hash_mod(torch.tensor([777]), emb.hash_rows["d"])][0]
+    hash_row = emb.ebc.embedding_bags[emb.TABLE].weight[emb.hash_row("d", torch.tensor([777]))][0]
     assert torch.equal(out, hash_row)
     # the freed slot is the next one handed out
     emb(_batch_of(emb, 2, [5] * 8)).sum().backward()
@@ -220,4 +221,22 @@ def test_cafe_keeps_hot_ids_out_of_the_hash_table():
     emb(kjt).sum().backward()
     emb.after_step(TableRows(emb))
     routed = emb.transform(kjt)
-    assert routed["d@hot"].values().numel() == 8 and routed["d"].values().numel() == 0
+    slot = int(emb.hot_map.lookup(torch.tensor([42 + emb.key_offset["d"]])))
+    # all 8 occurrences look up the id's own row, in the hot part of the table (before any hash rows)
+    assert 0 <= slot < emb.hot_rows <= min(emb.hash_base.values())
+    assert routed["d"].values().tolist() == [slot] * 8
+    assert routed.keys() == emb.names  # one key per feature, hot or not
+
+
+def test_cafe_table_initialises_each_segment_like_a_table_of_its_own():
+    """Hot rows and every feature's hash rows share one table; each part keeps the init scale
+    (uniform ±sqrt(1/rows)) it would have as a separate table, so the layout does not change training."""
+    emb = _cafe()
+    weight = emb.ebc.embedding_bags[emb.TABLE].weight.detach()
+    assert weight.shape[0] == emb.hot_rows + sum(emb.hash_rows.values())
+    parts = [(0, emb.hot_rows)] + [(emb.hash_base[n], r) for n, r in emb.hash_rows.items()]
+    for start, rows in parts:
+        seg, bound = weight[start:start + rows], (1.0 / rows) ** 0.5
+        assert seg.abs().max() <= bound and seg.abs().max() > 0.8 * bound
+    again = _cafe().ebc.embedding_bags[emb.TABLE].weight.detach()  # same seed, same table
+    assert torch.equal(weight, again)

@@ -16,7 +16,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     from torchrec import KeyedJaggedTensor
 
     from cafe_dist.embeddings import FeatureSpec, build_embedding
-    from cafe_dist.embeddings.hashing import hash_mod
     from cafe_dist.embeddings.table_rows import _pieces
 
     torch.manual_seed(0)
@@ -39,21 +38,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
         dmp(kjt).sum().backward()
         if dense is not None:  # data-parallel tables train with the dense optimizer
             dense.step()
-        used = rows.read([("hash_c", hash_mod(torch.tensor([x]), emb.hash_rows["c"]))])[0]
+        used = rows.read([(emb.TABLE, emb.hash_row("c", torch.tensor([x])))])[0]
         emb.after_step(rows)
         return used, int(emb.hot_map.lookup(torch.tensor([x + emb.key_offset["c"]])))
 
     def hot_state(slot: int) -> tuple[torch.Tensor, float]:
         """(hot row, its row-wise Adagrad state) wherever they live."""
         momentum = torch.zeros(1)
-        for state in rows.states.get("hot", []) + rows._dense_states("hot"):
+        for state in rows.states.get(emb.TABLE, []) + rows._dense_states(emb.TABLE):
             for r0, _, local in _pieces(state):
                 if r0 <= slot < r0 + local.shape[0]:
                     momentum += local[slot - r0].sum()
         if sharding == "data_parallel":  # every rank holds the whole state: count it once
             momentum /= world
         dist.all_reduce(momentum)
-        return rows.read([("hot", torch.tensor([slot]))])[0], float(momentum)
+        return rows.read([(emb.TABLE, torch.tensor([slot]))])[0], float(momentum)
 
     out = {"owners": owners}
     _, slot = step(4321)  # score 8 ≥ 6: promoted after the first step

@@ -1,8 +1,12 @@
 """CAFE (Zhang et al., SIGMOD 2024): hot ids get a unique row, the rest share hash rows.
 
-Layout: one ``hot`` table shared by every compressed feature (keys ``<f>@hot``) plus a hash table per
-feature; ``cafe_ml`` adds a second hash table per feature (keys ``<f>@m``) whose row is summed in
-for medium-importance ids.
+Layout: one table ``cafe`` holds the hot rows (shared by every compressed feature, rows
+``[0, hot_rows)``) followed by each compressed feature's hash rows, so a value is one lookup on its
+feature's own key whether its id is hot or not: the KJT keeps one key per feature, the EBC pools one
+bag per (sample, feature), as for the hashing trick, and there is nothing to combine. ``cafe_ml``
+adds a second hash table per feature (keys ``<f>@m``) whose row is summed in for medium-importance
+ids. On GPUs the one table shards row-wise across all ranks; on CPU, table-wise puts it on one rank
+(column-wise splits it).
 
 Distributed by design (one code path; a single worker is world size 1):
 - Each worker scores the ids of its own batches in a local :class:`HotSketch` over global
@@ -31,7 +35,7 @@ from torchrec import EmbeddingBagConfig
 
 from cafe_dist.collectives import world
 from cafe_dist.coordinator import CollectiveSync, MergeConfig
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, segmented_table, table
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
@@ -62,6 +66,7 @@ def hash_fraction_for(ratio: float) -> float:
 
 class CafeEmbedding(CompressedEmbedding):
     multi_level = False
+    TABLE = "cafe"  # hot rows first, then each compressed feature's hash rows
 
     def __init__(self, features, dim, ratio=1.0, device=None, params: CafeParams | None = None) -> None:
         self.params = params or CafeParams()
@@ -106,12 +111,21 @@ class CafeEmbedding(CompressedEmbedding):
         # the local sketch only scores: hot slots are handed out by the coordinator's merge
         self.sketch = HotSketch(max(1, int(self.hot_rows * p.buckets_per_slot)), 0, p.threshold, cells=p.cells)
         self.hot_map = HotMap()
+        self.hash_base: dict[str, int] = {}  # first row of each feature's hash rows in the table
+        base = self.hot_rows
+        for n, r in self.hash_rows.items():
+            self.hash_base[n] = base
+            base += r
         if not self.compressed:
             return []
-        out = [table("hot", self.hot_rows, self.dim, [f"{f.name}@hot" for f in self.compressed])]
-        out += [table(f"hash_{n}", r, self.dim, [n]) for n, r in self.hash_rows.items()]
+        out = [segmented_table(self.TABLE, [self.hot_rows, *self.hash_rows.values()], self.dim,
+                               [f.name for f in self.compressed])]
         out += [table(f"hash2_{n}", r, self.dim, [n + "@m"]) for n, r in self.hash2_rows.items()]
         return out
+
+    def hash_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Row of the ``cafe`` table that cold ``ids`` of ``feature`` share."""
+        return self.hash_base[feature] + hash_mod(ids, self.hash_rows[feature])
 
     def aux_bytes(self) -> int:
         if not self.compressed:
@@ -140,17 +154,16 @@ class CafeEmbedding(CompressedEmbedding):
         return self.hot_map.checksum() if self.compressed else None
 
     def routes(self, v: Values) -> list[Route]:
-        compressed = ~self.is_full[v.feature]
+        compressed = ~self.is_full.index_select(0, v.feature)
         keys = self.keys_of(v)
         if keys.device != self.hot_map.device:  # GPU workers: map and sketch follow the ids
             self.hot_map.to(keys.device)
             self.sketch.to(keys.device)
         slot = self.hot_map.lookup(keys)
         hot = compressed & (slot >= 0)
-        cold_rows = hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
-        main = torch.where(compressed, cold_rows, v.ids)
-        routes = [Route("", torch.ones_like(self.is_full), main, mask=~hot),
-                  Route("@hot", ~self.is_full, slot.clamp(min=0), mask=hot)]
+        cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
+        main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
+        routes = [Route("", torch.ones_like(self.is_full), main)]
         if self.multi_level:
             medium = compressed & ~hot & self.hot_map.is_medium(keys)
             rows2 = hash_mod(v.ids, self._per_feature(self.hash2_rows, 1, v), seed=7)
@@ -159,13 +172,13 @@ class CafeEmbedding(CompressedEmbedding):
         return routes
 
     def route_dims(self) -> dict[str, int]:
-        dims = {"": self.dim, "@hot": self.dim}
+        dims = {"": self.dim}
         if self.multi_level:
             dims["@m"] = self.dim
         return dims
 
     def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
-        out = sum(groups.values())  # each value took exactly one of main/hot (+ medium's 2nd row)
+        out = groups[""] + groups["@m"] if self.multi_level else groups[""]  # medium ids: 2nd row summed in
         if self._step_keys is not None and out.requires_grad:
             # scored in backward, so only occurrences that were actually trained on count
             keys, compressed = self._step_keys
@@ -176,7 +189,7 @@ class CafeEmbedding(CompressedEmbedding):
             def record(grad: torch.Tensor) -> None:
                 if by_grad:
                     norms = grad.detach().float().norm(dim=2).t().reshape(nf * b)  # per bag, (f, b) order
-                    self._pending.append((keys, norms[segment]))
+                    self._pending.append((keys, norms.index_select(0, segment)))
                 else:
                     self._pending.append((keys, None))
 
@@ -288,7 +301,7 @@ class CafeEmbedding(CompressedEmbedding):
             sel = (fi == i).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue
-            requests.append((f"hash_{f.name}", hash_mod(ids[sel], self.hash_rows[f.name])))
+            requests.append((self.TABLE, self.hash_row(f.name, ids[sel])))
             places.append(sel)
             m = sel[was_medium[sel]]
             if m.numel():
@@ -297,8 +310,8 @@ class CafeEmbedding(CompressedEmbedding):
         values = torch.zeros((keys.numel(), self.dim), dtype=torch.float32)
         for place, got in zip(places, rows.read(requests)):
             values[place] += got
-        rows.write("hot", slots, values)
-        rows.reset_state("hot", slots)
+        rows.write(self.TABLE, slots, values)  # hot rows are the table's first rows
+        rows.reset_state(self.TABLE, slots)
 
     def sync_summary(self, train_time_s: float) -> dict[str, float]:
         """What --output-json reports about the hot-set exchange."""

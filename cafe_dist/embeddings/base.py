@@ -26,6 +26,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 
 from cafe_dist.embeddings.sizing import Budget, plan_budget
 from cafe_dist.embeddings.spec import FLOAT_BYTES, FeatureSpec
+from cafe_dist.embeddings.table_rows import _pieces
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,9 @@ def segmented_uniform(weight: torch.Tensor | ShardedTensor, segments: tuple[tupl
     starts = [0]
     for rows, _ in segments:
         starts.append(starts[-1] + rows)
-    pieces = ([(s.metadata.shard_offsets[0], s.tensor) for s in weight.local_shards()]
-              if isinstance(weight, ShardedTensor) else [(0, weight)])
     g = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
-        for r0, local in pieces:
+        for r0, _, local in _pieces(weight):
             for (rows, bound), lo in zip(segments, starts):
                 a, b = max(lo, r0), min(lo + rows, r0 + local.shape[0])
                 if a < b:

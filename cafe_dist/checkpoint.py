@@ -81,8 +81,9 @@ class Found:
     path: str
     step: int
     world_size: int
-    info: dict[str, Any]  # rank 0's manifest (mlflow_run_id, ...)
+    info: dict[str, Any]  # rank 0's manifest (mlflow_run_id, config, config_fingerprint, ...)
     skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification, and why
+    final: bool = False  # written after the last step (holds result.json)
 
 
 def verify(path: str) -> dict[str, Any]:
@@ -105,16 +106,17 @@ def verify(path: str) -> dict[str, Any]:
     return first
 
 
-def find_latest(run_dir: str) -> Found | None:
-    """The newest complete checkpoint with state under ``run_dir``; damaged newer ones are
-    reported on stderr and skipped."""
+def scan(run_dir: str) -> tuple[Found | None, Found | None]:
+    """(the newest complete checkpoint, the newest complete one with state) under ``run_dir``;
+    damaged newer ones are reported on stderr and skipped."""
     candidates = []
     for name, size in storage.list_dir(run_dir).items():
         m = _NAME.match(name)
         if m and size is None:
-            candidates.append((int(m.group(1)), name))
-    skipped = []
-    for step, name in sorted(candidates, reverse=True):
+            candidates.append((int(m.group(1)), m.group(2) is not None, name))
+    skipped: list[str] = []
+    newest = None
+    for step, final, name in sorted(candidates, reverse=True):
         path = storage.join(run_dir, name)
         try:
             info = verify(path)
@@ -122,10 +124,16 @@ def find_latest(run_dir: str) -> Found | None:
             skipped.append(f"{name}: {e}")
             print(f"[cafe-dist] skipping checkpoint {e}", file=sys.stderr, flush=True)
             continue
-        if not info.get("state", True):
-            continue  # a result-only checkpoint (its state was saved in the one before, same step)
-        return Found(path, step, int(info["world_size"]), info, skipped)
-    return None
+        found = Found(path, step, int(info["world_size"]), info, list(skipped), final)
+        newest = newest or found
+        if info.get("state", True):  # else a result-only checkpoint (state saved in the one before, same step)
+            return newest, found
+    return newest, None
+
+
+def find_latest(run_dir: str) -> Found | None:
+    """The newest complete checkpoint with state under ``run_dir``."""
+    return scan(run_dir)[1]
 
 
 def local_dir(path: str) -> str:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 
 
 def _summary(meta, out: str) -> None:
     print(f"wrote {out}: train {meta.rows['train']:,} rows, test {meta.rows['test']:,} rows, "
           f"{len(meta.sparse_features)} categorical / {len(meta.dense_features)} dense features")
+    if meta.rows["test"] == 0:
+        print("no test split (--test-fraction 0): training on this dataset cannot evaluate; convert with "
+              "--test-fraction above 0 for a run that reports AUC", file=sys.stderr)
     if meta.bad_rows:
         print(f"{meta.bad_rows:,} malformed lines skipped; line numbers and reasons in {out}/bad_rows.tsv",
               file=sys.stderr)
@@ -24,25 +28,52 @@ def cmd_data(args: argparse.Namespace) -> int:
         from cafe_dist.data.distributed import convert_criteo_distributed
 
         meta = convert_criteo_distributed(args.input, args.out, test_fraction=args.test_fraction,
-                                          min_count=args.min_count, address=args.address)
+                                          min_count=args.min_count, address=args.address, overwrite=args.overwrite)
     elif args.format == "criteo":
         from cafe_dist.data.criteo import convert_criteo
 
         meta = convert_criteo(args.input, args.out, test_fraction=args.test_fraction,
-                              min_count=args.min_count)
+                              min_count=args.min_count, overwrite=args.overwrite)
     elif args.format == "avazu":
         from cafe_dist.data.avazu import convert_avazu
 
         meta = convert_avazu(args.input, args.out, test_fraction=args.test_fraction,
-                             min_count=args.min_count)
+                             min_count=args.min_count, overwrite=args.overwrite)
+    elif args.format == "fit-profile":
+        return _fit_profile(args)
     else:
         from cafe_dist.data.synth import SynthSpec, generate_synthetic
 
         spec = SynthSpec(rows=args.rows, seed=args.seed, cardinality_scale=args.cardinality_scale,
                          zipf_a=args.zipf_a, drift_period=args.drift_period,
-                         drift_fraction=args.drift_fraction)
-        meta = generate_synthetic(args.out, spec, test_fraction=args.test_fraction)
+                         drift_fraction=args.drift_fraction, profile=args.profile)
+        meta = generate_synthetic(args.out, spec, test_fraction=args.test_fraction, overwrite=args.overwrite)
     _summary(meta, args.out)
+    return 0
+
+
+def _fit_profile(args: argparse.Namespace) -> int:
+    """Fit a generator profile from a real Criteo file (see cafe_dist.data.profile)."""
+    import tempfile
+    from pathlib import Path
+
+    from cafe_dist.data.criteo import convert_criteo
+    from cafe_dist.data.profile import fit_profile
+    from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
+
+    with tempfile.TemporaryDirectory() as tmp:
+        convert_criteo(args.input, Path(tmp, "sample"), test_fraction=0.0, progress=True)
+        profile = fit_profile(Path(tmp, "sample"), CRITEO_KAGGLE_CARDINALITIES, args.name,
+                              ", ".join(Path(p).name for p in args.input))
+    profile.save(args.out)
+    for c in profile.categorical:
+        o = c.observed
+        logging.getLogger("cafe_dist").info(
+            "%s: %s distinct of %s, top %.3f, slope %.2f, missing %.3f -> %s", c.name, f"{o['distinct']:,}",
+            f"{c.cardinality:,}", o["top_share"], o["loglog_slope"], c.missing_rate,
+            "the sample's own shares" if c.empirical is not None else f"a={c.a:.3f} q={c.q:.2f}")
+    print(f"wrote {args.out}: {len(profile.categorical)} categorical, {len(profile.dense)} dense features, "
+          f"click rate {profile.click_rate:.4f}, from {profile.rows:,} rows")
     return 0
 
 
@@ -53,7 +84,7 @@ def _overrides(args: argparse.Namespace, flags: dict[str, object]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers,
-                                                     "ray.address": args.address}))
+                                                     "ray.address": args.address, "ray.resume": args.resume}))
     from cafe_dist.train.launcher import run_training
 
     out = run_training(job, args.output_json)
@@ -85,7 +116,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name}))
+    job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name,
+                                                     "ray.resume": args.resume}))
     from cafe_dist.sweep import run_sweep
 
     out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
@@ -133,7 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         out = run_quality_bench(QualitySpec(
             data=args.data, methods=tuple(args.methods), ratios=tuple(args.ratios), num_workers=args.num_workers,
-            batch_size=args.batch_size, seed=args.seed, storage_path=args.storage_path, extra=tuple(args.set or ())),
+            batch_size=args.batch_size, seeds=tuple(args.seeds if args.seeds is not None else [args.seed]),
+            storage_path=args.storage_path, extra=tuple(args.set or ()), rows=args.rows),
             output_json=args.output_json, markdown=args.markdown, plot=args.plot)
         print(out["markdown"] + "\n\ngoals: " + json.dumps(out["goals"]), file=sys.stderr)
         print(json.dumps(out, indent=2))
@@ -205,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drift-period", type=int, default=0, help="rows between rotations (0: rows/4)")
     s.add_argument("--drift-fraction", type=float, default=0.05)
     s.add_argument("--test-fraction", type=float, default=1 / 7)
+    s.add_argument("--profile", help="a fitted feature profile: criteo-kaggle (Criteo Kaggle's 26 features at full "
+                                     "cardinality, fitted on the real 0.3 %% sample), criteo-tb, or a JSON file; "
+                                     "--cardinality-scale and --zipf-a are then unused")
+    fp = dsub.add_parser("fit-profile", help="fit a generator profile from a real Criteo TSV sample")
+    fp.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    fp.add_argument("--out", required=True, metavar="JSON",
+                    help="e.g. cafe_dist/data/profiles/criteo_kaggle.json (the shipped one)")
+    fp.add_argument("--name", default="criteo-kaggle")
+    for d in (*(dsub.choices[f] for f in ("criteo", "avazu")), s):
+        d.add_argument("--overwrite", action="store_true",
+                       help="replace the dataset already in --out (only once the new one is complete)")
 
     t = sub.add_parser("train", help="train DLRM on Ray Train + TorchRec")
     t.add_argument("--config", required=True, metavar="FILE")
@@ -228,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-workers", type=int)
     sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
     sw.add_argument("--output-json", metavar="PATH")
+    for parser in (t, sw):
+        parser.add_argument("--resume", choices=["auto", "force"],
+                            help="a named run resumes its checkpoint only if made with the same settings "
+                                 "(auto, the default); force continues it after train.* settings changed")
     sj = sub.add_parser("submit", help="submit a training job to a Ray cluster (Ray Jobs API)")
     sj.add_argument("job", metavar="JOB.yaml", help="job spec under the working directory (uploaded with it)")
     sj.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS, else http://127.0.0.1:8265)")
@@ -256,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--ratios", type=lambda t: _csv(t, float), default=[10, 100, 1000, 10000], metavar="R1,R2")
     bq.add_argument("--num-workers", type=int, default=1)
     bq.add_argument("--batch-size", type=int, default=256)
-    bq.add_argument("--seed", type=int, default=0)
+    bq.add_argument("--seeds", type=lambda t: _csv(t, int), metavar="S1,S2",
+                    help="run every cell once per seed; the report gives mean ± sd and the paired gap to cafe")
+    bq.add_argument("--seed", type=int, default=0, help="one seed (when --seeds is not given)")
+    bq.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
     bq.add_argument("--storage-path", default="runs/bench")
     bq.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     bq.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
@@ -299,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ours = logging.getLogger("cafe_dist")  # what cafe-dist says goes to stderr, one line each; libraries'
+    if not ours.handlers:                  # INFO chatter (fbgemm, mlflow) stays out
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[cafe-dist] %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
     handlers = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "sweep": cmd_sweep,
                 "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench}
     try:

@@ -11,9 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from cafe_dist.tracking import resolve_uri
+from cafe_dist.tracking import open_store, resolve_uri
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("compression_rati
 def collect_runs(tracking_uri: str | None, experiment: str, tags: dict[str, str] | None = None) -> list[RunRow]:
     """Every run of ``experiment`` (optionally only those carrying ``tags``), by method then ratio."""
     uri = resolve_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client, _ = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
@@ -48,15 +46,17 @@ def collect_runs(tracking_uri: str | None, experiment: str, tags: dict[str, str]
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
     rows = []
     for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=10_000):
-        m, t = run.data.metrics, run.data.tags
-        nan = math.nan
-        requested = float(t.get("compression_ratio", "nan"))
+        t = run.data.tags
+
+        def final(key: str, default: float = math.nan, m=run.data.metrics) -> float:
+            return m.get(f"final_{key}", m.get(key, default))  # un-prefixed: runs logged before 2026-11-28
+
         rows.append(RunRow(
             run_id=run.info.run_id, name=run.info.run_name or run.info.run_id[:8], method=t.get("method", "?"),
-            compression_ratio=m.get("compression_ratio", requested),
-            embedding_mb=m.get("embedding_bytes", nan) / 1e6, auc=m.get("final_auc", nan),
-            logloss=m.get("final_logloss", nan), samples_per_sec=m.get("samples_per_sec", nan),
-            world_size=int(t.get("world_size", 0)), status=run.info.status))
+            compression_ratio=final("compression_ratio", float(t.get("compression_ratio", "nan"))),
+            embedding_mb=final("embedding_bytes") / 1e6, auc=final("auc"), logloss=final("logloss"),
+            samples_per_sec=final("samples_per_sec"), world_size=int(t.get("world_size", 0)),
+            status=run.info.status))
     return sorted(rows, key=lambda r: (r.method, r.compression_ratio, r.world_size, r.name))
 
 
@@ -86,8 +86,8 @@ def to_json(rows: list[RunRow]) -> str:
 
 
 def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> int:
-    """One line per method through its finished runs (mean AUC per ratio when repeated); log x.
-    Returns the number of points drawn."""
+    """One line per method through its finished runs, log x; repeated runs at one ratio (seeds) give
+    their mean with a standard-deviation error bar. Returns the number of points drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +102,10 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
             if r.method == method:
                 by_ratio.setdefault(round(r.compression_ratio, 1), []).append(r.auc)
         xs = sorted(by_ratio)
-        ax.plot(xs, [sum(by_ratio[x]) / len(by_ratio[x]) for x in xs], marker="o", label=method)
+        means = [sum(by_ratio[x]) / len(by_ratio[x]) for x in xs]
+        sds = [math.sqrt(sum((a - m) ** 2 for a in by_ratio[x]) / (len(by_ratio[x]) - 1)) if len(by_ratio[x]) > 1
+               else 0.0 for x, m in zip(xs, means)]
+        ax.errorbar(xs, means, yerr=sds if any(sds) else None, marker="o", capsize=3, label=method)
         points += len(xs)
     ax.set_xscale("log")
     ax.set_xlabel("compression ratio (full bytes / embedding bytes)")

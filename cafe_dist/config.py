@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 METHODS = ("full", "hash", "qr", "memcom", "bh", "robe", "mch", "cafe", "cafe_ml")
+# the config section holding each method's own settings (methods not listed have none)
+METHOD_SECTIONS = {"cafe": "cafe", "cafe_ml": "cafe", "qr": "qr", "robe": "robe", "mch": "mch"}
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,7 @@ class SynthConfig(_Section):
     drift_period: int = Field(0, ge=0)
     drift_fraction: float = Field(0.05, ge=0, le=1)
     test_fraction: float = Field(1 / 7, ge=0, lt=1)
+    profile: str | None = None  # a fitted feature profile (criteo-kaggle, criteo-tb or a JSON file)
 
 
 class DataConfig(_Section):
@@ -126,6 +129,9 @@ class RayConfig(_Section):
                                  "data_parallel"]] | None = None
     storage_path: str = "runs"  # Ray Train storage: checkpoints land in <storage_path>/<name>/
     name: str | None = None  # re-running the same name with the same storage_path resumes
+    # auto: resume a named run only if its checkpoint was made with the same settings (see
+    # cafe_dist.resume); force: continue it even when train.* settings changed
+    resume: Literal["auto", "force"] = "auto"
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint (-1: no limit)
 
 
@@ -190,10 +196,8 @@ class JobConfig(_Section):
 
     def method_options(self) -> dict[str, Any]:
         """The settings section of ``embedding.method``, as keyword options for its module."""
-        m = self.embedding.method
-        section = {"cafe": self.cafe, "cafe_ml": self.cafe, "qr": self.qr, "robe": self.robe,
-                   "mch": self.mch}.get(m)
-        return section.model_dump() if section is not None else {}
+        name = METHOD_SECTIONS.get(self.embedding.method)
+        return getattr(self, name).model_dump() if name is not None else {}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

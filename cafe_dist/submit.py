@@ -18,9 +18,11 @@ from pathlib import Path
 from cafe_dist.config import ConfigError, load_config
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# never uploaded: environments, data, outputs, stores (the 500 MB runtime-env limit is easy to hit)
-EXCLUDES = [".venv/", "venv/", ".git/", "data/", "runs/", "mlruns/", "mlartifacts/", "*.db", "*.parquet",
-            "__pycache__/", ".pytest_cache/", ".ruff_cache/", "out*.json", "*.egg-info/"]
+# never uploaded: environments, data, outputs, stores (the 500 MB runtime-env limit is easy to hit).
+# Ray reads these as .gitignore patterns: a leading "/" anchors one to the working directory's root,
+# so "/data/" drops the checkout's data folder but not the package's own cafe_dist/data/.
+EXCLUDES = ["/.venv/", "/venv/", "/.git/", "/data/", "/runs/", "/mlruns/", "/mlartifacts/", "/.whl/", "/.gl/",
+            "*.db", "*.parquet", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "/out*.json", "*.egg-info/"]
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 
 

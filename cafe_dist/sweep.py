@@ -35,24 +35,52 @@ def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) 
     return methods, ratios
 
 
+def _cell(job: JobConfig, name: str, method: str, ratio: float) -> JobConfig:
+    raw = job.model_dump()
+    raw["embedding"].update(method=method, compression_ratio=ratio)
+    raw["ray"]["name"] = f"{name}-{method}-{ratio:g}x"
+    raw["mlflow"]["run_tags"] = {**raw["mlflow"]["run_tags"], "sweep": name}
+    return JobConfig.model_validate(raw)
+
+
+def _check_cells(name: str, cells: dict[tuple[str, float], JobConfig]) -> None:
+    """Refuse the whole sweep, before anything runs, when a cell of an earlier sweep of this name was
+    made with other settings (re-running it would report that old result as the new one)."""
+    from cafe_dist.data.storage import join, resolve
+    from cafe_dist.resume import decide
+    from cafe_dist.train.launcher import ensure_data
+
+    meta = ensure_data(next(iter(cells.values())))
+    refused = []
+    for (method, ratio), cell in cells.items():
+        try:
+            decide(cell, meta, cell.ray.name, join(resolve(cell.ray.storage_path), cell.ray.name))
+        except ConfigError as e:
+            refused.append(f"{method} at {ratio:g}x: {e}")
+    if refused:
+        raise ConfigError(f"sweep {name!r} already has runs made with other settings; nothing was run.\n"
+                          + "\n".join(refused) + f"\nFor a sweep under the new settings pass another --name "
+                          f"(not {name!r}), or --resume force to continue these runs anyway.")
+
+
 def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[float] | None = None,
               plot: str | Path | None = None, output_json: str | Path | None = None) -> dict[str, Any]:
     from cafe_dist.train.launcher import run_training
 
     methods, ratios = grid(job, methods, ratios)
     name = (job.sweep.name if job.sweep and job.sweep.name else None) or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    cells = {(m, r): _cell(job, name, m, r) for m in methods for r in ratios}
+    _check_cells(name, cells)
     runs: list[dict[str, Any]] = []
-    total = len(methods) * len(ratios)
-    for i, (method, ratio) in enumerate(((m, r) for m in methods for r in ratios), 1):
-        raw = job.model_dump()
-        raw["embedding"].update(method=method, compression_ratio=ratio)
-        raw["ray"]["name"] = f"{name}-{method}-{ratio:g}x"
-        raw["mlflow"]["run_tags"] = {**raw["mlflow"]["run_tags"], "sweep": name}
-        print(f"[cafe-dist sweep] {i}/{total}: {method} at {ratio:g}x", file=sys.stderr, flush=True)
+    for i, ((method, ratio), cell) in enumerate(cells.items(), 1):
+        print(f"[cafe-dist sweep] {i}/{len(cells)}: {method} at {ratio:g}x", file=sys.stderr, flush=True)
         try:
-            out = run_training(JobConfig.model_validate(raw))
+            out = run_training(cell)
+            if out.get("already_finished"):
+                print(f"[cafe-dist sweep] {method} at {ratio:g}x: reusing run {cell.ray.name}, finished earlier "
+                      "with the same settings (config fingerprint matches)", file=sys.stderr, flush=True)
             runs.append({"method": method, "ratio": ratio, "status": "FINISHED", "auc": out["auc"],
-                         "mlflow_run_id": out.get("mlflow_run_id")})
+                         "mlflow_run_id": out.get("mlflow_run_id"), "reused": bool(out.get("already_finished"))})
         except Exception as e:  # noqa: BLE001 - one bad cell must not cost the rest of the grid
             print(f"[cafe-dist sweep] {method} at {ratio:g}x failed: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)

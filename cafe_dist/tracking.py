@@ -10,6 +10,7 @@ each evaluation, hot-set size, promotions, demotions, churn, sync overhead) and 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -17,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +55,46 @@ def _versions() -> dict[str, str]:
             "torchrec_version": getattr(torchrec, "__version__", "unknown")}
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating (and migrating) a sqlite store: two runs that open one new ``mlflow.db`` at
+    once would otherwise both run its schema migrations and one fails with a raw SQLAlchemy error."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, experiment: str | None = None) -> tuple[MlflowClient, str | None]:
+    """A client of the store at ``uri``, created if new, and the id of ``experiment`` (created if
+    missing; None when no experiment is named), both under the store's lock."""
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates or upgrades the store now, under the lock
+        if experiment is None:
+            return client, None
+        exp = client.get_experiment_by_name(experiment)
+        if exp is not None:
+            return client, exp.experiment_id
+        location = None  # a sqlite store keeps its artifacts beside the database, not in the cwd
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return client, client.create_experiment(experiment, artifact_location=location)
+
+
 class RunTracker:
     """Driver side: open, annotate and close the run."""
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
-        self.client = MlflowClient(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:  # a sqlite store keeps its artifacts beside the database, not in the cwd
-            location = None
-            if uri.startswith("sqlite:///"):
-                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
+        self.client, self.experiment_id = open_store(uri, experiment)
         self.run_id: str | None = None
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str], config_yaml: str) -> str:
@@ -92,12 +121,18 @@ class RunTracker:
         return True
 
     def finish(self, final: dict[str, Any]) -> None:
+        """Close the run with its result. Every final figure gets its own key (``final_<name>``) at
+        the last step, so no step metric gains a second, out-of-order point; an error tag left by an
+        earlier, interrupted attempt of this run is removed."""
         now = int(time.time() * 1000)
-        metrics = [Metric(f"final_{k}" if k in ("auc", "logloss") else k, float(v), now, 0)
+        step = int(final.get("steps") or 0)
+        metrics = [Metric(f"final_{k}", float(v), now, step)
                    for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.client.log_text(self.run_id, json.dumps(final, indent=2, default=str), "result.json")
         self._plots()
+        if "error" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "error")
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, error: BaseException) -> None:

@@ -14,7 +14,7 @@ from cafe_dist.batching import Collator
 from cafe_dist.cli import main
 from cafe_dist.config import ConfigError, load_config
 from cafe_dist.data.schema import DatasetMeta, idx_column
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 from cafe_dist.train.launcher import run_training
 
 

@@ -9,34 +9,64 @@ from cafe_dist.cli import main
 
 
 @pytest.mark.slow
-def test_bench_quality_tiny(ray_cluster, tiny_synth, tmp_path):
-    """full + cafe at 100x train; 10^6x cannot be reached on these features and says so."""
+def test_bench_quality_tiny_over_two_seeds(ray_cluster, tiny_synth, tmp_path):
+    """full, hash and cafe at 100x on the first 20,000 rows, seeds 0 and 1; 10^6x cannot be reached
+    on these features and says so."""
     out = tmp_path / "q.json"
-    rc = main(["bench", "quality", "--data", str(tiny_synth), "--methods", "cafe", "--ratios", "100,1000000",
-               "--batch-size", "512", "--storage-path", str(tmp_path / "runs"), "--set", "train.max_steps=15",
-               "--markdown", str(tmp_path / "q.md"), "--plot", str(tmp_path / "q.png"), "--output-json", str(out)])
+    rc = main(["bench", "quality", "--data", str(tiny_synth), "--methods", "hash,cafe", "--ratios", "100,1000000",
+               "--seeds", "0,1", "--rows", "20000", "--batch-size", "512", "--storage-path", str(tmp_path / "runs"),
+               "--set", "train.max_steps=15", "--markdown", str(tmp_path / "q.md"), "--plot", str(tmp_path / "q.png"),
+               "--output-json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    runs = {(r["method"], r["ratio"]): r for r in res["runs"]}
-    assert set(runs) == {("full", 1.0), ("cafe", 100.0), ("cafe", 1e6)}
-    for key in (("full", 1.0), ("cafe", 100.0)):
-        r = runs[key]
-        assert 0.5 < r["auc"] < 1 and r["steps"] == 15, r
-        assert abs(r["compression_ratio"] / r["ratio"] - 1) < 0.05, r  # achieved ≈ requested
-    assert "smallest form" in runs[("cafe", 1e6)]["error"]
-    assert res["goals"]["cafe_best_at_100x"] is None  # no other compressed method ran: nothing claimed
-    assert res["goals"]["cafe_10x_within_0.002_of_full"] is None
+    assert res["data_dir"].endswith("_first20000")
+    meta = json.loads((tmp_path / "runs" / "data" / "tiny_first20000" / "meta.json").read_text())
+    assert sum(meta["rows"].values()) == 20000
+    runs = {(r["method"], r["ratio"], r["seed"]): r for r in res["runs"]}
+    assert set(runs) == {(m, x, s) for m, x in (("full", 1.0), ("hash", 100.0), ("hash", 1e6), ("cafe", 100.0),
+                                                 ("cafe", 1e6)) for s in (0, 1)}
+    for (_, x, _), r in runs.items():
+        if x < 1e6:
+            assert 0.5 < r["auc"] < 1 and r["steps"] == 15, r
+            assert abs(r["compression_ratio"] / r["ratio"] - 1) < 0.05, r  # achieved ≈ requested
+        else:
+            assert "smallest form" in r["error"]
+    assert runs[("cafe", 100.0, 0)]["auc"] != runs[("cafe", 100.0, 1)]["auc"]  # the seed reached the run
+    cell = res["summary"]["cafe"]["100"]
+    aucs = [runs[("cafe", 100.0, s)]["auc"] for s in (0, 1)]
+    assert cell["n"] == 2 and abs(cell["auc_mean"] - sum(aucs) / 2) < 1e-12
+    assert abs(cell["auc_std"] - abs(aucs[0] - aucs[1]) / 2 ** 0.5) < 1e-12 and cell["auc_std"] > 0
+    pair = res["paired_vs_cafe"]["hash"]["100"]
+    assert pair["n"] == 2 and abs(pair["diff_mean"] - sum(runs[("hash", 100.0, s)]["auc"] - runs[("cafe", 100.0, s)]
+                                                          ["auc"] for s in (0, 1)) / 2) < 1e-12
+    assert res["goals"]["cafe_best_at_100x"] is not None and res["goals"]["cafe_10x_within_0.002_of_full"] is None
     md = (tmp_path / "q.md").read_text()
-    assert "| method | 1x | 100x | 1e+06x |" in md and "| cafe | - | " in md and "| n/a |" in md
+    assert "| method | 1x | 100x | 1e+06x |" in md and "(n=2)" in md and "| n/a |" in md and "paired by seed" in md
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_summaries_and_paired_gaps_are_computed_from_the_runs():
+    from cafe_dist.bench.quality import paired_vs_cafe, summarise
+
+    runs = [{"method": "cafe", "ratio": 100.0, "seed": 0, "auc": 0.70, "logloss": 0.5, "compression_ratio": 99.0},
+            {"method": "cafe", "ratio": 100.0, "seed": 1, "auc": 0.74, "logloss": 0.4, "compression_ratio": 99.0},
+            {"method": "hash", "ratio": 100.0, "seed": 0, "auc": 0.71, "logloss": 0.5, "compression_ratio": 100.0},
+            {"method": "hash", "ratio": 100.0, "seed": 1, "auc": 0.72, "logloss": 0.5, "compression_ratio": 100.0},
+            {"method": "qr", "ratio": 100.0, "seed": 0, "error": "unreachable"}]
+    s = summarise(runs)
+    assert s["cafe"]["100"]["n"] == 2 and abs(s["cafe"]["100"]["auc_mean"] - 0.72) < 1e-12
+    assert abs(s["cafe"]["100"]["auc_std"] - 0.04 / 2 ** 0.5) < 1e-12 and abs(s["cafe"]["100"]["logloss_mean"] - 0.45) < 1e-12
+    assert "qr" not in s
+    p = paired_vs_cafe(runs)["hash"]["100"]
+    assert p["n"] == 2 and abs(p["diff_mean"] - (0.01 - 0.02) / 2) < 1e-12 and abs(p["diff_std"] - 0.03 / 2 ** 0.5) < 1e-12
 
 
 def test_quality_goals_are_judged_from_the_runs():
     from cafe_dist.bench.quality import goals
 
-    runs = [{"method": "full", "ratio": 1.0, "auc": 0.80}, {"method": "cafe", "ratio": 10.0, "auc": 0.7985},
-            {"method": "cafe", "ratio": 100.0, "auc": 0.79}, {"method": "hash", "ratio": 100.0, "auc": 0.791},
-            {"method": "qr", "ratio": 100.0, "error": "unreachable"}]
+    runs = [{"method": m, "ratio": x, "seed": 0, "auc": a, "logloss": 0.45}
+            for m, x, a in (("full", 1.0, 0.80), ("cafe", 10.0, 0.7985), ("cafe", 100.0, 0.79), ("hash", 100.0, 0.791))]
+    runs.append({"method": "qr", "ratio": 100.0, "seed": 0, "error": "unreachable"})
     g = goals(runs)
     assert g["cafe_best_at_100x"] is False and abs(g["cafe_margin_at_100x"] + 0.001) < 1e-12
     assert g["cafe_10x_within_0.002_of_full"] is True and g["cafe_best_at_1000x"] is None

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,22 +25,60 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def _python_without_the_package(where: Path) -> Path:
+    """A venv that sees every installed package except this one: the project's site-packages is on
+    its path through a plain path line, so the editable install's finder (a .pth hook) never runs.
+    A job on a head started with it can only import cafe_dist from the uploaded working directory,
+    as on a real cluster whose image does not have the package."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    (pure,) = Path(where, "lib").glob("python3*/site-packages")
+    (pure / "project-deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = where / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import ray, torch, cafe_dist"], capture_output=True, text=True,
+                           cwd=where)
+    assert "No module named 'cafe_dist'" in probe.stderr, probe.stderr  # ray and torch are there, we are not
+    return python
+
+
+def test_the_uploaded_working_dir_holds_every_module_of_the_package():
+    """The upload's zip, built by Ray's own packaging with our excludes, has every module of the package
+    (an unanchored 'data/' used to drop cafe_dist/data/) and none of the checkout's data or venv."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from cafe_dist.submit import EXCLUDES
+
+    zip_path = Path(tempfile.mkdtemp()) / "upload.zip"
+    create_package(str(REPO), zip_path, include_gitignore=True, excludes=EXCLUDES)
+    names = set(zipfile.ZipFile(zip_path).namelist())
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "cafe_dist").rglob("*.py") if "__pycache__" not in p.parts}
+    assert len(modules) > 30 and modules <= names, sorted(modules - names)
+    assert {"cafe_dist/data/__init__.py", "cafe_dist/data/criteo.py", "jobs/demo.yaml"} <= names
+    assert not any(n.startswith((".venv/", ".git/", "runs/")) or n.endswith((".db", ".parquet")) for n in names)
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """``ray start --head --block`` on 127.0.0.1 in its own process group: stopping it stops only this
-    cluster (``ray stop`` would stop every Ray on the machine, the test session's included)."""
+    cluster (``ray stop`` would stop every Ray on the machine, the test session's included). Its Python
+    has no editable install of cafe_dist: jobs run the code they upload."""
     from ray.job_submission import JobSubmissionClient
 
     tmp = tmp_path_factory.mktemp("head")
+    python = _python_without_the_package(tmp / "venv")
     port, dash = free_port(), free_port()
     # every port a node listens on is picked free, so this cluster coexists with the session's own
     ports = [f"--{name}={free_port()}" for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PATH": f"{python.parent}:{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+        [str(python), "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4", "--include-dashboard=true",
          f"--temp-dir={tmp / 'ray'}", *ports],
         env=env, stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -80,7 +119,7 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_s
     assert info["status"] == "SUCCEEDED" and "cafe_dist.cli train --config jobs/demo.yaml" in info["entrypoint"]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cafe-dist").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2" and run.data.metrics["steps"] == 20
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2" and run.data.metrics["final_steps"] == 20
 
 
 def test_stop_stops_a_running_submission(head, tiny_synth, tmp_path, monkeypatch, capsys):

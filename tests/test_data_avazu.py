@@ -3,7 +3,7 @@ import pytest
 from conftest import AVAZU_SAMPLE, need
 
 from cafe_dist.data.avazu import AVAZU_SPARSE, TRAIN_HEADER, convert_avazu
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 
 
 def test_real_avazu_sample_with_broken_lines(tmp_path):

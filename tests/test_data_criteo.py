@@ -9,7 +9,7 @@ from conftest import CRITEO_SAMPLE, need
 from cafe_dist.cli import main
 from cafe_dist.data.criteo import convert_criteo
 from cafe_dist.data.schema import MISSING_ID, DatasetMeta
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 
 
 def _line(rng, label=None, ints=None, cats=None):

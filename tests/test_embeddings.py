@@ -240,3 +240,21 @@ def test_cafe_table_initialises_each_segment_like_a_table_of_its_own():
         assert seg.abs().max() <= bound and seg.abs().max() > 0.8 * bound
     again = _cafe().ebc.embedding_bags[emb.TABLE].weight.detach()  # same seed, same table
     assert torch.equal(weight, again)
+
+
+def test_memory_use_counts_hot_lookups_after_warm_up():
+    """Step 1 makes id 42 of feature d hot (8 occurrences, threshold 5); on step 2 the 8 lookups of d
+    are hot and the 16 of b and c (ids seen once) are not: coverage 8 / 24, one slot in use."""
+    emb = _cafe()
+    rows = TableRows(emb)
+    kjt = _batch_of(emb, 3, [42] * 8)
+    for _ in range(2):
+        emb(kjt).sum().backward()
+        emb.after_step(rows)
+    use = emb.memory_use()
+    assert use["hot_slots"] == emb.hot_rows > 1
+    assert use["hot_slots_used"] == 1.0 and use["hot_coverage"] == pytest.approx(8 / 24)
+    state = emb.local_state()  # a resumed run goes on counting from where it was
+    other = _cafe()
+    other.load_local_state(state)
+    assert other.memory_use() == use

@@ -97,7 +97,8 @@ def test_resume_falls_back_past_a_truncated_checkpoint(baseline, tiny_synth, run
     victim.write_bytes(data[: len(data) // 2])
     with pytest.raises(Exception, match="__1_0.distcp"):
         verify(newest.path)
-    out = run_training(_job(runs, tiny_synth, "truncated"), tmp_path / "out.json")
+    # more steps than the first run: train.max_steps changed, so continuing needs ray.resume=force
+    out = run_training(_job(runs, tiny_synth, "truncated", "ray.resume=force"), tmp_path / "out.json")
     assert out["resumed_from_step"] == 20
     assert out["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run goes on
     _same_training(out, baseline)

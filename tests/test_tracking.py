@@ -54,11 +54,19 @@ def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     assert t["method"] == "cafe" and t["world_size"] == "2" and t["compression_ratio"] == "100.0"
     assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"
     assert {"ray_version", "torch_version", "torchrec_version"} <= set(t)
-    assert abs(m["final_auc"] - out["auc"]) < 1e-9 and abs(m["embedding_bytes"] - out["embedding_bytes"]) < 1e-9
-    assert m["sync_overhead_fraction"] == out["sync_overhead_fraction"]
+    assert abs(m["final_auc"] - out["auc"]) < 1e-9 and abs(m["final_embedding_bytes"] - out["embedding_bytes"]) < 1e-9
+    assert m["final_sync_overhead_fraction"] == out["sync_overhead_fraction"]
+    assert m["final_samples_per_sec"] == out["samples_per_sec"] and "error" not in t
+    # what CAFE does with its memory, in the output and in MLflow (synthetic data: against the oracle)
+    assert 0 < out["hot_slots_used"] <= out["hot_slots"] and m["final_hot_slots"] == out["hot_slots"]
+    assert 0 < out["hot_coverage"] <= out["oracle_coverage"] + 0.05 and m["final_hot_coverage"] == out["hot_coverage"]
+    assert 0 < out["oracle_coverage"] < 1
     history = {k: client.get_metric_history(run.info.run_id, k)
                for k in ("loss", "samples_per_sec", "hot", "promoted", "churn", "sync_overhead", "auc", "logloss")}
     assert [x.step for x in history["loss"]] == [20, 40, 60]
+    # step metrics only at steps: the final figures have their own keys, so no step-0 point here
+    assert [x.step for x in history["samples_per_sec"]] == [20, 40, 60]
+    assert client.get_metric_history(run.info.run_id, "final_samples_per_sec")[0].step == 60
     assert [x.step for x in history["hot"]] == [20, 40, 60] and history["hot"][-1].value == out["hot_ids"]
     assert [x.step for x in history["auc"]] == [30, 60]  # every train.eval_every steps; the last is final
     assert history["auc"][-1].value == out["auc"] and history["logloss"][-1].value == out["logloss"]
@@ -89,6 +97,7 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     assert entry["run_id"] == out["mlflow_run_id"] and entry["world_size"] == 2
     assert abs(entry["compression_ratio"] - out["compression_ratio"]) < 1e-6
     assert abs(entry["embedding_mb"] - out["embedding_bytes"] / 1e6) < 1e-9
+    assert entry["samples_per_sec"] == out["samples_per_sec"]  # the figure --output-json has
 
 
 def test_compare_names_the_experiments_there_when_one_is_missing(tracked, capsys):

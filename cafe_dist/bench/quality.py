@@ -1,9 +1,14 @@
 """``cafe-dist bench quality``: test AUC / logloss versus compression ratio, every method on the same
-data, seed and schedule (one epoch, as in the CAFE paper), plus the uncompressed ``full`` baseline.
+data and schedule (one epoch, as in the CAFE paper), plus the uncompressed ``full`` baseline, once per
+seed.
 
-Writes a JSON report, a markdown table and an AUC-versus-ratio plot, and says whether the goals
-hold: ``cafe`` at least as good as every other compressed method at 100x and 1000x, and within
-0.002 of ``full`` at 10x. A ratio a method cannot reach on the data's features is reported as such.
+One seed cannot rank methods whose AUCs differ by less than the spread between seeds, so every
+(method, ratio) cell runs once per ``seeds`` entry and the report gives the mean and standard
+deviation per cell (``summary``) and, for each method, the AUC difference to ``cafe`` paired by seed
+(``paired_vs_cafe``: same seed, same data order, so the init noise partly cancels). Writes a JSON
+report, markdown tables and an AUC-versus-ratio plot, and says whether the goals hold (on the means):
+``cafe`` at least as good as every other compressed method at 100x and 1000x, and within 0.002 of
+``full`` at 10x. A ratio a method cannot reach on the data's features is reported as such.
 """
 
 from __future__ import annotations
@@ -29,22 +34,60 @@ class QualitySpec:
     ratios: tuple[float, ...] = (10, 100, 1000, 10000)
     num_workers: int = 1
     batch_size: int = 256
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
     storage_path: str = "runs/bench"
     extra: tuple[str, ...] = field(default_factory=tuple)  # --set overrides for every run
+    rows: int | None = None  # use only the first N rows of the data (a quick run)
 
 
-def _row(method: str, ratio: float, out: dict[str, Any]) -> dict[str, Any]:
+def _row(method: str, ratio: float, seed: int, out: dict[str, Any]) -> dict[str, Any]:
     if "error" in out:
-        return {"method": method, "ratio": ratio, "error": out["error"]}
-    return {"method": method, "ratio": ratio, "auc": out["auc"], "logloss": out["logloss"],
+        return {"method": method, "ratio": ratio, "seed": seed, "error": out["error"]}
+    return {"method": method, "ratio": ratio, "seed": seed, "auc": out["auc"], "logloss": out["logloss"],
             "compression_ratio": out["compression_ratio"], "embedding_bytes": out["embedding_bytes"],
             "wall_time_s": out["wall_time_s"], "samples_per_sec": out["samples_per_sec"], "steps": out["steps"]}
 
 
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(xs) / len(xs)
+    return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {ratio: {auc_mean, auc_std, logloss_mean, n}}}`` over the seeds that ran."""
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in runs:
+        if "auc" in r:
+            cells.setdefault((r["method"], r["ratio"]), []).append(r)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (method, ratio), rs in cells.items():
+        auc_mean, auc_std = _mean_std([r["auc"] for r in rs])
+        out.setdefault(method, {})[f"{ratio:g}"] = {
+            "auc_mean": auc_mean, "auc_std": auc_std, "logloss_mean": _mean_std([r["logloss"] for r in rs])[0],
+            "compression_ratio": _mean_std([r.get("compression_ratio", ratio) for r in rs])[0], "n": len(rs)}
+    return out
+
+
+def paired_vs_cafe(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {ratio: {diff_mean, diff_std, n}}}``: the method's AUC minus cafe's, same seed and
+    ratio (positive: the method is ahead of cafe)."""
+    auc = {(r["method"], r["ratio"], r["seed"]): r["auc"] for r in runs if "auc" in r}
+    diffs: dict[tuple[str, float], list[float]] = {}
+    for (method, ratio, seed), a in auc.items():
+        mine = auc.get(("cafe", ratio, seed))
+        if method != "cafe" and mine is not None:
+            diffs.setdefault((method, ratio), []).append(a - mine)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (method, ratio), ds in sorted(diffs.items()):
+        mean, std = _mean_std(ds)
+        out.setdefault(method, {})[f"{ratio:g}"] = {"diff_mean": mean, "diff_std": std, "n": len(ds)}
+    return out
+
+
 def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Whether the quality goals hold on these runs (None where the runs needed are missing)."""
-    auc = {(r["method"], r["ratio"]): r["auc"] for r in runs if "auc" in r}
+    """Whether the quality goals hold on the seed means of these runs (None where runs are missing)."""
+    auc = {(m, float(r)): c["auc_mean"] for m, by in summarise(runs).items() for r, c in by.items()}
     out: dict[str, Any] = {}
     for ratio in (100.0, 1000.0):
         others = [a for (m, r), a in auc.items() if r == ratio and m not in ("cafe", "full")]
@@ -60,18 +103,28 @@ def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown_tables(runs: list[dict[str, Any]], ratios: tuple[float, ...], workers: int) -> str:
-    """AUC per method (rows) and ratio (columns), then every run in detail."""
-    by = {(r["method"], r["ratio"]): r for r in runs}
+    """Mean AUC (± standard deviation over seeds, n) per method (rows) and ratio (columns), the
+    paired difference to cafe, then every run in detail."""
+    summary, paired = summarise(runs), paired_vs_cafe(runs)
+    tried = {(r["method"], r["ratio"]) for r in runs}
     methods = list(dict.fromkeys(r["method"] for r in runs))
     head = "| method | " + " | ".join(f"{x:g}x" for x in ratios) + " |"
     lines = [head, "|---|" + "---|" * len(ratios)]
     for m in methods:
         cells = []
         for x in ratios:
-            r = by.get((m, float(x)))
-            cells.append("-" if r is None else "n/a" if "error" in r else f"{r['auc']:.4f}")
+            c = summary.get(m, {}).get(f"{x:g}")
+            cells.append("-" if (m, float(x)) not in tried else "n/a" if c is None else
+                         f"{c['auc_mean']:.4f}" + (f" ± {c['auc_std']:.4f} (n={c['n']})" if c["n"] > 1 else ""))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    rows = [RunRow("", f"{r['method']}-{r['ratio']:g}x", r["method"], r.get("compression_ratio", r["ratio"]),
+    if paired:
+        lines += ["", "AUC minus cafe's, paired by seed (mean ± sd; positive: ahead of cafe):", "",
+                  head, "|---|" + "---|" * len(ratios)]
+        for m, by in paired.items():
+            cells = [f"{by[f'{x:g}']['diff_mean']:+.4f} ± {by[f'{x:g}']['diff_std']:.4f}" if f"{x:g}" in by else "-"
+                     for x in ratios]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    rows = [RunRow("", f"{r['method']}-{r['ratio']:g}x-s{r['seed']}", r["method"], r.get("compression_ratio", r["ratio"]),
                    r.get("embedding_bytes", math.nan) / 1e6, r.get("auc", math.nan), r.get("logloss", math.nan),
                    r.get("samples_per_sec", math.nan), workers, "FINISHED" if "auc" in r else "UNREACHABLE")
             for r in runs]
@@ -80,25 +133,28 @@ def markdown_tables(runs: list[dict[str, Any]], ratios: tuple[float, ...], worke
 
 def run_quality_bench(spec: QualitySpec, output_json: str | Path | None = None, markdown: str | Path | None = None,
                       plot: str | Path | None = None) -> dict[str, Any]:
-    data_dir = prepare_data(spec.data, spec.storage_path)
-    common = (f"train.batch_size={spec.batch_size}", f"train.seed={spec.seed}", "train.epochs=1",
-              "train.max_steps=null", "train.log_every=100", *spec.extra)
+    data_dir = prepare_data(spec.data, spec.storage_path, rows=spec.rows)
+    common = (f"train.batch_size={spec.batch_size}", "train.epochs=1", "train.max_steps=null", "train.log_every=100",
+              *spec.extra)
     cells = [("full", 1.0)] + [(m, float(r)) for m in spec.methods for r in spec.ratios if m != "full"]
     runs = []
     t0 = time.perf_counter()
-    for i, (method, ratio) in enumerate(cells, 1):
-        print(f"[cafe-dist bench quality] {i}/{len(cells)}: {method} at {ratio:g}x", file=sys.stderr, flush=True)
-        runs.append(_row(method, ratio, train_once(data_dir, method, ratio, spec.num_workers, spec.storage_path,
-                                                   common)))
-    result = {"spec": asdict(spec), "data_dir": data_dir, "runs": runs, "goals": goals(runs),
-              "wall_time_s": time.perf_counter() - t0}
+    total = len(cells) * len(spec.seeds)
+    for i, (seed, (method, ratio)) in enumerate(((s, c) for s in spec.seeds for c in cells), 1):
+        print(f"[cafe-dist bench quality] {i}/{total}: {method} at {ratio:g}x, seed {seed}", file=sys.stderr,
+              flush=True)
+        out = train_once(data_dir, method, ratio, spec.num_workers, spec.storage_path,
+                         (f"train.seed={seed}", *common))
+        runs.append(_row(method, ratio, seed, out))
+    result = {"spec": asdict(spec), "data_dir": data_dir, "runs": runs, "summary": summarise(runs),
+              "paired_vs_cafe": paired_vs_cafe(runs), "goals": goals(runs), "wall_time_s": time.perf_counter() - t0}
     table = markdown_tables(runs, (1.0, *map(float, spec.ratios)), spec.num_workers)
     result["markdown"] = table
     if markdown:
         Path(markdown).write_text(table + "\n")
     if plot:
         rows = [RunRow("", r["method"], r["method"], r["compression_ratio"], 0.0, r["auc"], r["logloss"], 0.0, 0,
-                       "FINISHED") for r in runs if "auc" in r]
+                       "FINISHED") for r in runs if "auc" in r]  # one per seed: the plot shows mean ± sd
         plot_auc_vs_ratio(rows, plot, title=f"AUC versus compression: {Path(data_dir).name}")
         result["plot"] = str(plot)
     if output_json:

@@ -12,9 +12,10 @@ from cafe_dist.config import ConfigError, load_config
 BENCH_SETTINGS = ("mlflow.enabled=false", "checkpoint.at_end=false")  # a bench measures, it keeps nothing
 
 
-def prepare_data(data: str, work_dir: str | Path) -> str:
+def prepare_data(data: str, work_dir: str | Path, rows: int | None = None) -> str:
     """``data`` is a converted dataset directory, or a Criteo TSV file (converted once into
-    ``work_dir``/<file name>)."""
+    ``work_dir``/data/<file name>). ``rows``: only the first N rows (in time order) of either, kept
+    as its own dataset beside the full one, so a quick run ranks methods on a prefix of the stream."""
     from cafe_dist.data.schema import META_FILE
 
     path = Path(data)
@@ -22,15 +23,62 @@ def prepare_data(data: str, work_dir: str | Path) -> str:
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path} holds no converted dataset (no {META_FILE}): convert it with "
                                     "`cafe-dist data criteo|avazu|synth --out DIR`, or pass a Criteo .tsv file")
-        return str(path.resolve())
+        return str(path.resolve()) if rows is None else _head_of_dataset(path, rows, Path(work_dir, "data"))
     if not path.is_file():
         raise FileNotFoundError(f"--data {data}: neither a converted dataset directory nor a Criteo TSV file")
-    out = Path(work_dir, "data", path.name.split(".")[0]).resolve()
+    stem = path.name.split(".")[0] + (f"_first{rows}" if rows else "")
+    out = Path(work_dir, "data", stem).resolve()
     if not (out / META_FILE).is_file():
         from cafe_dist.data.criteo import convert_criteo
 
-        print(f"[cafe-dist bench] converting {path} → {out}", file=sys.stderr, flush=True)
-        convert_criteo([str(path)], out, progress=False)
+        source = path
+        if rows is not None:
+            from cafe_dist.data.textsource import open_stream
+
+            source = out.with_name(stem + ".tsv")
+            source.parent.mkdir(parents=True, exist_ok=True)
+            with open_stream(path) as f, open(source, "wb") as dst:  # the first N lines, as they are
+                left = rows
+                while left > 0 and (chunk := f.read(8 << 20)):
+                    cut = len(chunk)
+                    if chunk.count(b"\n") >= left:  # the N-th newline ends this chunk's share
+                        cut = len(b"\n".join(chunk.split(b"\n", left)[:left])) + 1
+                    left -= chunk[:cut].count(b"\n")
+                    dst.write(chunk[:cut])
+        print(f"[cafe-dist bench] converting {source} → {out}", file=sys.stderr, flush=True)
+        convert_criteo([str(source)], out, progress=False)
+    return str(out)
+
+
+def _head_of_dataset(path: Path, rows: int, work: Path) -> str:
+    """The first ``rows`` rows of a converted dataset, split as it was (the same test fraction, test
+    rows taken from the start of its test split), its vocabulary kept: ids stay valid."""
+    import shutil
+
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from cafe_dist.data.schema import META_FILE, SPLITS, VOCAB_FILE, DatasetMeta
+    from cafe_dist.data.target import staged_dataset
+
+    meta = DatasetMeta.load(path)
+    total = sum(meta.rows.values())
+    if rows >= total:
+        return str(path.resolve())
+    n_test = int(round(rows * meta.rows["test"] / total))
+    want = {"train": rows - n_test, "test": n_test}
+    out = (work / f"{path.name}_first{rows}").resolve()
+    if (out / META_FILE).is_file():
+        return str(out)
+    with staged_dataset(out) as stage:
+        for split in SPLITS:
+            (stage / split).mkdir()
+            table = pads.dataset(path / split, format="parquet").head(want[split])
+            pq.write_table(table, stage / split / "part-00000.parquet")
+        shutil.copy(path / VOCAB_FILE, stage / VOCAB_FILE)
+        meta.rows = want
+        meta.extra = {**meta.extra, "head_of": str(path.resolve()), "head_rows": rows}
+        meta.save(stage)
     return str(out)
 
 

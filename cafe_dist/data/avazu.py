@@ -10,8 +10,10 @@ import pyarrow.compute as pc
 
 from cafe_dist.data.parsing import hash_strings32
 from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.target import staged_dataset
 from cafe_dist.data.textsource import bad_row_text, first_line, parse_into
-from cafe_dist.data.writer import BadInputError, DatasetWriter
+from cafe_dist.data.writer import DatasetWriter
+from cafe_dist.errors import BadInputError
 
 AVAZU_FIELDS = [
     "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id", "app_domain",
@@ -42,7 +44,9 @@ def convert_avazu(
     test_fraction: float = 1 / 7,
     min_count: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DatasetMeta:
+    """Convert into ``out_dir`` as :func:`cafe_dist.data.criteo.convert_criteo` does (staged, swapped in)."""
     if not inputs:
         raise BadInputError("no input files given")
     headers = {p: _header(p) for p in inputs}
@@ -50,17 +54,18 @@ def convert_avazu(
     if len(labeled) > 1:
         raise BadInputError("mixing labeled (with 'click') and unlabeled Avazu files")
     labeled_flag = labeled.pop()
-    writer = DatasetWriter(
-        out_dir, "avazu", [], AVAZU_SPARSE, test_fraction=test_fraction, labeled=labeled_flag,
-        min_count=min_count, sources=[str(p) for p in inputs], extra_columns={"hour": pa.int64()},
-        progress=progress,
-    )
-    for path in inputs:
-        names = headers[path]
-        parse_into(path, names, ",", writer,
-                   lambda tb, names=names, path=path: _convert_block(tb, names, labeled_flag, writer, str(path)),
-                   progress, skip_header=True)
-    return writer.finalize()
+    with staged_dataset(out_dir, overwrite) as stage:
+        writer = DatasetWriter(
+            stage, "avazu", [], AVAZU_SPARSE, test_fraction=test_fraction, labeled=labeled_flag,
+            min_count=min_count, sources=[str(p) for p in inputs], extra_columns={"hour": pa.int64()},
+            progress=progress,
+        )
+        for path in inputs:
+            names = headers[path]
+            parse_into(path, names, ",", writer,
+                       lambda tb, names=names, path=path: _convert_block(tb, names, labeled_flag, writer, str(path)),
+                       progress, skip_header=True)
+        return writer.finalize()
 
 
 def _convert_block(tb, names: list[str], labeled: bool, writer: DatasetWriter, source: str) -> None:

@@ -8,8 +8,10 @@ import numpy as np
 
 from cafe_dist.data.parsing import dense_transform, parse_hex32, parse_int
 from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_SPARSE, DatasetMeta
+from cafe_dist.data.target import staged_dataset
 from cafe_dist.data.textsource import bad_row_text, first_line, parse_into
-from cafe_dist.data.writer import BadInputError, DatasetWriter
+from cafe_dist.data.writer import DatasetWriter
+from cafe_dist.errors import BadInputError
 
 
 def _layout(path: str) -> bool:
@@ -47,14 +49,18 @@ def convert_criteo(
     test_fraction: float = 1 / 7,
     min_count: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DatasetMeta:
+    """Convert into ``out_dir``, which is only touched once the new dataset is complete (see
+    :mod:`cafe_dist.data.target`); replacing a dataset there needs ``overwrite``."""
     labeled = labeled_layout(inputs)
-    writer = DatasetWriter(out_dir, "criteo", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
-                           labeled=labeled, min_count=min_count, sources=[str(p) for p in inputs],
-                           progress=progress)
-    for path in inputs:
-        parse_file(path, labeled, writer, progress)
-    return writer.finalize()
+    with staged_dataset(out_dir, overwrite) as stage:
+        writer = DatasetWriter(stage, "criteo", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
+                               labeled=labeled, min_count=min_count, sources=[str(p) for p in inputs],
+                               progress=progress)
+        for path in inputs:
+            parse_file(path, labeled, writer, progress)
+        return writer.finalize()
 
 
 def _convert_block(tb, names: list[str], labeled: bool, writer, source: str) -> None:

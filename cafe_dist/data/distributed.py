@@ -38,7 +38,9 @@ from cafe_dist.data.schema import (
     DatasetMeta,
     idx_column,
 )
-from cafe_dist.data.writer import BadInputError, RawSink, contiguous_ids, raw_schema, vocab_table
+from cafe_dist.data.target import staged_dataset
+from cafe_dist.data.writer import RawSink, contiguous_ids, raw_schema, vocab_table
+from cafe_dist.errors import BadInputError
 
 
 def _parse(batch: dict[str, np.ndarray], out: str, labeled: bool) -> dict[str, np.ndarray]:
@@ -105,16 +107,22 @@ def _slices(raw_rows: list[int], n_train: int) -> list[dict[str, Any]]:
 
 
 def convert_criteo_distributed(inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7,
-                               min_count: int = 1, address: str | None = None) -> DatasetMeta:
-    import ray
-    import ray.data
-
+                               min_count: int = 1, address: str | None = None,
+                               overwrite: bool = False) -> DatasetMeta:
+    """``out_dir`` is replaced only by a complete dataset (staged beside it; :mod:`cafe_dist.data.target`)."""
     if not 0.0 <= test_fraction < 1.0:
         raise BadInputError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     labeled = labeled_layout(inputs)
-    out = Path(out_dir).resolve()
+    with staged_dataset(Path(out_dir).resolve(), overwrite) as stage:
+        return _convert(inputs, stage, labeled, test_fraction, min_count, address)
+
+
+def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, min_count: int,
+             address: str | None) -> DatasetMeta:
+    import ray
+    import ray.data
+
     for sub in (*SPLITS, "_raw", "_bad"):
-        shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
     if not ray.is_initialized():
         ray.init(address=address if address not in (None, "local") else None)
@@ -136,8 +144,10 @@ def convert_criteo_distributed(inputs: list[str], out_dir: str | Path, *, test_f
             with open(out / "_bad" / f"part-{i:05d}.tsv") as part:
                 shutil.copyfileobj(part, f)
     if good == 0:
-        raise BadInputError(f"no usable rows: {bad} malformed lines. See {out / BAD_ROWS_FILE}; check that the "
-                            "input is in criteo format.")
+        first = (out / BAD_ROWS_FILE).read_text().splitlines()[1:4]  # the staging dir goes with this error
+        raise BadInputError(f"no usable rows: all {bad:,} lines were malformed, e.g. "
+                            + "; ".join(" ".join(r.split("\t")[:3]) for r in first)
+                            + ". Check that the input is in criteo format.")
     n_test = int(round(good * test_fraction))
     n_train = good - n_test
     items = _slices(raw_rows, n_train)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from cafe_dist.data.parsing import dense_transform
+from cafe_dist.data.profile import EMPIRICAL_MAX, QUANTILES, Profile
 from cafe_dist.data.schema import (
     CRITEO_DENSE,
     CRITEO_KAGGLE_CARDINALITIES,
@@ -28,9 +30,15 @@ from cafe_dist.data.schema import (
     MISSING_ID,
     DatasetMeta,
 )
+from cafe_dist.data.target import staged_dataset
 from cafe_dist.data.writer import DatasetWriter
 
 CHUNK = 1 << 18
+CALIBRATION_ROWS = 50_000
+# Profile mode's label model: the best any model could do on the stream (true click probabilities).
+# DLRM trained for one epoch reaches less; see BENCHMARKS.md for where it lands on 10 M rows.
+PROFILE_BAYES_AUC = 0.83
+ID_SIGNAL_KNEE = 1000  # profile: an id's effect fades as (1 + rank / knee)^-1/2: rare ids carry little
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -41,6 +49,10 @@ def _mix64(x: np.ndarray) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -55,16 +67,32 @@ class SynthSpec:
     cardinality_scale: float = 0.01
     min_cardinality: int = 3
     zipf_a: float = 1.1
-    drift_period: int = 0  # rows between rotations; 0 = rows // 4
+    drift_period: int = 0  # rows between rotations; 0 = rows // 4 (profile: a top id's lifetime, 0 = 4 x rows)
     drift_fraction: float = 0.05  # fraction of each feature's id space the ranking rotates by
     missing_rate: float = 0.05
+    # a fitted feature profile (cafe_dist.data.profile: "criteo-kaggle" or a JSON file): per-feature
+    # cardinalities (unscaled), value laws, missing rates, dense distributions and click rate
+    profile: str | None = None
 
     def cardinalities(self) -> list[int]:
+        if self.profile is not None:
+            return [c.cardinality for c in load_profile(self.profile).categorical]
         return [max(self.min_cardinality, int(round(c * self.cardinality_scale)))
                 for c in CRITEO_KAGGLE_CARDINALITIES]
 
     def period(self) -> int:
-        return self.drift_period or max(1, self.rows // 4)
+        return self.drift_period or (4 * self.rows if self.profile is not None else max(1, self.rows // 4))
+
+    def record(self, test_fraction: float) -> dict:
+        """What ``meta.json`` keeps of the spec (``extra.synth``): generating again with a different
+        record gives other data, so a dataset made from another spec is never silently reused."""
+        return {**self.__dict__, "drift_period": self.period(), "cardinalities": self.cardinalities(),
+                "test_fraction": test_fraction}
+
+
+@lru_cache(maxsize=4)
+def load_profile(name: str) -> Profile:
+    return Profile.load(name)
 
 
 class SynthGenerator:
@@ -83,12 +111,73 @@ class SynthGenerator:
         self.dense_w = rng.normal(0.0, 0.25, size=len(CRITEO_DENSE))
         self.pairs = [(0, 1), (2, 3), (5, 10)]  # hidden feature crosses
         self.bias = -2.0
+        self.label_scale = 1.0
+        self.profile = load_profile(spec.profile) if spec.profile is not None else None
+        if self.profile is not None:
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Profile mode: the label model's scale and bias, set on the first rows of the stream so that
+        the Bayes-optimal AUC is PROFILE_BAYES_AUC and the click rate is the profile's (bisections
+        on a fixed draw: deterministic by seed)."""
+        import torch
+        from torchmetrics.functional.classification import binary_auroc
+
+        rng = np.random.default_rng([self.spec.seed, 1 << 40])
+        _, dense, present, parts = self._draw(0, CALIBRATION_ROWS, rng)
+        labels_u = rng.random(CALIBRATION_ROWS)
+
+        def auc_at(scale: float) -> float:
+            self.label_scale, self.bias = scale, 0.0
+            logit = self._logit(parts, dense, present)
+            self.bias = self._bias_for(logit, self.profile.click_rate)
+            p = _sigmoid(logit + self.bias)
+            return float(binary_auroc(torch.from_numpy(p), torch.from_numpy((labels_u < p).astype(np.int64))))
+
+        lo, hi = 0.05, 5.0
+        for _ in range(18):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if auc_at(mid) < PROFILE_BAYES_AUC else (lo, mid)
+        auc_at((lo + hi) / 2)
+
+    @staticmethod
+    def _bias_for(logit: np.ndarray, rate: float) -> float:
+        lo, hi = -20.0, 20.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < rate else (lo, mid)
+        return (lo + hi) / 2
 
     def _zipf_rank(self, u: np.ndarray, card: int, a: float) -> np.ndarray:
         """Inverse CDF of a continuous Zipf(a) on [1, card + 1), floored to ranks 0..card-1."""
         top = (card + 1.0) ** (1.0 - a)
         r = (1.0 + u * (top - 1.0)) ** (1.0 / (1.0 - a))
         return np.clip(np.floor(r).astype(np.int64) - 1, 0, card - 1)
+
+    def rank_probabilities(self, feature: int) -> np.ndarray:
+        """Probability that a row's value of ``feature`` is the id of each popularity rank (0 first;
+        missing values excluded): the exact distribution the generator draws from."""
+        if self.profile is not None:
+            return self.profile.categorical[feature].rank_probabilities()
+        card, a = int(self.cards[feature]), float(self.alphas[feature])
+        top = (card + 1.0) ** (1.0 - a)
+        below = ((np.arange(1, card + 2, dtype=np.float64)) ** (1.0 - a) - 1.0) / (top - 1.0)  # P(r < k + 1)
+        return np.diff(below)
+
+    def missing_rate(self, feature: int) -> float:
+        return self.profile.categorical[feature].missing_rate if self.profile is not None else self.spec.missing_rate
+
+    def top_mass(self, features: list[int], n: int) -> float:
+        """The share of these features' lookups that the ``n`` most frequent (feature, value) pairs
+        serve, the missing value of each feature included: the coverage of a perfect hot set of
+        ``n`` slots. Drift moves which ids are popular, not how popular the ranks are, so a hot set
+        that tracked the drift perfectly would have this coverage at every row."""
+        if not features or n <= 0:
+            return 0.0
+        p = np.concatenate([np.append(self.rank_probabilities(f) * (1.0 - self.missing_rate(f)), self.missing_rate(f))
+                            for f in features])
+        top = p if n >= len(p) else np.partition(p, len(p) - n)[len(p) - n:]
+        return float(top.sum() / len(features))
 
     def raw_id(self, feature: int, slot: np.ndarray) -> np.ndarray:
         """Raw 32-bit value of the id occupying position ``slot`` of a feature's id space."""
@@ -97,16 +186,75 @@ class SynthGenerator:
     def top_ids(self, feature: int, row: int, k: int) -> np.ndarray:
         """The k most popular raw ids of a feature at a given row (ground truth for drift tests)."""
         card = int(self.cards[feature])
+        ranks = np.arange(min(k, card), dtype=np.int64)
+        if self.profile is not None:
+            return self._profile_ids(feature, ranks, np.full(len(ranks), row, np.int64))
         shift = self._shift(np.array([row]), card)[0]
-        return self.raw_id(feature, (np.arange(min(k, card)) + shift) % card)
+        return self.raw_id(feature, (ranks + shift) % card)
+
+    def _profile_ids(self, feature: int, ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Profile mode's drift: the id holding a popularity rank is renewed (a new id takes the rank,
+        the old one is gone) every lifetime(rank) rows, at a phase of its own, so renewals are spread
+        over the stream. lifetime = drift_period / sqrt(1 + rank / ID_SIGNAL_KNEE): the head is
+        stable for most of the stream and the tail turns over fast, as new ads and users do. Small
+        features (cardinality <= EMPIRICAL_MAX) keep their values."""
+        card = int(self.cards[feature])
+        if card <= EMPIRICAL_MAX:
+            return self.raw_id(feature, ranks)
+        life = np.maximum(1.0, self.spec.period() / np.sqrt(1.0 + ranks / ID_SIGNAL_KNEE)).astype(np.int64)
+        phase = (_mix64(ranks.astype(np.uint64) ^ self.salts[-2]) % life.astype(np.uint64)).astype(np.int64)
+        return self.raw_id(feature, ranks + card * ((rows + phase) // life))
 
     def _shift(self, rows: np.ndarray, card: int) -> np.ndarray:
         step = max(1, int(round(card * self.spec.drift_fraction)))
         return (rows // self.spec.period()) * step
 
+    # ---- profile mode -------------------------------------------------------------------------
+    def _draw(self, start: int, n: int, rng: np.random.Generator):
+        """Rows [start, start + n) of a profiled stream without labels: (sparse, dense, dense present,
+        (sparse, ranks)) where ranks is each value's popularity rank (-1 where missing)."""
+        rows = np.arange(start, start + n, dtype=np.int64)
+        nf = len(CRITEO_SPARSE)
+        u, miss_u = rng.random((n, nf)), rng.random((n, nf))
+        sparse, ranks = np.empty((n, nf), np.int64), np.empty((n, nf), np.int64)
+        for f, cp in enumerate(self.profile.categorical):  # 26 features, vectorised over rows
+            rank = cp.sample_ranks(u[:, f])
+            ids = self._profile_ids(f, rank, rows)
+            missing = miss_u[:, f] < cp.missing_rate
+            ids[missing] = MISSING_ID
+            sparse[:, f], ranks[:, f] = ids, np.where(missing, -1, rank)
+        dense = np.empty((n, len(CRITEO_DENSE)), np.float32)
+        present = np.empty((n, len(CRITEO_DENSE)), bool)
+        for j, dp in enumerate(self.profile.dense):
+            present[:, j] = rng.random(n) >= dp.missing_rate
+            dense[:, j] = np.where(present[:, j], np.interp(rng.random(n), QUANTILES, dp.quantiles), 0.0)
+        return sparse, dense, present, (sparse, ranks)
+
+    def _logit(self, parts, dense: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """The hidden label model (before the bias): per-id effects that fade with the id's rarity
+        (most signal sits in ids seen often enough to learn), three feature crosses, dense terms."""
+        sparse, ranks = parts
+        n = len(sparse)
+        fade = np.where(ranks >= 0, 1.0 / np.sqrt(1.0 + np.maximum(ranks, 0) / ID_SIGNAL_KNEE), 1.0)
+        logit = np.zeros(n)
+        for f in range(sparse.shape[1]):
+            effect = _unit(sparse[:, f].astype(np.uint64) ^ self.salts[f] ^ np.uint64(0x5EED))
+            logit += self.sparse_w[f] * effect * fade[:, f]
+        for a, b in self.pairs:
+            cross = _mix64(sparse[:, a].astype(np.uint64) ^ self.salts[-1]) ^ sparse[:, b].astype(np.uint64)
+            logit += 0.5 * _unit(cross) * fade[:, a] * fade[:, b]
+        q = np.array([dp.quantiles for dp in self.profile.dense])  # (13, 101)
+        mid, spread = q[:, 50], np.maximum(q[:, 75] - q[:, 25], 1e-3)
+        logit += (np.where(present, (dense - mid) / spread, 0.0) * self.dense_w).sum(axis=1)
+        return logit * self.label_scale
+
     def chunk(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows [start, start + n): (label int8, dense float32 (n, 13), sparse int64 (n, 26))."""
         rng = np.random.default_rng([self.spec.seed, start])
+        if self.profile is not None:
+            sparse, dense, present, parts = self._draw(start, n, rng)
+            p = _sigmoid(self._logit(parts, dense, present) + self.bias)
+            return (rng.random(n) < p).astype(np.int8), dense, sparse
         rows = np.arange(start, start + n, dtype=np.int64)
         nf = len(CRITEO_SPARSE)
         sparse = np.empty((n, nf), np.int64)
@@ -139,15 +287,18 @@ def generate_synthetic(
     *,
     test_fraction: float = 1 / 7,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DatasetMeta:
+    """Generate into ``out_dir`` (staged, swapped in when complete; see :mod:`cafe_dist.data.target`)."""
     gen = SynthGenerator(spec)
-    extra = {"synth": {**spec.__dict__, "drift_period": spec.period(), "cardinalities": spec.cardinalities()}}
-    writer = DatasetWriter(out_dir, "synth", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
-                           sources=["synthetic"], extra_meta=extra, progress=progress)
-    with tqdm(total=spec.rows, desc="generate", unit="row", unit_scale=True, file=sys.stderr,
-              disable=not progress, mininterval=1.0) as bar:
-        for start in range(0, spec.rows, CHUNK):
-            n = min(CHUNK, spec.rows - start)
-            writer.add_rows(*gen.chunk(start, n))
-            bar.update(n)
-    return writer.finalize()
+    extra = {"synth": spec.record(test_fraction)}
+    with staged_dataset(out_dir, overwrite) as stage:
+        writer = DatasetWriter(stage, "synth", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
+                               sources=["synthetic"], extra_meta=extra, progress=progress)
+        with tqdm(total=spec.rows, desc="generate", unit="row", unit_scale=True, file=sys.stderr,
+                  disable=not progress, mininterval=1.0) as bar:
+            for start in range(0, spec.rows, CHUNK):
+                n = min(CHUNK, spec.rows - start)
+                writer.add_rows(*gen.chunk(start, n))
+                bar.update(n)
+        return writer.finalize()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 
 BLOCK_SIZE = 8 << 20
 
@@ -26,17 +26,32 @@ class TextBatch:
     wrong_width: list[tuple[int | None, str, str]] = field(default_factory=list)  # (line, reason, raw)
 
 
-def open_stream(path: str | Path) -> pa.NativeFile:
-    """Open a local or remote file, decompressing by extension (.gz, .bz2, .zst, ...)."""
-    path = str(path)
+def _open_raw(path: str) -> tuple[pa.NativeFile, int | None, str | None]:
+    """The file as stored (compressed or not), its size, and the codec its name says it uses."""
     if "://" in path:
         fs, p = pa.fs.FileSystem.from_uri(path)
-        raw = fs.open_input_stream(p)
-        codec = pa.Codec.detect(p) if hasattr(pa.Codec, "detect") else None
-        return pa.CompressedInputStream(raw, codec.name) if codec else raw
-    if not Path(path).is_file():
-        raise BadInputError(f"input file not found: {path}")
-    return pa.input_stream(path, compression="detect")
+        info = fs.get_file_info(p)
+        if info.type == pa.fs.FileType.Directory:
+            raise BadInputError(f"input {path} is a directory; give the files in it")
+        raw, size = fs.open_input_stream(p), info.size
+    else:
+        local = Path(path)
+        if local.is_dir():
+            raise BadInputError(f"input {path} is a directory; give the files in it (e.g. {path}/*.gz)")
+        if not local.is_file():
+            raise BadInputError(f"input file not found: {path}")
+        raw, size = pa.OSFile(path), local.stat().st_size
+    try:
+        codec = pa.Codec.detect(path).name
+    except (ValueError, TypeError):
+        codec = None
+    return raw, size, codec
+
+
+def open_stream(path: str | Path) -> pa.NativeFile:
+    """Open a local or remote file, decompressing by extension (.gz, .bz2, .zst, ...)."""
+    raw, _, codec = _open_raw(str(path))
+    return pa.CompressedInputStream(raw, codec) if codec else raw
 
 
 def first_line(path: str | Path) -> str:
@@ -60,26 +75,45 @@ def read_delimited(
         pending.append((row.number, f"expected {expected} fields, got {row.actual_columns}", row.text or ""))
         return "skip"
 
-    reader = pacsv.open_csv(
-        open_stream(path),
-        read_options=pacsv.ReadOptions(
-            column_names=column_names, skip_rows=1 if skip_header else 0,
-            block_size=BLOCK_SIZE, use_threads=False,
-        ),
-        parse_options=pacsv.ParseOptions(
-            delimiter=delimiter, quote_char=False, ignore_empty_lines=False,
-            invalid_row_handler=on_invalid,
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in column_names},
-            strings_can_be_null=False, quoted_strings_can_be_null=False,
-        ),
-    )
+    raw, size, codec = _open_raw(str(path))
+    last_line, last_byte = 0, 0  # how far the reading got: the last good line, bytes of the file read
+
+    def unreadable(e: Exception) -> BadInputError:
+        where = f"byte {last_byte:,} of {size:,}" if size is not None else f"byte {last_byte:,}"
+        return BadInputError(
+            f"{path}: cannot read past line {last_line:,} ({where}{' of the compressed file' if codec else ''}): "
+            f"{e}. The file is truncated or corrupt" + (f" (check it with `{codec} -t`)" if codec == "gzip" else "")
+            + "; nothing was converted. Download or copy it again.")
+
+    try:
+        reader = pacsv.open_csv(
+            pa.CompressedInputStream(raw, codec) if codec else raw,
+            read_options=pacsv.ReadOptions(
+                column_names=column_names, skip_rows=1 if skip_header else 0,
+                block_size=BLOCK_SIZE, use_threads=False,
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char=False, ignore_empty_lines=False,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in column_names},
+                strings_can_be_null=False, quoted_strings_can_be_null=False,
+            ),
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise unreadable(e) from None
     # Line of the i-th good row = i + first_line + (number of skipped lines before it).
     skipped: list[int] = []
     offset = 2 if skip_header else 1
     good_so_far = 0
-    for batch in reader:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowException) as e:
+            raise unreadable(e) from None
         invalid, pending[:] = list(pending), []
         skipped.extend(line for line, _, _ in invalid if line is not None)
         n = batch.num_rows
@@ -89,6 +123,8 @@ def read_delimited(
         before = s - np.arange(len(s))
         lines = idx + offset + np.searchsorted(before, idx, side="right")
         good_so_far += n
+        last_line = int(lines[-1]) if n else last_line
+        last_byte = raw.tell()
         yield TextBatch(pa.Table.from_batches([batch]), lines, invalid)
     if pending:
         yield TextBatch(pa.table({c: pa.array([], pa.string()) for c in column_names}),

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
-from cafe_dist.data.writer import BadInputError
+from cafe_dist.errors import BadInputError
 
 
 def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) -> None:

@@ -8,7 +8,6 @@ final train/test parts with contiguous ids beside the raw ones.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,10 @@ from cafe_dist.data.schema import (
     DatasetMeta,
     idx_column,
 )
+from cafe_dist.errors import BadInputError
 
 ROWS_PER_PART = 1 << 20
 READ_BATCH = 1 << 18
-
-
-class BadInputError(ValueError):
-    """Input that cannot be converted at all (as opposed to single bad lines, which are recorded)."""
 
 
 class _CountMerger:
@@ -95,6 +91,7 @@ class RawSink:
         if bad_header:
             self.bad_file.write("source\tline\treason\traw\n")
         self.good = self.bad = 0
+        self.first_bad: list[str] = []  # a few rejected lines, for a message when every line is bad
 
     def add_rows(self, label: np.ndarray, dense: np.ndarray, sparse: np.ndarray,
                  extra: dict[str, np.ndarray] | None = None) -> None:
@@ -112,6 +109,8 @@ class RawSink:
         for line, reason, raw in zip(lines, reasons, raws):
             raw = raw.replace("\t", "\\t").replace("\n", "\\n")
             self.bad_file.write(f"{source}\t{'' if line is None else line}\t{reason}\t{raw[:500]}\n")
+            if len(self.first_bad) < 3:
+                self.first_bad.append(f"{source} line {line}: {reason}")
         self.bad += len(lines)
 
     def close(self) -> None:
@@ -147,11 +146,8 @@ class DatasetWriter:
     ) -> None:
         if not 0.0 <= test_fraction < 1.0:
             raise BadInputError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-        self.out = Path(out_dir)
+        self.out = Path(out_dir)  # a fresh staging directory (cafe_dist.data.target.staged_dataset)
         self.out.mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
-            if (self.out / split).exists():
-                shutil.rmtree(self.out / split)
         self.fmt = fmt
         self.dense = list(dense_features)
         self.sparse = list(sparse_features)
@@ -188,11 +184,9 @@ class DatasetWriter:
         self.sink.close()
         if self.good == 0:
             self._raw_path.unlink(missing_ok=True)
-            detail = f"all {self.bad} lines were malformed" if self.bad else "the input holds no rows"
-            raise BadInputError(
-                f"no usable rows: {detail}. See {self.out / BAD_ROWS_FILE} for the line numbers and "
-                f"reasons; check that the input is in {self.fmt} format."
-            )
+            detail = (f"all {self.bad:,} lines were malformed, e.g. " + "; ".join(self.sink.first_bad)
+                      if self.bad else "the input holds no rows")
+            raise BadInputError(f"no usable rows: {detail}. Check that the input is in {self.fmt} format.")
         n_test = int(round(self.good * self.test_fraction))
         n_train = self.good - n_test
         vocab = self._build_vocab(n_train)

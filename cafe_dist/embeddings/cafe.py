@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.collectives import world
+from cafe_dist.collectives import all_reduce_sum, world
 from cafe_dist.coordinator import CollectiveSync, MergeConfig
 from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, segmented_table, table
 from cafe_dist.embeddings.hashing import hash_mod
@@ -87,6 +87,10 @@ class CafeEmbedding(CompressedEmbedding):
         self.sync_log: list[dict[str, float]] = []
         self.overhead_s = 0.0
         self.phase_s = {"sketch": 0.0, "sync": 0.0, "migration": 0.0}  # where after_step's time goes
+        # what the memory does, after warm-up (the first version applied): lookups of compressed
+        # features served by a hot row / all of them, and hot slots in use summed over steps
+        self._coverage: torch.Tensor | None = None
+        self._used_sum, self._used_steps = 0.0, 0
         super().__init__(features, dim, ratio, device)
 
     # ---- sizing -------------------------------------------------------------------------------
@@ -169,7 +173,14 @@ class CafeEmbedding(CompressedEmbedding):
             rows2 = hash_mod(v.ids, self._per_feature(self.hash2_rows, 1, v), seed=7)
             routes.append(Route("@m", ~self.is_full, rows2, mask=medium))
         self._step_keys = (keys[compressed], compressed) if self.training and torch.is_grad_enabled() else None
+        if self._step_keys is not None and self.warmed_up():
+            counts = torch.stack([hot.sum(), compressed.sum()])  # stays on the device: no sync per step
+            self._coverage = counts if self._coverage is None else self._coverage + counts
         return routes
+
+    def warmed_up(self) -> bool:
+        """Whether the first hot-set version has been applied (coverage counts from then on)."""
+        return self.steps >= self.params.sync_interval + self.params.sync_lag
 
     def route_dims(self) -> dict[str, int]:
         dims = {"": self.dim}
@@ -251,6 +262,9 @@ class CafeEmbedding(CompressedEmbedding):
             stats.update(promoted=update.stats["promoted"], demoted=update.stats["demoted"],
                          churn=update.stats["churn"])
         stats["hot"] = float(len(self.hot_map))
+        if self.warmed_up():
+            self._used_sum += stats["hot"]
+            self._used_steps += 1
         self._step_ends.append(time.time())
         t2 = time.perf_counter()
         self.phase_s["migration"] += migration
@@ -263,7 +277,8 @@ class CafeEmbedding(CompressedEmbedding):
             return {}
         return {"sketch": self.sketch.state_dict(), "hot_map": self.hot_map.state_dict(), "steps": self.steps,
                 "mass": self._mass, "due": list(self._due), "overhead_s": self.overhead_s,
-                "sync_log": list(self.sync_log)}
+                "sync_log": list(self.sync_log), "used": (self._used_sum, self._used_steps),
+                "coverage": None if self._coverage is None else self._coverage.cpu()}
 
     def load_local_state(self, state: dict) -> None:
         if not state:
@@ -273,6 +288,8 @@ class CafeEmbedding(CompressedEmbedding):
         self.steps, self._mass, self.overhead_s = state["steps"], state["mass"], state["overhead_s"]
         self._due = deque(state["due"])
         self.sync_log = list(state["sync_log"])
+        self._used_sum, self._used_steps = state.get("used", (0.0, 0))
+        self._coverage = state.get("coverage")
 
     def rounds_in_flight(self) -> list[int]:
         """Rounds whose summaries every rank has sent but whose version is not applied yet."""
@@ -313,10 +330,21 @@ class CafeEmbedding(CompressedEmbedding):
         rows.write(self.TABLE, slots, values)  # hot rows are the table's first rows
         rows.reset_state(self.TABLE, slots)
 
+    def memory_use(self) -> dict[str, float]:
+        """What the hot rows do, after warm-up: ``hot_slots`` (rows the budget gives), ``hot_slots_used``
+        (ids hot, averaged over steps) and ``hot_coverage`` (share of compressed-feature lookups, over
+        all ranks, served by a hot row). Every rank must call it (the counts are summed)."""
+        counts = torch.zeros(2, dtype=torch.float64) if self._coverage is None else self._coverage.double().cpu()
+        counts = all_reduce_sum(counts.to(self.hot_map.device)).cpu()
+        return {"hot_slots": float(self.hot_rows),
+                "hot_slots_used": self._used_sum / self._used_steps if self._used_steps else 0.0,
+                "hot_coverage": float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")}
+
     def sync_summary(self, train_time_s: float) -> dict[str, float]:
-        """What --output-json reports about the hot-set exchange."""
+        """What --output-json reports about the hot-set exchange and the hot rows' use."""
         log = self.sync_log
         return {
+            **(self.memory_use() if self.compressed else {}),
             "hot_syncs": float(len(log)),
             "hot_map_version": float(self.hot_map.version),
             "sync_overhead_fraction": self.overhead_s / train_time_s if train_time_s > 0 else 0.0,

@@ -43,6 +43,11 @@ class HotSetProbe:
             return float("nan")
         return float((self.emb.hot_map.lookup(keys_t.to(self.emb.hot_map.device)) >= 0).float().mean())
 
+    def oracle_coverage(self) -> float:
+        """The share of compressed-feature lookups the true top ids would serve with CAFE's hot slots:
+        what ``hot_coverage`` is measured against."""
+        return self.gen.top_mass(self.features, int(self.emb.hot_rows))
+
     def hot_top_keys(self, row: int, k: int) -> list[list[int]]:
         """[key, popularity rank within its feature] of the true top-k keys at ``row`` that are hot."""
         keys = self.top_keys(row, k)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -13,38 +13,83 @@ from typing import Any
 
 import yaml
 
-from cafe_dist.checkpoint import find_latest, resize_message
-from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import input_kind
+from cafe_dist.errors import BadInputError
+from cafe_dist.resume import decide, fingerprint, finished_result, result_config
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
 
+log = logging.getLogger(__name__)
 
-def ensure_data(job: JobConfig) -> DatasetMeta:
-    """Load ``data.path``; generate it from ``data.synthetic`` when absent."""
-    path = job.data.path
+
+def _synth_spec(s: SynthConfig):
+    from cafe_dist.data.synth import SynthSpec
+
+    return SynthSpec(rows=s.rows, seed=s.seed, cardinality_scale=s.cardinality_scale, zipf_a=s.zipf_a,
+                     drift_period=s.drift_period, drift_fraction=s.drift_fraction, profile=s.profile)
+
+
+def _regenerate_reason(job: JobConfig) -> str | None:
+    """Why ``data.path`` must be generated (again) from ``data.synthetic``, or None to use it as it is."""
+    path, s = job.data.path, job.data.synthetic
     if not storage.is_file(storage.join(path, "meta.json")):
-        if job.data.synthetic is None or storage.is_uri(path):
+        if s is None or storage.is_uri(path):
             raise FileNotFoundError(
                 f"data.path {path} holds no converted dataset (no meta.json). Convert data with "
                 "`cafe-dist data criteo|avazu --out DIR`, or add a data.synthetic section to generate "
-                "synthetic data there on first use."
-            )
-        from cafe_dist.data.synth import SynthSpec, generate_synthetic
+                "synthetic data there on first use.")
+        return "not found"
+    if s is None or storage.is_uri(path):
+        return None
+    meta = DatasetMeta.load(path)
+    if meta.format != "synth":
+        raise BadInputError(
+            f"data.path {path} holds a {meta.format} dataset (from {', '.join(meta.sources) or '?'}), but the job "
+            "has a data.synthetic section, which describes generated data: remove data.synthetic to train on it, "
+            "or point data.path at another directory to generate there.")
+    want = json.loads(json.dumps(_synth_spec(s).record(s.test_fraction)))
+    have = meta.extra.get("synth") or {}
+    changed = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    if not changed:
+        return None
+    return "it was generated from another spec (" + ", ".join(
+        f"{k} {have.get(k)!r} -> {want.get(k)!r}" for k in changed if k != "cardinalities") + ")"
+
+
+def ensure_data(job: JobConfig) -> DatasetMeta:
+    """Load ``data.path``; generate it from ``data.synthetic`` when absent or made from another spec
+    (the spec is recorded in ``meta.json``, so a changed setting is never silently ignored). Inputs
+    training cannot use are refused here, before Ray starts."""
+    path = job.data.path
+    reason = _regenerate_reason(job)
+    if reason is not None:
+        from cafe_dist.data.synth import generate_synthetic
 
         s = job.data.synthetic
-        print(f"[cafe-dist] {path} not found: generating {s.rows:,} synthetic rows (seed {s.seed})",
-              file=sys.stderr)
-        spec = SynthSpec(rows=s.rows, seed=s.seed, cardinality_scale=s.cardinality_scale, zipf_a=s.zipf_a,
-                         drift_period=s.drift_period, drift_fraction=s.drift_fraction)
-        generate_synthetic(path, spec, test_fraction=s.test_fraction)
+        log.info("%s: %s; generating %s synthetic rows (seed %d)", path, reason, f"{s.rows:,}", s.seed)
+        generate_synthetic(path, _synth_spec(s), test_fraction=s.test_fraction, overwrite=reason != "not found")
     meta = DatasetMeta.load(path)
     if not meta.labeled:
-        raise ValueError(f"{path} was converted from unlabeled files; training needs labels")
+        raise BadInputError(f"data.path {path} was converted from unlabeled files (no click labels); training "
+                            "needs labels. Convert the labeled training file instead.")
     if meta.rows["train"] == 0:
-        raise ValueError(f"{path} has an empty train split")
+        raise BadInputError(f"data.path {path} has an empty train split")
+    if meta.rows["test"] == 0:
+        raise BadInputError(
+            f"data.path {path} has no test split (converted with --test-fraction 0), so a run could not report "
+            "AUC or logloss. Convert again with --test-fraction above 0 (e.g. the default 1/7).")
     return meta
+
+
+DATA_CPUS = 2  # logical CPUs a local cluster adds for Ray Data's tasks (listing, reading), never for workers
+
+
+def _joins_a_cluster(job: JobConfig) -> bool:
+    import ray
+
+    return bool(job.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
 def _init_ray(job: JobConfig) -> None:
@@ -56,10 +101,9 @@ def _init_ray(job: JobConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # A local cluster: logical CPUs for every worker plus headroom for Ray Data's read tasks, so
-    # small machines do not deadlock with all CPUs held by training workers.
-    need = int(job.ray.num_workers * job.ray.cpus_per_worker) + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), log_to_driver=True)
+    # A local cluster: the machine's CPUs for the workers (check_resources held them to that), plus
+    # DATA_CPUS logical ones so Ray Data's read tasks run while the workers hold every real CPU.
+    ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True)
 
 
 def preflight(job: JobConfig, meta: DatasetMeta) -> None:
@@ -79,27 +123,88 @@ def preflight(job: JobConfig, meta: DatasetMeta) -> None:
         raise ConfigError(str(e)) from None
 
 
-def check_resources(job: JobConfig) -> None:
-    """Fail with a message, not a hang, when the cluster cannot hold the workers Ray Train asks for."""
-    import ray
-
-    have = ray.cluster_resources()
+def check_resources(job: JobConfig, local: bool) -> None:
+    """Fail with the numbers, not a hang, when the workers Ray Train asks for cannot all start: on a
+    local cluster (checked before it starts) against this machine's CPUs, else against the cluster's."""
     need_cpu = job.ray.num_workers * job.ray.cpus_per_worker
-    if have.get("CPU", 0) < need_cpu:
+    if not local:
+        import ray
+
+        have = ray.cluster_resources()
+        cpus, gpus, where = have.get("CPU", 0), have.get("GPU", 0), "the Ray cluster has"
+    else:
+        import torch
+
+        cpus, gpus, where = os.cpu_count() or 1, torch.cuda.device_count(), "this machine has"
+    if cpus < need_cpu:
         raise ConfigError(
             f"ray.num_workers={job.ray.num_workers} needs {need_cpu:g} CPUs (ray.cpus_per_worker="
-            f"{job.ray.cpus_per_worker:g} each) but the Ray cluster has {have.get('CPU', 0):g}; lower "
-            "ray.num_workers or ray.cpus_per_worker, or add nodes")
-    if job.ray.use_gpu and have.get("GPU", 0) < job.ray.num_workers:
+            f"{job.ray.cpus_per_worker:g} each) but {where} {cpus:g}; lower ray.num_workers, add nodes, or set "
+            f"ray.cpus_per_worker below 1 (e.g. {cpus / job.ray.num_workers:.2g}) if oversubscribing the CPUs "
+            "is really wanted")
+    if job.ray.use_gpu and gpus < job.ray.num_workers:
         raise ConfigError(
             f"ray.use_gpu=true with ray.num_workers={job.ray.num_workers} needs {job.ray.num_workers} GPUs but "
-            f"the Ray cluster has {have.get('GPU', 0):g}; lower ray.num_workers, add GPU nodes, or set "
-            "ray.use_gpu=false")
+            f"{where} {gpus:g}; lower ray.num_workers, add GPU nodes, or set ray.use_gpu=false")
+
+
+def _output(job: JobConfig, m: dict[str, Any], data_dir: str, checkpoint_path: str | None,
+            wall: float | None) -> dict[str, Any]:
+    """The run's result (``--output-json``) from the final report's metrics."""
+    if "embedding_bytes" not in m:
+        raise RuntimeError(f"training finished without a final report (metrics: {m})")
+    out = {
+        "auc": m.get("auc"),
+        "logloss": m.get("logloss"),
+        "samples_per_sec": m.get("samples_per_sec"),
+        "steps": m.get("steps"),
+        "world_size": m.get("world_size"),
+        "method": job.embedding.method,
+        "compression_ratio": m["full_embedding_bytes"] / m["embedding_bytes"],
+        "requested_compression_ratio": job.embedding.compression_ratio,
+        "embedding_bytes": m.get("embedding_bytes"),
+        "full_embedding_bytes": m.get("full_embedding_bytes"),
+        "train_samples": m.get("train_samples"),
+        "eval_rows": m.get("eval_rows"),
+        "wall_time_s": wall,
+        "data_path": str(data_dir),
+        "checkpoint_path": checkpoint_path,
+    }
+    out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
+    return out
+
+
+def _write_json(out: dict[str, Any], output_json: str | Path | None) -> None:
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[str, Any]:
+    """Train ``job`` (or resume it, or report it as done: see :mod:`cafe_dist.resume`); returns the
+    result. Everything that can be refused is refused before Ray starts."""
     meta = ensure_data(job)
     preflight(job, meta)
+    data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
+    # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
+    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage_path = storage.resolve(job.ray.storage_path)
+    run_dir = storage.join(storage_path, name)
+    decision = decide(job, meta, name, run_dir)
+    if decision.finished is not None:  # the same settings ran to the end already: that is the answer
+        done = decision.finished
+        log.info("%s already finished (step %d, %s) with these settings: reporting its result, training "
+                 "nothing. For a new run use another ray.name.", name, done.step, done.path)
+        out = {**_output(job, finished_result(done), data_dir, done.path, None), "already_finished": True,
+               "mlflow_run_id": done.info.get("mlflow_run_id")}
+        _write_json(out, output_json)
+        return out
+    found = decision.resume_from
+    config = result_config(job, meta)
+    resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
+    if found is not None:
+        log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
+
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -107,25 +212,19 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
 
     from cafe_dist.train.worker import train_loop_per_worker
 
+    local = not _joins_a_cluster(job)
+    if local:
+        check_resources(job, local)  # before the local cluster starts: what this machine can hold
     _init_ray(job)
-    check_resources(job)
+    if not local:
+        check_resources(job, local)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True  # click logs are time-ordered: train in that order
     kind = input_kind(job.embedding.method)
     columns = ["label", *meta.dense_features,
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
-    data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
     datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
-    # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
-    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    storage_path = storage.resolve(job.ray.storage_path)
-    run_dir = storage.join(storage_path, name)
-    found = find_latest(run_dir)  # a re-run of a checkpointed name resumes (workers pick the same one)
-    if found is not None:
-        if found.world_size != job.ray.num_workers:
-            raise ConfigError(resize_message(found, job.ray.num_workers))
-        print(f"[cafe-dist] {name}: resuming from {found.path} (step {found.step})", file=sys.stderr)
     coordinator = None
     if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run, crash-safe
         from cafe_dist.coordinator import start_coordinator
@@ -137,14 +236,15 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         previous = found.info.get("mlflow_run_id") if found is not None else None
         if not (previous and tracker.resume(previous)):
             tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
-                    **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {})}
+                    **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
+                    "config_fingerprint": resume_key["config_fingerprint"]}
             tracker.start(name, job.flat(), tags,
                           yaml.safe_dump(job.model_dump(), sort_keys=False))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir),
                            "coordinator": name if coordinator is not None else None,
-                           "run_dir": run_dir, "fit_id": uuid.uuid4().hex[:12],
+                           "run_dir": run_dir, "fit_id": uuid.uuid4().hex[:12], "resume_key": resume_key,
                            "mlflow": {"uri": tracker.uri, "run_id": tracker.run_id} if tracker else None},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
@@ -167,32 +267,10 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         if tracker:
             tracker.fail(e)
         raise
-    wall = time.perf_counter() - t0
-    m = result.metrics or {}
-    if "embedding_bytes" not in m:
-        raise RuntimeError(f"training finished without a final report (metrics: {m})")
-    out = {
-        "auc": m.get("auc"),
-        "logloss": m.get("logloss"),
-        "samples_per_sec": m.get("samples_per_sec"),
-        "steps": m.get("steps"),
-        "world_size": m.get("world_size"),
-        "method": job.embedding.method,
-        "compression_ratio": m["full_embedding_bytes"] / m["embedding_bytes"],
-        "requested_compression_ratio": job.embedding.compression_ratio,
-        "embedding_bytes": m.get("embedding_bytes"),
-        "full_embedding_bytes": m.get("full_embedding_bytes"),
-        "train_samples": m.get("train_samples"),
-        "eval_rows": m.get("eval_rows"),
-        "wall_time_s": wall,
-        "data_path": str(data_dir),
-        "checkpoint_path": result.checkpoint.path if result.checkpoint else None,
-    }
-    out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
+    out = _output(job, result.metrics or {}, data_dir, result.checkpoint.path if result.checkpoint else None,
+                  time.perf_counter() - t0)
     if tracker:
         out["mlflow_run_id"] = tracker.run_id
         tracker.finish(out)
-    if output_json:
-        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(out, indent=2) + "\n")
+    _write_json(out, output_json)
     return out

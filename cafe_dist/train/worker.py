@@ -31,9 +31,9 @@ from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.coordinator import ActorSync
 from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta
-from cafe_dist.data.writer import BadInputError
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
 from cafe_dist.tracking import StepLogger
 from cafe_dist.train.drift import HotSetProbe
@@ -285,7 +285,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             extra = {"result.json": json.dumps(result, indent=2)} if result is not None and is_chief else {}
             write_rank_files(tmp, wc.rank, wc.world_size, progress.step, _dcp_state(dmp, dense_opt) if state else None,
                              local, extra, info={"mlflow_run_id": (config.get("mlflow") or {}).get("run_id"),
-                                                 "run_name": config.get("coordinator")})
+                                                 "run_name": config.get("coordinator"),
+                                                 **config.get("resume_key", {})})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=dir_name(progress.step, final))
 
@@ -413,6 +414,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         result["hot_map_digest"] = progress.hot_map_digest
     if hasattr(emb, "sync_summary"):
         result.update(emb.sync_summary(train_time))
+    if probe is not None:  # synthetic data: the coverage a perfect hot set would have
+        result["oracle_coverage"] = probe.oracle_coverage()
     if actor is not None:
         result["coordinator_restarted"] = bool(ray.get(actor.was_restarted.remote()))
     digests = all_gather_cat(torch.tensor([[progress.data_digest]], dtype=torch.int64)).view(-1).tolist()

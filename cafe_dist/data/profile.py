@@ -1,0 +1,281 @@
+"""Feature profiles for the generator: what a real click log looks like, feature by feature.
+
+A profile holds, per categorical feature, the full cardinality (published, e.g. Criteo Kaggle's
+after DLRM preprocessing), the missing rate, the top value's share and the parameters of a
+Zipf-Mandelbrot law over the other values' ranks, P(rank k) ∝ (k + q)^-a for k >= 1, fitted so that
+a sample of the size of the real one has the real sample's number of distinct values and log-log
+rank/count slope; per dense feature the share of zeros and quantiles of log(1 + x); and the click
+rate. :func:`fit_profile` fits one from a
+real file (``cafe-dist data fit-profile``); the package ships the result for Criteo Kaggle
+(``profiles/criteo_kaggle.json``, fitted on the uniform 0.3 % sample), so the generator needs no
+real data.
+
+Why this shape: a pure Zipf law has one parameter and cannot match the top value (often a default
+value: C10's covers 22 % of rows), the head's slope (what a hot set of N ids covers) and the tail
+(how many values a sample meets, i.e. how many ids a table must hold) at once; the top value's own
+share and the shift q decouple them. The law is sampled
+by inverting its continuous CDF, so drawing is O(1) per value for any cardinality, 10^7 included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+QUANTILES = np.linspace(0.0, 1.0, 101)
+EMPIRICAL_MAX = 1024  # features up to this cardinality keep the sample's own value shares
+# MLPerf's CriteoTB (days 0-23, ids capped at 40 M per feature), C1..C26
+CRITEO_TB_CARDINALITIES = [
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10, 2208, 11938,
+    155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CategoricalProfile:
+    name: str
+    cardinality: int
+    missing_rate: float
+    a: float  # Zipf-Mandelbrot exponent
+    q: float  # Zipf-Mandelbrot shift (> -1)
+    observed: dict = field(default_factory=dict)  # the real sample's statistics the fit matched
+    # small features (cardinality <= EMPIRICAL_MAX): the sample's own value shares, most frequent
+    # first, drawn instead of the law (which cannot leave half of 24 values unseen, as C6 does)
+    empirical: list[float] | None = None
+
+    @property
+    def top(self) -> float:
+        return float(self.observed["top_share"])
+
+    def sample_ranks(self, u: np.ndarray) -> np.ndarray:
+        """Ranks (0 = most frequent) for uniforms ``u``: rank 0 with the top value's share, else the
+        body's law over ranks 1..cardinality-1 (or the sample's own shares for small features)."""
+        if self.empirical is not None:
+            cdf = np.cumsum(self.empirical)
+            return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), len(cdf) - 1).astype(np.int64)
+        body = 1 + sample_ranks(np.clip((u - self.top) / (1 - self.top), 0.0, 1.0), self.cardinality - 1,
+                                self.a, self.q)
+        return np.where(u < self.top, 0, body)
+
+    def rank_probabilities(self) -> np.ndarray:
+        """P(rank k) for every rank: what a perfect hot set would pick from."""
+        if self.empirical is not None:
+            p = np.asarray(self.empirical, dtype=np.float64)
+            return p / p.sum()
+        body = np.diff(rank_cdf(np.arange(self.cardinality, dtype=np.float64), self.cardinality - 1, self.a, self.q))
+        return np.concatenate([[self.top], (1 - self.top) * body])
+
+
+@dataclass(frozen=True)
+class DenseProfile:
+    name: str
+    missing_rate: float
+    quantiles: list[float]  # of log(1 + max(x, 0)) over present values, at QUANTILES
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    source: str
+    rows: int  # rows of the real sample the fit used
+    click_rate: float
+    categorical: list[CategoricalProfile]
+    dense: list[DenseProfile]
+
+    def with_cardinalities(self, name: str, cardinalities: list[int]) -> Profile:
+        """The same value laws, missing rates, dense features and click rate over other id spaces
+        (e.g. CriteoTB's for planning and scale checks: its laws are not fitted, Kaggle's are reused)."""
+        cats = [CategoricalProfile(c.name, card, c.missing_rate, c.a, c.q, c.observed,
+                                   c.empirical if card <= EMPIRICAL_MAX and c.empirical is not None
+                                   and len(c.empirical) <= card else None)
+                for c, card in zip(self.categorical, cardinalities)]
+        return Profile(name, f"{self.source}, cardinalities replaced", self.rows, self.click_rate, cats, self.dense)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Profile:
+        """A shipped profile by name (``criteo-kaggle``, ``criteo-tb``) or a JSON file written by
+        :meth:`save`."""
+        if str(name_or_path) == "criteo-tb":
+            return cls.load("criteo-kaggle").with_cardinalities("criteo-tb", CRITEO_TB_CARDINALITIES)
+        path = Path(name_or_path)
+        if not path.is_file():
+            path = PROFILE_DIR / f"{str(name_or_path).replace('-', '_')}.json"
+        if not path.is_file():
+            shipped = sorted(p.stem.replace("_", "-") for p in PROFILE_DIR.glob("*.json"))
+            raise FileNotFoundError(f"no profile {name_or_path!r}; shipped profiles: {', '.join(shipped)}, "
+                                    "or give a JSON file written by `cafe-dist data fit-profile`")
+        raw = json.loads(path.read_text())
+        return cls(name=raw["name"], source=raw["source"], rows=raw["rows"], click_rate=raw["click_rate"],
+                   categorical=[CategoricalProfile(**c) for c in raw["categorical"]],
+                   dense=[DenseProfile(**d) for d in raw["dense"]])
+
+
+# ---- the law ----------------------------------------------------------------------------------
+def _edge(x: np.ndarray | float, a: float, q: float) -> np.ndarray:
+    """(x + 1 + q)^(1 - a), or log(x + 1 + q) at a = 1: the CDF's building block."""
+    y = np.asarray(x, dtype=np.float64) + 1.0 + q
+    return np.log(y) if abs(a - 1.0) < 1e-9 else y ** (1.0 - a)
+
+
+def rank_cdf(k: np.ndarray | float, card: int, a: float, q: float) -> np.ndarray:
+    """P(rank < k) for k in [0, card] under the continuous law the sampler inverts."""
+    lo, hi = _edge(0.0, a, q), _edge(float(card), a, q)
+    return (_edge(k, a, q) - lo) / (hi - lo)
+
+
+def sample_ranks(u: np.ndarray, card: int, a: float, q: float) -> np.ndarray:
+    """Ranks (0 = most frequent) for uniforms ``u``: the inverse of :func:`rank_cdf`, floored."""
+    lo, hi = _edge(0.0, a, q), _edge(float(card), a, q)
+    e = lo + u * (hi - lo)
+    x = (np.exp(e) if abs(a - 1.0) < 1e-9 else e ** (1.0 / (1.0 - a))) - 1.0 - q
+    return np.clip(np.floor(x).astype(np.int64), 0, card - 1)
+
+
+def _bins(card: int, exact: int = 2048, growth: float = 1.01) -> np.ndarray:
+    """Rank-bin edges: every rank alone up to ``exact``, then geometric (the law is smooth there)."""
+    head = np.arange(min(exact, card) + 1, dtype=np.float64)
+    if card <= exact:
+        return head
+    n = int(math.ceil(math.log(card / exact) / math.log(growth)))
+    tail = np.unique(np.floor(exact * growth ** np.arange(1, n + 1)))
+    return np.concatenate([head, tail[(tail > exact) & (tail < card)], [float(card)]])
+
+
+def expected_distinct(n: int, card: int, a: float, q: float) -> float:
+    """E[distinct ranks in n draws] = Σ_k 1 - (1 - p_k)^n, over rank bins (p constant within one)."""
+    edges = _bins(card)
+    mass = np.diff(rank_cdf(edges, card, a, q))
+    width = np.diff(edges)
+    p = np.clip(mass / width, 0.0, 1.0)
+    return float((width * -np.expm1(n * np.log1p(-np.minimum(p, 1 - 1e-15)))).sum())
+
+
+def top_share(card: int, a: float, q: float) -> float:
+    return float(rank_cdf(1.0, card, a, q))
+
+
+def _q_for_top(card: int, a: float, top: float) -> float:
+    """The shift that gives rank 0 the share ``top`` (bisection on log(1 + q); top falls as q grows)."""
+    lo, hi = math.log(1e-4), math.log(1e9)  # 1 + q in [1e-4, 1e9]
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if top_share(card, a, math.exp(mid) - 1) > top:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2) - 1
+
+
+def expected_slope(n: int, card: int, a: float, q: float, top: float, max_rank: int = 1000) -> float:
+    """The log-log rank/count slope :func:`loglog_slope` would measure on n draws: over the expected
+    counts n·p of the top value and the body's ranks, those of at least 2, up to ``max_rank``."""
+    k = np.arange(min(card - 1, max_rank - 1) + 1, dtype=np.float64)
+    body = n * (1 - top) * np.diff(rank_cdf(k, card - 1, a, q))
+    counts = np.sort(np.concatenate([[n * top], body]))[::-1]
+    counts = counts[counts >= 2][:max_rank]
+    if len(counts) < 3:
+        return float("nan")
+    return float(np.polyfit(np.log(np.arange(1, len(counts) + 1)), np.log(counts), 1)[0])
+
+
+def _least_shift(card: int, a: float, top: float) -> float:
+    """log(1 + q) below which the body's first rank would take more rows than the top value (which
+    would then not be the top value): the body's rank-1 share falls as q grows."""
+    limit = top / max(1 - top, 1e-12)
+    lo, hi = 0.0, math.log(1e7)
+    if float(rank_cdf(1.0, card - 1, a, 0.0)) <= limit:
+        return 0.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(rank_cdf(1.0, card - 1, a, math.exp(mid) - 1)) > limit else (lo, mid)
+    return hi
+
+
+def _q_for_slope(n: int, card: int, a: float, top: float, slope: float) -> float:
+    """The body's shift that gives the measured slope (a larger q flattens the head)."""
+    lo, hi = _least_shift(card, a, top), math.log(1e7)  # log(1 + q)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        got = expected_slope(n, card, a, math.exp(mid) - 1, top)
+        lo, hi = (mid, hi) if not got > slope else (lo, mid)  # steeper than wanted: more shift
+    return math.exp((lo + hi) / 2) - 1
+
+
+def fit_law(card: int, n: int, distinct: int, top: float, slope: float) -> tuple[float, float]:
+    """(a, q) of the body (ranks 1..card-1; rank 0 has share ``top``) such that n draws meet
+    ``distinct`` values and show ``slope`` on a log-log rank/count plot, in expectation. For each a
+    the shift q sets the slope; a larger a then means fewer distinct values: bisect on a."""
+    if card <= 2 or not math.isfinite(slope):
+        return 1.0, 0.0
+    lo, hi = 0.05, 30.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        q = _q_for_slope(n, card, mid, top, slope)
+        if 1 + expected_distinct(int(n * (1 - top)), card - 1, mid, q) > distinct:
+            lo = mid
+        else:
+            hi = mid
+    a = (lo + hi) / 2
+    return a, _q_for_slope(n, card, a, top, slope)
+
+
+# ---- fitting from a real sample ----------------------------------------------------------------
+def loglog_slope(counts: np.ndarray, max_rank: int = 1000) -> float:
+    """Slope of log(count) against log(rank) over the values seen at least twice (up to max_rank):
+    the usual measure of a feature's skew (about -1 for Zipf's law)."""
+    c = np.sort(counts)[::-1]
+    c = c[(c >= 2)][:max_rank]
+    if len(c) < 3:
+        return float("nan")
+    return float(np.polyfit(np.log(np.arange(1, len(c) + 1)), np.log(c), 1)[0])
+
+
+def categorical_stats(values: np.ndarray, missing_id: int) -> dict:
+    """What the fit matches and the tests compare, for one feature's raw values."""
+    present = values[values != missing_id]
+    _, counts = np.unique(present, return_counts=True)
+    return {"rows": int(len(values)), "present": int(len(present)), "distinct": int(len(counts)),
+            "top_share": float(counts.max() / len(present)) if len(present) else 0.0,
+            "singleton_share": float((counts == 1).sum() / len(counts)) if len(counts) else 0.0,
+            "loglog_slope": loglog_slope(counts), "missing_rate": float(1 - len(present) / len(values))}
+
+
+def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, source: str) -> Profile:
+    """Fit a profile from a converted dataset (every split, in order; the raw id columns, so the
+    vocabulary does not matter) with the given full cardinality per categorical feature."""
+    import pyarrow.dataset as pads
+
+    from cafe_dist.data.schema import DatasetMeta
+
+    meta = DatasetMeta.load(data_dir)
+    table = pads.dataset([pads.dataset(str(Path(data_dir, s)), format="parquet") for s in ("train", "test")]
+                         ).to_table()
+    categorical = []
+    for f, card in zip(meta.sparse_features, cardinalities):
+        st = categorical_stats(table.column(f).to_numpy(), meta.missing_id)
+        card = max(card, st["distinct"])
+        a, q = fit_law(card, st["present"], st["distinct"], st["top_share"], st["loglog_slope"])
+        empirical = None
+        if card <= EMPIRICAL_MAX:
+            values = table.column(f).to_numpy()
+            _, counts = np.unique(values[values != meta.missing_id], return_counts=True)
+            empirical = [float(c) for c in np.sort(counts)[::-1] / counts.sum()]
+        categorical.append(CategoricalProfile(f, card, st["missing_rate"], a, q, st, empirical))
+    dense = []
+    for f in meta.dense_features:
+        x = table.column(f).to_numpy()
+        # the converter stores log(1 + x) and 0 for missing (and for x <= 0): the zeros' share is
+        # both; the generator draws them from the quantiles, so "missing" here means exactly zero
+        dense.append(DenseProfile(f, float((x == 0).mean()),
+                                  [float(v) for v in np.quantile(x[x != 0], QUANTILES)] if (x != 0).any()
+                                  else [0.0] * len(QUANTILES)))
+    labels = table.column("label").to_numpy()
+    return Profile(name, source, int(table.num_rows), float(labels.mean()), categorical, dense)

@@ -23,7 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cafe_dist.checkpoint import Found, scan
+from cafe_dist.checkpoint import Found, resize_message, scan
 from cafe_dist.config import METHOD_SECTIONS, ConfigError, JobConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta
@@ -93,8 +93,6 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
     if newest is None:
         return Decision()
     if latest_state is not None and latest_state.world_size != job.ray.num_workers:
-        from cafe_dist.checkpoint import resize_message
-
         raise ConfigError(resize_message(latest_state, job.ray.num_workers))
     mine = result_config(job, meta)
     theirs = newest.info.get("config")

@@ -45,7 +45,8 @@ def _row(method: str, ratio: float, seed: int, out: dict[str, Any]) -> dict[str,
         return {"method": method, "ratio": ratio, "seed": seed, "error": out["error"]}
     return {"method": method, "ratio": ratio, "seed": seed, "auc": out["auc"], "logloss": out["logloss"],
             "compression_ratio": out["compression_ratio"], "embedding_bytes": out["embedding_bytes"],
-            "wall_time_s": out["wall_time_s"], "samples_per_sec": out["samples_per_sec"], "steps": out["steps"]}
+            "wall_time_s": out["wall_time_s"], "samples_per_sec": out["samples_per_sec"], "steps": out["steps"],
+            **{k: out[k] for k in ("hot_slots", "hot_slots_used", "hot_coverage", "oracle_coverage") if k in out}}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -35,8 +35,9 @@ from cafe_dist.data.writer import DatasetWriter
 
 CHUNK = 1 << 18
 CALIBRATION_ROWS = 50_000
-# Profile mode's label model: the best any model could do on the stream (true click probabilities).
-# DLRM trained for one epoch reaches less; see BENCHMARKS.md for where it lands on 10 M rows.
+# Profile mode's label model: the best AUC any model could reach on the stream (true click
+# probabilities). A trained DLRM reaches less; real DLRM on Criteo Kaggle reaches 0.78-0.81. Where
+# `full` lands on 10 M profile rows (one epoch) is still to be measured, and this set from it.
 PROFILE_BAYES_AUC = 0.83
 ID_SIGNAL_KNEE = 1000  # profile: an id's effect fades as (1 + rank / knee)^-1/2: rare ids carry little
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)

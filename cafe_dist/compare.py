@@ -85,6 +85,12 @@ def to_json(rows: list[RunRow]) -> str:
                         for k, v in asdict(r).items()} for r in rows], indent=2)
 
 
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of repeated runs (seeds)."""
+    mean = sum(xs) / len(xs)
+    return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
 def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> int:
     """One line per method through its finished runs, log x; repeated runs at one ratio (seeds) give
     their mean with a standard-deviation error bar. Returns the number of points drawn."""
@@ -102,9 +108,7 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
             if r.method == method:
                 by_ratio.setdefault(round(r.compression_ratio, 1), []).append(r.auc)
         xs = sorted(by_ratio)
-        means = [sum(by_ratio[x]) / len(by_ratio[x]) for x in xs]
-        sds = [math.sqrt(sum((a - m) ** 2 for a in by_ratio[x]) / (len(by_ratio[x]) - 1)) if len(by_ratio[x]) > 1
-               else 0.0 for x, m in zip(xs, means)]
+        means, sds = zip(*(mean_std(by_ratio[x]) for x in xs))
         ax.errorbar(xs, means, yerr=sds if any(sds) else None, marker="o", capsize=3, label=method)
         points += len(xs)
     ax.set_xscale("log")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cafe_dist.bench.runs import prepare_data, train_once
-from cafe_dist.compare import RunRow, format_table, plot_auc_vs_ratio
+from cafe_dist.compare import RunRow, format_table, mean_std, plot_auc_vs_ratio
 
 COMPRESSED = ("hash", "qr", "memcom", "bh", "robe", "mch", "cafe", "cafe_ml")
 
@@ -49,12 +49,6 @@ def _row(method: str, ratio: float, seed: int, out: dict[str, Any]) -> dict[str,
             **{k: out[k] for k in ("hot_slots", "hot_slots_used", "hot_coverage", "oracle_coverage") if k in out}}
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    mean = sum(xs) / len(xs)
-    return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """``{method: {ratio: {auc_mean, auc_std, logloss_mean, n}}}`` over the seeds that ran."""
     cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -63,10 +57,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
             cells.setdefault((r["method"], r["ratio"]), []).append(r)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (method, ratio), rs in cells.items():
-        auc_mean, auc_std = _mean_std([r["auc"] for r in rs])
+        auc_mean, auc_std = mean_std([r["auc"] for r in rs])
         out.setdefault(method, {})[f"{ratio:g}"] = {
-            "auc_mean": auc_mean, "auc_std": auc_std, "logloss_mean": _mean_std([r["logloss"] for r in rs])[0],
-            "compression_ratio": _mean_std([r.get("compression_ratio", ratio) for r in rs])[0], "n": len(rs)}
+            "auc_mean": auc_mean, "auc_std": auc_std, "logloss_mean": mean_std([r["logloss"] for r in rs])[0],
+            "compression_ratio": mean_std([r.get("compression_ratio", ratio) for r in rs])[0], "n": len(rs)}
     return out
 
 
@@ -81,7 +75,7 @@ def paired_vs_cafe(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
             diffs.setdefault((method, ratio), []).append(a - mine)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (method, ratio), ds in sorted(diffs.items()):
-        mean, std = _mean_std(ds)
+        mean, std = mean_std(ds)
         out.setdefault(method, {})[f"{ratio:g}"] = {"diff_mean": mean, "diff_std": std, "n": len(ds)}
     return out
 

@@ -42,7 +42,7 @@ class CategoricalProfile:
     cardinality: int
     missing_rate: float
     a: float  # Zipf-Mandelbrot exponent
-    q: float  # Zipf-Mandelbrot shift (> -1)
+    q: float  # Zipf-Mandelbrot shift (>= 0; at least what keeps the body's first rank below the top value)
     observed: dict = field(default_factory=dict)  # the real sample's statistics the fit matched
     # small features (cardinality <= EMPIRICAL_MAX): the sample's own value shares, most frequent
     # first, drawn instead of the law (which cannot leave half of 24 values unseen, as C6 does)
@@ -158,22 +158,6 @@ def expected_distinct(n: int, card: int, a: float, q: float) -> float:
     return float((width * -np.expm1(n * np.log1p(-np.minimum(p, 1 - 1e-15)))).sum())
 
 
-def top_share(card: int, a: float, q: float) -> float:
-    return float(rank_cdf(1.0, card, a, q))
-
-
-def _q_for_top(card: int, a: float, top: float) -> float:
-    """The shift that gives rank 0 the share ``top`` (bisection on log(1 + q); top falls as q grows)."""
-    lo, hi = math.log(1e-4), math.log(1e9)  # 1 + q in [1e-4, 1e9]
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if top_share(card, a, math.exp(mid) - 1) > top:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp((lo + hi) / 2) - 1
-
-
 def expected_slope(n: int, card: int, a: float, q: float, top: float, max_rank: int = 1000) -> float:
     """The log-log rank/count slope :func:`loglog_slope` would measure on n draws: over the expected
     counts n·p of the top value and the body's ranks, those of at least 2, up to ``max_rank``."""
@@ -238,14 +222,21 @@ def loglog_slope(counts: np.ndarray, max_rank: int = 1000) -> float:
     return float(np.polyfit(np.log(np.arange(1, len(c) + 1)), np.log(c), 1)[0])
 
 
-def categorical_stats(values: np.ndarray, missing_id: int) -> dict:
-    """What the fit matches and the tests compare, for one feature's raw values."""
-    present = values[values != missing_id]
-    _, counts = np.unique(present, return_counts=True)
-    return {"rows": int(len(values)), "present": int(len(present)), "distinct": int(len(counts)),
-            "top_share": float(counts.max() / len(present)) if len(present) else 0.0,
+def value_counts(values: np.ndarray, missing_id: int) -> np.ndarray:
+    """How often each present value of one feature occurs, most frequent first."""
+    _, counts = np.unique(values[values != missing_id], return_counts=True)
+    return np.sort(counts)[::-1]
+
+
+def categorical_stats(values: np.ndarray, missing_id: int, counts: np.ndarray | None = None) -> dict:
+    """What the fit matches and the tests compare, for one feature's raw values (``counts``: their
+    :func:`value_counts`, when already known)."""
+    counts = value_counts(values, missing_id) if counts is None else counts
+    present = int(counts.sum())
+    return {"rows": int(len(values)), "present": present, "distinct": int(len(counts)),
+            "top_share": float(counts.max() / present) if present else 0.0,
             "singleton_share": float((counts == 1).sum() / len(counts)) if len(counts) else 0.0,
-            "loglog_slope": loglog_slope(counts), "missing_rate": float(1 - len(present) / len(values))}
+            "loglog_slope": loglog_slope(counts), "missing_rate": float(1 - present / len(values))}
 
 
 def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, source: str) -> Profile:
@@ -260,14 +251,12 @@ def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, sourc
                          ).to_table()
     categorical = []
     for f, card in zip(meta.sparse_features, cardinalities):
-        st = categorical_stats(table.column(f).to_numpy(), meta.missing_id)
+        values = table.column(f).to_numpy()
+        counts = value_counts(values, meta.missing_id)
+        st = categorical_stats(values, meta.missing_id, counts)
         card = max(card, st["distinct"])
         a, q = fit_law(card, st["present"], st["distinct"], st["top_share"], st["loglog_slope"])
-        empirical = None
-        if card <= EMPIRICAL_MAX:
-            values = table.column(f).to_numpy()
-            _, counts = np.unique(values[values != meta.missing_id], return_counts=True)
-            empirical = [float(c) for c in np.sort(counts)[::-1] / counts.sum()]
+        empirical = [float(c) for c in counts / counts.sum()] if card <= EMPIRICAL_MAX else None
         categorical.append(CategoricalProfile(f, card, st["missing_rate"], a, q, st, empirical))
     dense = []
     for f in meta.dense_features:

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cafe_dist.data.parsing import dense_transform
-from cafe_dist.data.profile import EMPIRICAL_MAX, QUANTILES, Profile
+from cafe_dist.data.profile import EMPIRICAL_MAX, QUANTILES, Profile, rank_cdf, sample_ranks
 from cafe_dist.data.schema import (
     CRITEO_DENSE,
     CRITEO_KAGGLE_CARDINALITIES,
@@ -149,21 +149,13 @@ class SynthGenerator:
             lo, hi = (mid, hi) if _sigmoid(logit + mid).mean() < rate else (lo, mid)
         return (lo + hi) / 2
 
-    def _zipf_rank(self, u: np.ndarray, card: int, a: float) -> np.ndarray:
-        """Inverse CDF of a continuous Zipf(a) on [1, card + 1), floored to ranks 0..card-1."""
-        top = (card + 1.0) ** (1.0 - a)
-        r = (1.0 + u * (top - 1.0)) ** (1.0 / (1.0 - a))
-        return np.clip(np.floor(r).astype(np.int64) - 1, 0, card - 1)
-
     def rank_probabilities(self, feature: int) -> np.ndarray:
         """Probability that a row's value of ``feature`` is the id of each popularity rank (0 first;
         missing values excluded): the exact distribution the generator draws from."""
         if self.profile is not None:
             return self.profile.categorical[feature].rank_probabilities()
-        card, a = int(self.cards[feature]), float(self.alphas[feature])
-        top = (card + 1.0) ** (1.0 - a)
-        below = ((np.arange(1, card + 2, dtype=np.float64)) ** (1.0 - a) - 1.0) / (top - 1.0)  # P(r < k + 1)
-        return np.diff(below)
+        card = int(self.cards[feature])  # a continuous Zipf(a): the Zipf-Mandelbrot law with q = 0
+        return np.diff(rank_cdf(np.arange(card + 1, dtype=np.float64), card, float(self.alphas[feature]), 0.0))
 
     def missing_rate(self, feature: int) -> float:
         return self.profile.categorical[feature].missing_rate if self.profile is not None else self.spec.missing_rate
@@ -264,7 +256,7 @@ class SynthGenerator:
         missing = rng.random((n, nf)) < self.spec.missing_rate
         for f in range(nf):  # loop over 26 features, vectorised over rows
             card = int(self.cards[f])
-            rank = self._zipf_rank(u[:, f], card, self.alphas[f])
+            rank = sample_ranks(u[:, f], card, float(self.alphas[f]), 0.0)
             slot = (rank + self._shift(rows, card)) % card
             ids = self.raw_id(f, slot)
             ids[missing[:, f]] = MISSING_ID

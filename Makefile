@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 WORKERS ?= 2
 
-.PHONY: setup demo test test-slow lint
+.PHONY: setup demo test test-unit test-slow lint
 setup:
 	@bash scripts/setup-env.sh
 
@@ -13,6 +13,9 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-unit: setup   # the fast loop: no Ray, no DMP processes (seconds to a few minutes)
+	$(BIN)/python -m pytest -q tests/unit
 
 test-slow: setup
 	bash scripts/setup-browser.sh   # Debian's chromium for the MLflow UI test

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from cafe_dist.data import storage
+
+log = logging.getLogger(__name__)
 
 PREFIX = "checkpoint_step"
 _NAME = re.compile(rf"^{PREFIX}(\d+)(_end)?$")
@@ -122,7 +124,7 @@ def scan(run_dir: str) -> tuple[Found | None, Found | None]:
             info = verify(path)
         except (CheckpointError, OSError, ValueError, KeyError) as e:
             skipped.append(f"{name}: {e}")
-            print(f"[cafe-dist] skipping checkpoint {e}", file=sys.stderr, flush=True)
+            log.warning("skipping checkpoint %s", e)
             continue
         found = Found(path, step, int(info["world_size"]), info, list(skipped), final)
         newest = newest or found

@@ -84,11 +84,23 @@ def _overrides(args: argparse.Namespace, flags: dict[str, object]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers,
-                                                     "ray.address": args.address, "ray.resume": args.resume}))
+                                                     "ray.address": args.address, "ray.resume": args.resume,
+                                                     "ray.verbose": args.verbose or None}))
     from cafe_dist.train.launcher import run_training
 
     out = run_training(job, args.output_json)
-    print(json.dumps(out, indent=2))
+    if not args.output_json:  # the result on stdout, for scripts
+        print(json.dumps(out, indent=2))
+        return 0
+    log = logging.getLogger("cafe_dist")
+    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (%.1fx smaller than full); %s samples/s; "
+             "full result in %s", out["auc"], out["logloss"], out["embedding_bytes"] / 1e6, out["compression_ratio"],
+             f"{out['samples_per_sec']:,.0f}", args.output_json)
+    if out.get("mlflow_run_id"):
+        from cafe_dist.tracking import resolve_uri
+
+        uri = resolve_uri(job.mlflow.tracking_uri)
+        log.info("MLflow run %s (browse: mlflow ui --backend-store-uri %s)", out["mlflow_run_id"], uri)
     return 0
 
 
@@ -117,7 +129,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     job = load_config(args.config, _overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name,
-                                                     "ray.resume": args.resume}))
+                                                     "ray.resume": args.resume, "ray.verbose": args.verbose or None}))
     from cafe_dist.sweep import run_sweep
 
     out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
@@ -161,21 +173,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "quality":
-        from cafe_dist.bench.quality import QualitySpec, run_quality_bench
+        from cafe_dist.bench.quality import QualitySpec, merge_reports, run_quality_bench
+        from cafe_dist.embeddings.registry import compressed_methods
 
-        out = run_quality_bench(QualitySpec(
-            data=args.data, methods=tuple(args.methods), ratios=tuple(args.ratios), num_workers=args.num_workers,
-            batch_size=args.batch_size, seeds=tuple(args.seeds if args.seeds is not None else [args.seed]),
-            storage_path=args.storage_path, extra=tuple(args.set or ()), rows=args.rows),
-            output_json=args.output_json, markdown=args.markdown, plot=args.plot)
+        if args.merge:
+            out = merge_reports(args.merge, output_json=args.output_json, markdown=args.markdown, plot=args.plot)
+        elif not args.data:
+            raise SystemExit("cafe-dist bench quality: give --data (to run) or --merge (to pool earlier reports)")
+        else:
+            out = run_quality_bench(QualitySpec(
+                data=args.data, methods=tuple(args.methods or compressed_methods()), ratios=tuple(args.ratios),
+                num_workers=args.num_workers,
+                batch_size=args.batch_size, seeds=tuple(args.seeds if args.seeds is not None else [args.seed]),
+                storage_path=args.storage_path, extra=tuple(args.set or ()), rows=args.rows,
+                baseline=not args.skip_full),
+                output_json=args.output_json, markdown=args.markdown, plot=args.plot)
         print(out["markdown"] + "\n\ngoals: " + json.dumps(out["goals"]), file=sys.stderr)
         print(json.dumps(out, indent=2))
         return 0
     if args.bench == "throughput":
         from cafe_dist.bench.throughput import ThroughputSpec, run_throughput_bench
+        from cafe_dist.embeddings.registry import REGISTRY
 
         out = run_throughput_bench(ThroughputSpec(
-            methods=tuple(args.methods), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
+            methods=tuple(args.methods or REGISTRY), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
             batch_size=args.batch_size, data=args.data, storage_path=args.storage_path,
             extra=tuple(args.set or ())), output_json=args.output_json)
         for m, r in out["methods"].items():
@@ -273,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
     sw.add_argument("--output-json", metavar="PATH")
     for parser in (t, sw):
+        parser.add_argument("--verbose", action="store_true",
+                            help="also show Ray's, TorchRec's and fbgemm's own logs and warnings (ray.verbose)")
         parser.add_argument("--resume", choices=["auto", "force"],
                             help="a named run resumes its checkpoint only if made with the same settings "
                                  "(auto, the default); force continues it after train.* settings changed")
@@ -295,12 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
             j.add_argument("--follow", action="store_true", help="stream until the job ends")
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
-    from cafe_dist.config import METHODS
-
     bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
-    bq.add_argument("--data", required=True, help="converted dataset directory, or a Criteo TSV file")
-    bq.add_argument("--methods", type=_csv, default=[m for m in METHODS if m != "full"], metavar="M1,M2",
-                    help="compressed methods (full always runs as the baseline)")
+    bq.add_argument("--data", help="converted dataset directory, or a Criteo TSV file")
+    bq.add_argument("--merge", type=_csv, metavar="A.json,B.json",
+                    help="train nothing: pool the runs of earlier reports (e.g. one process per seed) into one")
+    bq.add_argument("--methods", type=_csv, metavar="M1,M2",
+                    help="compressed methods (default: all; full runs too, as the baseline, unless --skip-full)")
     bq.add_argument("--ratios", type=lambda t: _csv(t, float), default=[10, 100, 1000, 10000], metavar="R1,R2")
     bq.add_argument("--num-workers", type=int, default=1)
     bq.add_argument("--batch-size", type=int, default=256)
@@ -308,13 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run every cell once per seed; the report gives mean ± sd and the paired gap to cafe")
     bq.add_argument("--seed", type=int, default=0, help="one seed (when --seeds is not given)")
     bq.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
+    bq.add_argument("--skip-full", action="store_true",
+                    help="do not run the full baseline (another report, pooled with --merge, has it)")
     bq.add_argument("--storage-path", default="runs/bench")
     bq.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     bq.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     bq.add_argument("--plot", metavar="PATH", help="write AUC versus ratio (PNG)")
     bq.add_argument("--output-json", metavar="PATH")
     bt = bsub.add_parser("throughput", help="training samples/s per method, as ratios to full and hash")
-    bt.add_argument("--methods", type=_csv, default=list(METHODS), metavar="M1,M2")
+    bt.add_argument("--methods", type=_csv, metavar="M1,M2", help="default: every method")
     bt.add_argument("--num-workers", type=lambda t: _csv(t, int), default=[1, 2], metavar="N1,N2")
     bt.add_argument("--ratio", type=float, default=100.0, help="compression ratio of every method but full")
     bt.add_argument("--steps", type=int, default=120)
@@ -348,11 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirect), not the one at start."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ours = logging.getLogger("cafe_dist")  # what cafe-dist says goes to stderr, one line each; libraries'
     if not ours.handlers:                  # INFO chatter (fbgemm, mlflow) stays out
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[cafe-dist] %(message)s"))
         ours.addHandler(handler)
         ours.setLevel(logging.INFO)

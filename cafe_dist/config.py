@@ -13,10 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METHODS = ("full", "hash", "qr", "memcom", "bh", "robe", "mch", "cafe", "cafe_ml")
-# the config section holding each method's own settings (methods not listed have none)
-METHOD_SECTIONS = {"cafe": "cafe", "cafe_ml": "cafe", "qr": "qr", "robe": "robe", "mch": "mch"}
-
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and what to do."""
@@ -51,42 +47,11 @@ class EmbeddingConfig(_Section):
 
     @model_validator(mode="after")
     def _known_method(self) -> EmbeddingConfig:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        from cafe_dist.embeddings.registry import REGISTRY  # the methods (and torch) load when needed
+
+        if self.method not in REGISTRY:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(REGISTRY)}")
         return self
-
-
-class CafeConfig(_Section):
-    """CAFE / CAFE-ML settings (see cafe_dist.embeddings.cafe)."""
-
-    hash_fraction: float | None = Field(None, gt=0, lt=1)  # None: 0.7 at 10x → 0.15 at ≥1000x
-    importance: Literal["grad", "freq"] = "grad"
-    threshold: float = Field(50.0, gt=0)  # score (≈ occurrences) an id needs to become hot
-    decay: float = Field(0.98, gt=0, le=1)
-    decay_mass: float | None = Field(None, gt=0)  # None: decay once per step; else per this much importance
-    ml_threshold: float = Field(10.0, gt=0)  # cafe_ml: medium ids score in [ml_threshold, threshold)
-    ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: hash budget share of the 2nd hash tables
-    buckets_per_slot: float = Field(1.0, gt=0)  # sketch size: 4 cells per bucket, per hot row
-    sync_interval: int = Field(10, ge=1)  # steps between global hot-set versions
-    sync_lag: int = Field(2, ge=0)  # steps a version is applied after the summaries are sent
-
-    @model_validator(mode="after")
-    def _levels(self) -> CafeConfig:
-        if self.ml_threshold >= self.threshold:
-            raise ValueError("cafe.ml_threshold must be below cafe.threshold")
-        return self
-
-
-class QRConfig(_Section):
-    combine: Literal["mult", "add"] = "mult"
-
-
-class ROBEConfig(_Section):
-    z: int = Field(4, gt=0, multiple_of=4)  # block size; must divide embedding.dim
-
-
-class MCHConfig(_Section):
-    eviction_interval: int = Field(20, gt=0)  # steps between LFU evictions
 
 
 class MLflowConfig(_Section):
@@ -133,6 +98,8 @@ class RayConfig(_Section):
     # cafe_dist.resume); force: continue it even when train.* settings changed
     resume: Literal["auto", "force"] = "auto"
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint (-1: no limit)
+    # show the libraries' own logs (Ray Data and Train, TorchRec's planner, fbgemm) and warnings
+    verbose: bool = False
 
 
 class CheckpointConfig(_Section):
@@ -159,21 +126,25 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _known(self) -> SweepConfig:
-        bad = [m for m in self.methods if m not in METHODS]
+        from cafe_dist.embeddings.registry import REGISTRY
+
+        bad = [m for m in self.methods if m not in REGISTRY]
         if bad:
-            raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(REGISTRY)}")
         if any(r < 1 for r in self.ratios):
             raise ValueError("every compression ratio must be >= 1")
         return self
 
 
 class JobConfig(_Section):
+    """A job. Besides the sections below it has one section per method with settings (``cafe``,
+    ``qr``, ``robe``, ``mch``, ...), declared by the method itself (``CompressedEmbedding.options``)
+    and filled with its defaults when absent; they are read as attributes (``job.cafe.threshold``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the extras are exactly the method sections
+
     data: DataConfig
     embedding: EmbeddingConfig = EmbeddingConfig()
-    cafe: CafeConfig = CafeConfig()
-    qr: QRConfig = QRConfig()
-    robe: ROBEConfig = ROBEConfig()
-    mch: MCHConfig = MCHConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
@@ -182,22 +153,58 @@ class JobConfig(_Section):
     fault: FaultConfig = FaultConfig()
     sweep: SweepConfig | None = None
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_sections(cls, data: Any, handler: Any) -> JobConfig:
+        """Validate each method settings section with its method's model (errors keep the dotted
+        key); any other unknown section is an error, as everywhere."""
+        if not isinstance(data, dict):
+            return handler(data)
+        from pydantic_core import InitErrorDetails
+
+        from cafe_dist.embeddings.registry import sections
+
+        known = sections()
+        data, errors = dict(data), []
+        for key in [k for k in data if k not in cls.model_fields]:
+            model = known.get(key)
+            if model is None:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=data[key]))
+                continue
+            try:
+                data[key] = model.model_validate(data[key] if data[key] is not None else {})
+            except ValidationError as e:
+                errors += [InitErrorDetails(type=err["type"], loc=(key, *err["loc"]), input=err["input"],
+                                            ctx=err.get("ctx", {})) for err in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        for key, model in known.items():
+            if key not in data:
+                data[key] = model()
+        return handler(data)
+
     @model_validator(mode="after")
     def _faults_need_recovery(self) -> JobConfig:
         if self.fault.kill_worker_at_step is not None and self.ray.max_failures == 0:
             raise ValueError("fault.kill_worker_at_step needs ray.max_failures >= 1 (else the run just fails)")
-        if self.fault.kill_coordinator_at_step is not None and self.embedding.method not in ("cafe", "cafe_ml"):
-            raise ValueError("fault.kill_coordinator_at_step needs embedding.method cafe or cafe_ml "
-                             "(only they have a coordinator)")
+        if self.fault.kill_coordinator_at_step is not None:
+            from cafe_dist.embeddings.registry import REGISTRY
+
+            if not REGISTRY[self.embedding.method].needs_coordinator:
+                having = ", ".join(m for m, cls in REGISTRY.items() if cls.needs_coordinator)
+                raise ValueError(f"fault.kill_coordinator_at_step needs a method with a coordinator ({having}), "
+                                 f"not {self.embedding.method}")
         return self
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())
 
-    def method_options(self) -> dict[str, Any]:
-        """The settings section of ``embedding.method``, as keyword options for its module."""
-        name = METHOD_SECTIONS.get(self.embedding.method)
-        return getattr(self, name).model_dump() if name is not None else {}
+    def method_options(self) -> Any:
+        """The settings section of ``embedding.method`` (its options model), or None."""
+        from cafe_dist.embeddings.registry import section_of
+
+        name = section_of(self.embedding.method)
+        return getattr(self, name) if name is not None else None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -213,6 +220,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
+    if model is JobConfig:
+        from cafe_dist.embeddings.registry import sections
+
+        for name, section in sections().items():
+            keys += [name, *_known_keys(section, name + ".")]
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
         ann = field.annotation

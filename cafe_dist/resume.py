@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cafe_dist.checkpoint import Found, resize_message, scan
-from cafe_dist.config import METHOD_SECTIONS, ConfigError, JobConfig
+from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta
 
@@ -34,15 +34,24 @@ log = logging.getLogger(__name__)
 # here because a different worker count has its own check and message (checkpoint.resize_message).
 RUN_CONTROL_SECTIONS = ("ray", "mlflow", "checkpoint", "fault", "sweep", "data")
 RUN_CONTROL_KEYS = ("train.eval_every", "train.log_every", "train.eval_batch_size")
-# What a checkpoint's shapes depend on: even --resume force cannot continue across these.
-STRUCTURAL_PREFIXES = ("embedding.", "model.", "data.", *(f"{s}." for s in set(METHOD_SECTIONS.values())))
+# What a checkpoint's shapes depend on (and every method settings section): even --resume force
+# cannot continue across these.
+STRUCTURAL_PREFIXES = ("embedding.", "model.", "data.")
+
+
+def _structural(key: str) -> bool:
+    from cafe_dist.embeddings.registry import sections
+
+    return key.startswith(STRUCTURAL_PREFIXES) or key.split(".")[0] in sections()
 
 
 def result_config(job: JobConfig, meta: DatasetMeta) -> dict[str, Any]:
     """The flat settings a run's result depends on: run-control keys and the sections of methods
     other than ``embedding.method`` left out; the data as the digest of its ``meta.json``."""
-    active = METHOD_SECTIONS.get(job.embedding.method)
-    skip = {*RUN_CONTROL_SECTIONS, *(s for s in METHOD_SECTIONS.values() if s != active)}
+    from cafe_dist.embeddings.registry import section_of, sections
+
+    active = section_of(job.embedding.method)
+    skip = {*RUN_CONTROL_SECTIONS, *(s for s in sections() if s != active)}
     flat = {k: v for k, v in job.flat().items() if k.split(".")[0] not in skip and k not in RUN_CONTROL_KEYS}
     flat["data.digest"] = hashlib.sha256(json.dumps(asdict(meta), sort_keys=True).encode()).hexdigest()[:16]
     return flat
@@ -98,7 +107,7 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
     theirs = newest.info.get("config")
     diff = differing(theirs, mine) if theirs is not None else {}
     if theirs is None or diff:
-        structural = [k for k in diff if k.startswith(STRUCTURAL_PREFIXES)]
+        structural = [k for k in diff if _structural(k)]
         if job.ray.resume != "force" or structural:
             raise ConfigError(_refusal(name, newest, diff, structural))
         log.warning("%s: resuming despite changed settings (--resume force): %s", name, ", ".join(diff) or "unknown")

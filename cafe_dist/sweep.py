@@ -8,14 +8,16 @@ MLflow, its error printed) and the sweep goes on with the rest; the exit status 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
-from cafe_dist.config import METHODS, ConfigError, JobConfig
+from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.tracking import resolve_uri
+
+log = logging.getLogger(__name__)
 
 
 def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) -> tuple[list[str], list[float]]:
@@ -25,9 +27,11 @@ def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) 
     if not methods or not ratios:
         raise ConfigError("a sweep needs methods and ratios: pass --methods m1,m2 --ratios 10,100 or give "
                           "the job a sweep section (sweep.methods, sweep.ratios)")
-    bad = [m for m in methods if m not in METHODS]
+    from cafe_dist.embeddings.registry import REGISTRY
+
+    bad = [m for m in methods if m not in REGISTRY]
     if bad:
-        raise ConfigError(f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(bad)}; choose from {', '.join(REGISTRY)}")
     if any(r < 1 for r in ratios):
         raise ConfigError(f"--ratios: every compression ratio must be ≥ 1 (got {ratios})")
     if not job.mlflow.enabled:
@@ -73,17 +77,16 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
     _check_cells(name, cells)
     runs: list[dict[str, Any]] = []
     for i, ((method, ratio), cell) in enumerate(cells.items(), 1):
-        print(f"[cafe-dist sweep] {i}/{len(cells)}: {method} at {ratio:g}x", file=sys.stderr, flush=True)
+        log.info("sweep %d/%d: %s at %gx", i, len(cells), method, ratio)
         try:
             out = run_training(cell)
             if out.get("already_finished"):
-                print(f"[cafe-dist sweep] {method} at {ratio:g}x: reusing run {cell.ray.name}, finished earlier "
-                      "with the same settings (config fingerprint matches)", file=sys.stderr, flush=True)
+                log.info("sweep: %s at %gx: reusing run %s, finished earlier with the same settings (config "
+                         "fingerprint matches)", method, ratio, cell.ray.name)
             runs.append({"method": method, "ratio": ratio, "status": "FINISHED", "auc": out["auc"],
                          "mlflow_run_id": out.get("mlflow_run_id"), "reused": bool(out.get("already_finished"))})
         except Exception as e:  # noqa: BLE001 - one bad cell must not cost the rest of the grid
-            print(f"[cafe-dist sweep] {method} at {ratio:g}x failed: {type(e).__name__}: {e}",
-                  file=sys.stderr, flush=True)
+            log.warning("sweep: %s at %gx failed: %s: %s", method, ratio, type(e).__name__, e)
             runs.append({"method": method, "ratio": ratio, "status": "FAILED", "error": f"{type(e).__name__}: {e}"})
     rows = collect_runs(job.mlflow.tracking_uri, job.mlflow.experiment, tags={"sweep": name})
     plot_path = Path(plot) if plot else Path(job.ray.storage_path) / name / "auc_vs_ratio.png"
@@ -92,7 +95,7 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
               "experiment": job.mlflow.experiment, "plot": str(plot_path), "runs": runs,
               "table": json.loads(to_json(rows)), "failed": sum(r["status"] != "FINISHED" for r in runs)}
     print(format_table(rows))
-    print(f"\nplot: {plot_path}\nMLflow UI filter: tags.sweep = '{name}'", file=sys.stderr)
+    log.info("plot: %s; MLflow UI filter: tags.sweep = '%s'", plot_path, name)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(output_json).write_text(json.dumps(result, indent=2) + "\n")

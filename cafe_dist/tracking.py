@@ -3,7 +3,8 @@
 The driver opens the run (params = the flattened resolved config, tags, the config as an
 artifact), hands its id to the workers, and closes it with the final metrics (status FAILED with
 the error when training fails). Only rank 0 writes step metrics (loss, samples/s, AUC/logloss at
-each evaluation, hot-set size, promotions, demotions, churn, sync overhead) and the sharding plan; other ranks never touch MLflow. Default store:
+each evaluation, and the method's own statistics, e.g. CAFE's hot-set size, promotions, demotions,
+churn and sync overhead) and the sharding plan; other ranks never touch MLflow. Default store:
 ``sqlite:///mlflow.db`` in the working directory; ``mlflow.tracking_uri`` or
 ``MLFLOW_TRACKING_URI`` override it (use ``mlflow server`` on a cluster).
 """
@@ -92,10 +93,12 @@ def open_store(uri: str, experiment: str | None = None) -> tuple[MlflowClient, s
 class RunTracker:
     """Driver side: open, annotate and close the run."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, method_plots: dict[str, tuple[tuple[str, ...], ...]] | None = None
+                 ) -> None:
         self.uri = uri
         self.client, self.experiment_id = open_store(uri, experiment)
         self.run_id: str | None = None
+        self.method_plots = method_plots or {}  # the method's own plots (CompressedEmbedding.plots)
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str], config_yaml: str) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
@@ -143,10 +146,11 @@ class RunTracker:
 
     def _plots(self) -> None:
         """PNG artifacts from the logged step metrics: ``plots/curves.png`` (loss, AUC at each
-        evaluation, samples/s) and, for CAFE, ``plots/hot_set.png`` (hot-set size, churn of the last
-        sync, promotions/demotions so far, sync overhead)."""
+        evaluation, samples/s) and the plots the method declares (CAFE: ``plots/hot_set.png`` with
+        hot-set size, churn of the last sync, promotions/demotions so far, sync overhead)."""
         self._plot("curves.png", [("loss",), ("auc",), ("samples_per_sec",)])
-        self._plot("hot_set.png", [("hot",), ("churn",), ("promoted", "demoted"), ("sync_overhead",)])
+        for name, panels in self.method_plots.items():
+            self._plot(name, list(panels))
 
     def _plot(self, name: str, panels: list[tuple[str, ...]]) -> None:
         import matplotlib

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 from cafe_dist.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
 
 BENCH_SETTINGS = ("mlflow.enabled=false", "checkpoint.at_end=false")  # a bench measures, it keeps nothing
 
@@ -45,7 +47,7 @@ def prepare_data(data: str, work_dir: str | Path, rows: int | None = None) -> st
                         cut = len(b"\n".join(chunk.split(b"\n", left)[:left])) + 1
                     left -= chunk[:cut].count(b"\n")
                     dst.write(chunk[:cut])
-        print(f"[cafe-dist bench] converting {source} → {out}", file=sys.stderr, flush=True)
+        log.info("bench: converting %s → %s", source, out)
         convert_criteo([str(source)], out, progress=False)
     return str(out)
 
@@ -96,5 +98,5 @@ def train_once(data_dir: str, method: str, ratio: float, num_workers: int, stora
     try:
         return run_training(job)
     except ConfigError as e:  # e.g. "smallest form is N×": reported, not fatal
-        print(f"[cafe-dist bench] {method} at {ratio:g}x: {e}", file=sys.stderr, flush=True)
+        log.info("bench: %s at %gx: %s", method, ratio, e)
         return {"error": str(e)}

@@ -10,21 +10,23 @@ are left out), rank 0's clock, through the normal Ray Train + DMP path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cafe_dist.bench.runs import prepare_data, train_once
-from cafe_dist.config import METHODS
+from cafe_dist.embeddings.registry import REGISTRY
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ThroughputSpec:
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = tuple(REGISTRY)
     num_workers: tuple[int, ...] = (1, 2)
     ratio: float = 100.0
     steps: int = 120
@@ -70,7 +72,7 @@ def run_throughput_bench(spec: ThroughputSpec, output_json: str | Path | None = 
         res: dict[str, Any] = {}
         for method in spec.methods:
             ratio = 1.0 if method == "full" else spec.ratio
-            print(f"[cafe-dist bench throughput] {w} worker(s): {method} at {ratio:g}x", file=sys.stderr, flush=True)
+            log.info("bench throughput: %d worker(s): %s at %gx", w, method, ratio)
             out = train_once(data_dir, method, ratio, w, spec.storage_path, common)
             res[method] = {"error": out["error"]} if "error" in out else _record(out)
         for ref in ("full", "hash"):  # ratios to the baselines of this same run

@@ -19,8 +19,8 @@ there directly.
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from cafe_dist.data.schema import (
 from cafe_dist.data.target import staged_dataset
 from cafe_dist.data.writer import RawSink, contiguous_ids, raw_schema, vocab_table
 from cafe_dist.errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 
 def _parse(batch: dict[str, np.ndarray], out: str, labeled: bool) -> dict[str, np.ndarray]:
@@ -133,7 +135,7 @@ def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, 
         return ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
             fn, batch_size=1, **kwargs)
 
-    print(f"[cafe-dist] parse {len(inputs)} file(s) on {ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr)
+    log.info("parse %d file(s) on %g CPUs", len(inputs), ray.cluster_resources().get("CPU", 0))
     parsed = stage([{"index": i, "path": str(p)} for i, p in enumerate(inputs)], _parse,
                    fn_kwargs={"out": str(out), "labeled": labeled}).take_all()
     raw_rows = [int(r["rows"]) for r in sorted(parsed, key=lambda r: r["index"])]
@@ -154,7 +156,7 @@ def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, 
     for item in items:
         item["path"] = str(out / "_raw" / f"part-{item['index']:05d}.parquet")
 
-    print(f"[cafe-dist] count values of {n_train:,} train rows", file=sys.stderr)
+    log.info("count values of %s train rows", f"{n_train:,}")
     train_items = [i for i in items if i["split"] == "train"]
     counts = stage(train_items, _count).groupby(["feature", "value"]).sum("count").to_pandas()
     counts = counts.sort_values(["feature", "value"])
@@ -167,7 +169,7 @@ def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, 
         vocab[f] = (values[keep], n[keep])
     pq.write_table(vocab_table(CRITEO_SPARSE, vocab), out / VOCAB_FILE)
 
-    print(f"[cafe-dist] write {len(items)} part(s)", file=sys.stderr)
+    log.info("write %d part(s)", len(items))
     vocab_ref = ray.put({f: v for f, (v, _) in vocab.items()})
     stage(items, _Write, fn_constructor_args=(vocab_ref, str(out)),
           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(len(items), 1))).take_all()

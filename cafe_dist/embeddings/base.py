@@ -17,9 +17,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
@@ -94,11 +95,34 @@ def segmented_table(name: str, segment_rows: list[int], dim: int, features: list
                               init_fn=partial(segmented_uniform, segments=segments, seed=_seed(name)))
 
 
+class MethodOptions(BaseModel):
+    """A method's own settings: the YAML section named after it (see ``CompressedEmbedding.options``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class CompressedEmbedding(nn.Module):
-    """Base class. Subclasses add their tables in ``method_tables`` and define ``routes``/``merge``."""
+    """Base class. Subclasses add their tables in ``method_tables`` and define ``routes``/``merge``;
+    everything else about a method is declared here, on its class, and read by whoever needs it
+    (config, launcher, trainer, tracking) without knowing which method it is."""
+
+    #: the method's own settings, validated from the YAML section ``section``; None: it has none
+    options: ClassVar[type[MethodOptions] | None] = None
+    #: the YAML section of those settings (None: the method's registry name); cafe_ml shares cafe's
+    section: ClassVar[str | None] = None
 
     #: which input column a method consumes: contiguous vocabulary ids ("idx") or raw values ("raw")
-    input_kind: str = "idx"
+    input_kind: ClassVar[str] = "idx"
+    #: whether a run of this method needs a hot-set coordinator actor (:mod:`cafe_dist.coordinator`)
+    needs_coordinator: ClassVar[bool] = False
+    #: :meth:`after_step` statistics that are a level (the latest value counts), not a count to sum,
+    #: and their name in the run's result
+    level_stats: ClassVar[dict[str, str]] = {}
+    #: the method's own MLflow plots: file name → panels, each a tuple of step metrics drawn together
+    plots: ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {}
+    #: seconds of :meth:`after_step` so far, in total and by phase; None: the method has no such work
+    overhead_s: float | None = None
+    phase_s: dict[str, float] | None = None
 
     def __init__(self, features: list[FeatureSpec], dim: int, ratio: float = 1.0,
                  device: torch.device | None = None) -> None:
@@ -117,6 +141,12 @@ class CompressedEmbedding(nn.Module):
         self.tables += self.method_tables()
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
         self._columns: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def build(cls, features: list[FeatureSpec], dim: int, ratio: float, device: torch.device | None,
+              options: MethodOptions | None) -> CompressedEmbedding:
+        """The module from validated ``options`` (by default: as keyword arguments)."""
+        return cls(features, dim, ratio, device, **(options.model_dump() if options is not None else {}))
 
     # ---- what subclasses define -----------------------------------------------------------
     def method_tables(self) -> list[EmbeddingBagConfig]:
@@ -147,6 +177,17 @@ class CompressedEmbedding(nn.Module):
 
     def load_local_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`local_state` returned."""
+
+    def connect(self, run_name: str, world_size: int) -> None:
+        """Join the run's coordinator (called on every rank when :attr:`needs_coordinator`)."""
+
+    def rounds_in_flight(self) -> list[int]:
+        """Coordinator rounds sent but not applied yet (a checkpoint keeps their merges)."""
+        return []
+
+    def sync_summary(self, train_time_s: float) -> dict[str, float]:
+        """The method's own figures for the run's result (every rank calls it: it may reduce)."""
+        return {}
 
     # ---- the shared machinery -------------------------------------------------------------
     def values_of(self, kjt: KeyedJaggedTensor) -> Values:

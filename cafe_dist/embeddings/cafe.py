@@ -28,34 +28,44 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torchrec import EmbeddingBagConfig
 
 from cafe_dist.collectives import all_reduce_sum, world
-from cafe_dist.coordinator import CollectiveSync, MergeConfig
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, segmented_table, table
+from cafe_dist.coordinator import ActorSync, CollectiveSync, MergeConfig
+from cafe_dist.embeddings.base import (
+    CompressedEmbedding,
+    MethodOptions,
+    Route,
+    Values,
+    segmented_table,
+    table,
+)
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.hotmap import HotMap, HotMapUpdate
 from cafe_dist.sketch import CELL_BYTES, MAX_ID, HotSketch
 
+SKETCH_CELLS = 4  # cells per sketch bucket
 
-@dataclass(frozen=True)
-class CafeParams:
-    hash_fraction: float | None = None  # None: the paper's schedule by ratio (hash_fraction_for)
-    importance: str = "grad"  # or "freq"
-    threshold: float = 50.0
-    decay: float = 0.98
-    decay_mass: float | None = None  # None: one decay per step; else per this much (global) importance
-    ml_threshold: float = 10.0  # cafe_ml: medium ids score in [ml_threshold, threshold)
-    ml_fraction: float = 0.5  # cafe_ml: share of the hash budget for the second hash tables
-    cells: int = 4
-    buckets_per_slot: float = 1.0  # sketch size: buckets per hot row (cells per hot row = cells × this)
-    sync_interval: int = 10  # steps between hot-set versions
-    sync_lag: int = 2  # a version is applied this many steps after the summaries were sent
+
+class CafeOptions(MethodOptions):
+    """CAFE / CAFE-ML settings: the ``cafe`` section of a job (cafe_ml reads it too)."""
+
+    hash_fraction: float | None = Field(None, gt=0, lt=1)  # None: by ratio (hash_fraction_for)
+    importance: Literal["grad", "freq"] = "grad"
+    threshold: float = Field(50.0, gt=0)  # score (≈ occurrences) an id needs to become hot
+    decay: float = Field(0.98, gt=0, le=1)
+    decay_mass: float | None = Field(None, gt=0)  # None: one decay per step; else per this much (global) importance
+    ml_threshold: float = Field(10.0, gt=0)  # cafe_ml: medium ids score in [ml_threshold, threshold)
+    ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: share of the hash budget for the second hash tables
+    buckets_per_slot: float = Field(1.0, gt=0)  # sketch size: buckets per hot row, of SKETCH_CELLS cells each
+    sync_interval: int = Field(10, ge=1)  # steps between hot-set versions
+    sync_lag: int = Field(2, ge=0)  # a version is applied this many steps after the summaries were sent
 
 
 def hash_fraction_for(ratio: float) -> float:
@@ -66,17 +76,18 @@ def hash_fraction_for(ratio: float) -> float:
 
 class CafeEmbedding(CompressedEmbedding):
     multi_level = False
+    options = CafeOptions
+    section = "cafe"
+    needs_coordinator = True
+    level_stats = {"hot": "hot_ids", "churn": "last_churn"}
+    plots = {"hot_set.png": (("hot",), ("churn",), ("promoted", "demoted"), ("sync_overhead",))}
     TABLE = "cafe"  # hot rows first, then each compressed feature's hash rows
 
-    def __init__(self, features, dim, ratio=1.0, device=None, params: CafeParams | None = None) -> None:
-        self.params = params or CafeParams()
-        if self.params.importance not in ("grad", "freq"):
-            raise ValueError(f"cafe.importance must be 'grad' or 'freq', got {self.params.importance!r}")
+    def __init__(self, features, dim, ratio=1.0, device=None, params: CafeOptions | None = None) -> None:
+        self.params = params or CafeOptions()
         if self.multi_level and self.params.ml_threshold >= self.params.threshold:
             raise ValueError(f"cafe.ml_threshold ({self.params.ml_threshold}) must be below cafe.threshold "
                              f"({self.params.threshold})")
-        if self.params.sync_interval < 1 or self.params.sync_lag < 0:
-            raise ValueError("cafe.sync_interval must be >= 1 and cafe.sync_lag >= 0")
         self.ratio = ratio
         self._pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._mass = 0.0
@@ -93,6 +104,10 @@ class CafeEmbedding(CompressedEmbedding):
         self._used_sum, self._used_steps = 0.0, 0
         super().__init__(features, dim, ratio, device)
 
+    @classmethod
+    def build(cls, features, dim, ratio, device, options: CafeOptions | None) -> CafeEmbedding:
+        return cls(features, dim, ratio, device, params=options)
+
     # ---- sizing -------------------------------------------------------------------------------
     def method_tables(self) -> list[EmbeddingBagConfig]:
         p = self.params
@@ -102,7 +117,7 @@ class CafeEmbedding(CompressedEmbedding):
         self.hash_rows = self.allocate_rows(first)
         self.hash2_rows = self.allocate_rows(self.hf * p.ml_fraction) if self.multi_level else {}
         used = sum(r * row for r in (*self.hash_rows.values(), *self.hash2_rows.values()))
-        per_slot = (row + p.buckets_per_slot * p.cells * CELL_BYTES + HotMap.BYTES_PER_HOT
+        per_slot = (row + p.buckets_per_slot * SKETCH_CELLS * CELL_BYTES + HotMap.BYTES_PER_HOT
                     + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))
         self.hot_rows = max(1, int((self.budget.compressed_bytes - used) // per_slot)) if self.compressed else 0
         offsets = [0]
@@ -113,7 +128,7 @@ class CafeEmbedding(CompressedEmbedding):
                              f"31-bit key space ({MAX_ID:,})")
         self.key_offset = {f.name: o for f, o in zip(self.compressed, offsets)}
         # the local sketch only scores: hot slots are handed out by the coordinator's merge
-        self.sketch = HotSketch(max(1, int(self.hot_rows * p.buckets_per_slot)), 0, p.threshold, cells=p.cells)
+        self.sketch = HotSketch(max(1, int(self.hot_rows * p.buckets_per_slot)), 0, p.threshold, cells=SKETCH_CELLS)
         self.hot_map = HotMap()
         self.hash_base: dict[str, int] = {}  # first row of each feature's hash rows in the table
         base = self.hot_rows
@@ -145,6 +160,9 @@ class CafeEmbedding(CompressedEmbedding):
     def attach_sync(self, sync) -> None:
         """Use ``sync`` (ActorSync or CollectiveSync) to exchange summaries and receive versions."""
         self.sync = sync
+
+    def connect(self, run_name: str, world_size: int) -> None:
+        self.attach_sync(ActorSync(run_name, self.merge_config(world_size)))
 
     # ---- transform -----------------------------------------------------------------------------
     def _per_feature(self, d: dict[str, int], default: int, v: Values) -> torch.Tensor:

@@ -16,18 +16,25 @@ of the last ``eviction_interval`` batches of ids is input staging and is not cou
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torchrec import EmbeddingBagConfig, JaggedTensor
 from torchrec.modules.mc_modules import LFU_EvictionPolicy, MCHManagedCollisionModule
 
 from cafe_dist.collectives import all_gather_cat
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
 
 SLOT_STATE_BYTES = 3 * 8
 
 
+class MCHOptions(MethodOptions):
+    eviction_interval: int = Field(20, gt=0)  # steps between LFU evictions
+
+
 class MCHEmbedding(CompressedEmbedding):
+    options = MCHOptions
+
     def __init__(self, *args, eviction_interval: int = 20, **kwargs) -> None:
         self.eviction_interval = eviction_interval
         super().__init__(*args, **kwargs)

@@ -6,11 +6,12 @@ budget, ids are first hashed into the largest id space the budget can cover."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 
@@ -30,7 +31,13 @@ def qr_shape(cardinality: int, rows: int) -> tuple[int, int, int]:
     return space, m, q
 
 
+class QROptions(MethodOptions):
+    combine: Literal["mult", "add"] = "mult"  # how the quotient and remainder rows combine
+
+
 class QREmbedding(CompressedEmbedding):
+    options = QROptions
+
     def __init__(self, *args, combine: str = "mult", **kwargs) -> None:
         if combine not in ("mult", "add"):
             raise ValueError(f"qr.combine must be 'mult' or 'add', got {combine!r}")

@@ -9,13 +9,20 @@ the lookup be a table row; the paper also allows unaligned offsets, which no fbg
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
 from cafe_dist.embeddings.hashing import hash_mod
 
 
+class ROBEOptions(MethodOptions):
+    z: int = Field(4, gt=0, multiple_of=4)  # block size; must divide embedding.dim
+
+
 class ROBEEmbedding(CompressedEmbedding):
+    options = ROBEOptions
+
     def __init__(self, *args, z: int = 4, **kwargs) -> None:
         self.z = z
         super().__init__(*args, **kwargs)

@@ -7,7 +7,6 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
-from cafe_dist.embeddings import input_kind
+from cafe_dist.embeddings import REGISTRY, input_kind
 from cafe_dist.errors import BadInputError
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
@@ -97,13 +96,18 @@ def _init_ray(job: JobConfig) -> None:
 
     if ray.is_initialized():
         return
+    quiet = {} if job.ray.verbose else {"logging_level": logging.WARNING}
+    if not job.ray.verbose:  # a local cluster's actors inherit these: Ray Data's per-dataset lines (and
+        # its warning that progress bars are off), deprecations inside Ray Train: nothing a user can act on
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     address = job.ray.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **quiet)
         return
     # A local cluster: the machine's CPUs for the workers (check_resources held them to that), plus
     # DATA_CPUS logical ones so Ray Data's read tasks run while the workers hold every real CPU.
-    ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True)
+    ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True, **quiet)
 
 
 def preflight(job: JobConfig, meta: DatasetMeta) -> None:
@@ -207,9 +211,10 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
 
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cafe_dist.train.spec import MlflowTarget, WorkerSpec
     from cafe_dist.train.worker import train_loop_per_worker
 
     local = not _joins_a_cluster(job)
@@ -226,13 +231,14 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
     datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
     coordinator = None
-    if job.embedding.method in ("cafe", "cafe_ml"):  # one named hot-set coordinator per run, crash-safe
+    if REGISTRY[job.embedding.method].needs_coordinator:  # one named hot-set coordinator per run, crash-safe
         from cafe_dist.coordinator import start_coordinator
 
         coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
     tracker = None
     if job.mlflow.enabled:  # the driver opens the run; rank 0 logs into it; nobody else does
-        tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment)
+        tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment,
+                             REGISTRY[job.embedding.method].plots)
         previous = found.info.get("mlflow_run_id") if found is not None else None
         if not (previous and tracker.resume(previous)):
             tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
@@ -242,14 +248,16 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
                           yaml.safe_dump(job.model_dump(), sort_keys=False))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(), "meta": asdict(meta), "data_dir": str(data_dir),
-                           "coordinator": name if coordinator is not None else None,
-                           "run_dir": run_dir, "fit_id": uuid.uuid4().hex[:12], "resume_key": resume_key,
-                           "mlflow": {"uri": tracker.uri, "run_id": tracker.run_id} if tracker else None},
+        train_loop_config={"spec": WorkerSpec(
+            job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=job.method_options(),
+            data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
+            resume_key=resume_key, coordinator=coordinator is not None,
+            mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=storage_path,
+        run_config=RunConfig(name=name, storage_path=storage_path,  # Ray Train's own INFO lines only when verbose
+                             logging_config=LoggingConfig(log_level="INFO" if job.ray.verbose else "WARNING"),
                              failure_config=FailureConfig(max_failures=job.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep)),
         datasets=datasets,

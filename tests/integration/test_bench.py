@@ -19,7 +19,7 @@ def test_bench_quality_tiny_over_two_seeds(ray_cluster, tiny_synth, tmp_path):
                "--output-json", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert res["data_dir"].endswith("_first20000")
+    assert res["data_dir"].endswith("_first20000") and "partial" not in res
     meta = json.loads((tmp_path / "runs" / "data" / "tiny_first20000" / "meta.json").read_text())
     assert sum(meta["rows"].values()) == 20000
     runs = {(r["method"], r["ratio"], r["seed"]): r for r in res["runs"]}
@@ -70,6 +70,34 @@ def test_quality_goals_are_judged_from_the_runs():
     g = goals(runs)
     assert g["cafe_best_at_100x"] is False and abs(g["cafe_margin_at_100x"] + 0.001) < 1e-12
     assert g["cafe_10x_within_0.002_of_full"] is True and g["cafe_best_at_1000x"] is None
+
+
+def test_reports_of_separate_seeds_merge_into_one(tmp_path, capsys):
+    """One process per seed (so a stopped bench loses one seed at most), pooled afterwards with
+    --merge: the summary counts both seeds; a report of other settings is refused."""
+    from cafe_dist.bench.quality import report
+
+    def one(seed: int, auc_cafe: float, batch: int = 256) -> str:
+        spec = {"data": "x.tsv", "methods": ["cafe"], "ratios": [100.0], "num_workers": 1, "batch_size": batch,
+                "seeds": [seed], "storage_path": "runs", "extra": [], "rows": None}
+        runs = [{"method": m, "ratio": x, "seed": seed, "auc": a, "logloss": 0.45, "compression_ratio": x}
+                for m, x, a in (("full", 1.0, 0.78), ("cafe", 100.0, auc_cafe), ("hash", 100.0, 0.75))]
+        path = tmp_path / f"s{seed}-{batch}.json"
+        report({"spec": spec, "data_dir": f"/elsewhere{seed}/data/x"}, runs, (100.0,), 1, 1.0, path, None, None)
+        return str(path)
+
+    a, b = one(0, 0.76), one(1, 0.74)
+    out = tmp_path / "all.json"
+    assert main(["bench", "quality", "--merge", f"{a},{b}", "--output-json", str(out),
+                 "--markdown", str(tmp_path / "all.md")]) == 0
+    res = json.loads(out.read_text())
+    assert res["merged_from"] == [a, b] and res["spec"]["seeds"] == [0, 1]
+    cell = res["summary"]["cafe"]["100"]
+    assert cell["n"] == 2 and abs(cell["auc_mean"] - 0.75) < 1e-12 and cell["auc_std"] > 0
+    assert res["paired_vs_cafe"]["hash"]["100"]["n"] == 2 and "(n=2)" in (tmp_path / "all.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="not one experiment"):
+        main(["bench", "quality", "--merge", f"{a},{one(2, 0.7, batch=512)}"])
 
 
 @pytest.mark.slow

@@ -145,5 +145,5 @@ def test_fault_injection_needs_recovery_configured(tmp_path):
     cfg.write_text("data: {path: x}\nfault: {kill_worker_at_step: 5}\n")
     with pytest.raises(ConfigError, match="ray.max_failures"):
         load_config(cfg)
-    with pytest.raises(ConfigError, match="needs embedding.method cafe"):
+    with pytest.raises(ConfigError, match=r"needs a method with a coordinator \(cafe, cafe_ml\), not full"):
         load_config(cfg, ["ray.max_failures=1", "fault.kill_worker_at_step=null", "fault.kill_coordinator_at_step=3"])

@@ -7,7 +7,7 @@ from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 
 from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
 from cafe_dist.embeddings import REGISTRY, FeatureSpec, build_embedding
-from cafe_dist.embeddings.cafe import CafeParams
+from cafe_dist.embeddings.cafe import CafeOptions
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.hotmap import HotMapUpdate
@@ -215,7 +215,7 @@ def test_versions_arrive_every_interval_and_apply_after_the_lag():
 
 def test_cafe_keeps_hot_ids_out_of_the_hash_table():
     emb = _cafe()
-    params = CafeParams(threshold=5.0)
+    params = CafeOptions(threshold=5.0)
     assert params.importance == "grad" and emb.hot_rows > 0
     kjt = _batch_of(emb, 3, [42] * 8)
     emb(kjt).sum().backward()

@@ -20,7 +20,7 @@ from cafe_dist.cli import main
 from cafe_dist.config import load_config
 from cafe_dist.train.launcher import run_training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from cafe_dist.cli import main
 from cafe_dist.submit import auth_headers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -1,0 +1,35 @@
+"""What the driver hands every worker: one frozen, typed spec instead of a string-keyed dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cafe_dist.config import JobConfig
+from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """The MLflow run the driver opened; rank 0 logs step metrics into it."""
+
+    uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    job: JobConfig
+    meta: DatasetMeta
+    # the method's class and its settings, resolved on the driver: a method registered at run time
+    # (cafe_dist.embeddings.registry.register) reaches the workers with them
+    method: type[CompressedEmbedding]
+    method_options: MethodOptions | None
+    data_dir: str  # the dataset (local path or URI): the hot-set probe reads its metadata
+    run_dir: str  # where the run's checkpoints and markers live
+    run_name: str  # also names the hot-set coordinator actor, where the method has one
+    fit_id: str  # one per ``trainer.fit()``: worker-group starts of this fit are counted as restarts
+    resume_key: dict[str, Any]  # the run's settings and their fingerprint, kept in every manifest
+    coordinator: bool = False  # a coordinator actor for this run is up
+    mlflow: MlflowTarget | None = None

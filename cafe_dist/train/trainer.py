@@ -1,0 +1,331 @@
+"""The training loop of one worker, over components that each own one job: the model and its
+optimizers (``build_model``), checkpoints (:class:`Checkpointer`), measurements (:class:`Metrics`),
+evaluation (:class:`Evaluator`) and injected faults (:class:`FaultInjector`). The same code runs
+for 1 or N workers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from torch.nn.functional import binary_cross_entropy_with_logits
+from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from cafe_dist.batching import Collator
+from cafe_dist.collectives import all_gather_cat
+from cafe_dist.embeddings import CompressedEmbedding, FeatureSpec, build_embedding
+from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.errors import BadInputError
+from cafe_dist.model import DLRM
+from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
+from cafe_dist.train.drift import HotSetProbe
+from cafe_dist.train.evaluator import Evaluator
+from cafe_dist.train.faults import FaultInjector, RunMarkers
+from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
+from cafe_dist.train.sharding import make_plan
+from cafe_dist.train.spec import WorkerSpec
+
+log = logging.getLogger("cafe_dist.train")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Model:
+    """DLRM under DMP with its two optimizers: the fused sparse one (inside backward) and the dense one."""
+
+    dmp: DistributedModelParallel
+    dense_opt: KeyedOptimizerWrapper
+    emb: CompressedEmbedding
+    plan: Any
+
+    def dcp_state(self) -> dict[str, Any]:
+        """What DCP saves and loads in place: sharded tables + fused optimizer state, dense part + its optimizer."""
+        return {"model": self.dmp.state_dict(), "fused_optim": self.dmp.fused_optimizer.state_dict(),
+                "dense_optim": self.dense_opt.state_dict()}
+
+    def rows(self) -> TableRows:
+        """Row access across shards; build it after loading a checkpoint (it holds the live tensors)."""
+        return TableRows(self.dmp, self.dmp.fused_optimizer.state_dict()["state"], self.dense_opt)
+
+
+def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
+    job, meta = spec.job, spec.meta
+    torch.manual_seed(job.train.seed)
+    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
+    emb = build_embedding(spec.method, features, job.embedding.dim, job.embedding.compression_ratio,
+                          options=spec.method_options)
+    model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch, device=wc.device)
+    apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.embedding_lr or job.train.lr})
+    plan = make_plan(model, [t.name for t in emb.tables], wc.device, wc.world_size,
+                     wc.local_world_size, job.train.batch_size, job.ray.sharding_types)
+    dmp = DistributedModelParallel(model, device=wc.device, plan=plan, sharders=get_default_sharders())
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dense_opt = KeyedOptimizerWrapper(dense_params, lambda ps: torch.optim.Adagrad(ps, lr=job.train.lr))
+    return Model(dmp, dense_opt, emb, plan)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor
+    rows: int  # samples this rank trained on
+    stats: dict[str, float]  # the method's between-steps statistics (hot-set changes, evictions)
+
+
+def _plan_summary(plan: Any) -> str:
+    """One line for the console (the whole plan is the run's MLflow artifact sharding_plan.txt)."""
+    kinds: dict[str, int] = {}
+    per_rank: dict[int, int] = {}
+    for tables in plan.plan.values():
+        for ps in tables.values():
+            kinds[ps.sharding_type] = kinds.get(ps.sharding_type, 0) + 1
+            for r in ps.ranks or ():
+                per_rank[r] = per_rank.get(r, 0) + 1
+    return (", ".join(f"{n} table(s) {k}" for k, n in sorted(kinds.items())) + "; per rank: "
+            + " ".join(f"{r}:{n}" for r, n in sorted(per_rank.items())))
+
+
+def _batch_crc(np_batch: dict[str, np.ndarray], seed: int) -> int:
+    crc = seed
+    for name in sorted(np_batch):
+        crc = zlib.crc32(np.ascontiguousarray(np_batch[name]).tobytes(), crc)
+    return crc
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What :meth:`Trainer._start` sets up for one attempt of the run."""
+
+    found: Any  # the checkpoint resumed from (cafe_dist.checkpoint.Found), or None
+    restarts: int
+    resume_checksum: int | None
+    rows: TableRows
+    train_shard: Any
+    evaluator: Evaluator
+    metrics: Metrics
+    probe: HotSetProbe | None
+
+
+class Trainer:
+    def __init__(self, spec: WorkerSpec, wc: WorkerContext) -> None:
+        self.spec, self.wc, self.job = spec, wc, spec.job
+        self.chief = wc.rank == 0
+        self.model = build_model(spec, wc)
+        emb = self.model.emb
+        self.coordinator = None
+        if spec.coordinator:
+            from cafe_dist.coordinator import NAMESPACE, actor_name
+
+            self.coordinator = ray.get_actor(actor_name(spec.run_name), namespace=NAMESPACE)
+        self.progress = Progress()
+        parts = {"embedding": Part(emb.local_state, emb.load_local_state), "progress": progress_part(self.progress),
+                 "rng": rng_part()}
+        self._coordinator_state: dict[str, Any] | None = None
+        if self.coordinator is not None:
+            parts["coordinator"] = Part(self._coordinator_snapshot, self._set_coordinator_state)
+        self.checkpointer = Checkpointer(
+            spec.run_dir, wc.rank, wc.world_size, self.model.dcp_state, parts,
+            every_steps=spec.job.checkpoint.every_steps, at_end=spec.job.checkpoint.at_end,
+            info={"mlflow_run_id": spec.mlflow.run_id if spec.mlflow else None, "run_name": spec.run_name,
+                  **spec.resume_key})
+        self.markers = RunMarkers(spec.run_dir, spec.fit_id)
+        self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
+        self.collate = Collator(spec.meta, emb.input_kind)
+
+    # ---- state of the coordinator (rank 0 speaks for it) -------------------------------------
+    def _coordinator_snapshot(self) -> dict[str, Any] | None:
+        if not self.chief:
+            return None
+        return ray.get(self.coordinator.state_dict.remote(self.model.emb.rounds_in_flight()))
+
+    def _set_coordinator_state(self, state: dict[str, Any]) -> None:
+        self._coordinator_state = state
+
+    def _start_coordinator(self) -> None:
+        """The coordinator restarts from the checkpointed state, or from nothing; then every rank joins."""
+        if self.chief:
+            ray.get(self.coordinator.reset.remote(self._coordinator_state))
+        dist.barrier()
+        self.model.emb.connect(self.spec.run_name, self.wc.world_size)
+
+    # ---- one step --------------------------------------------------------------------------------
+    def train_step(self, batch, rows: TableRows, phases=None) -> StepOutput:
+        """Forward, loss, backward (the fused optimizer updates the tables in it), the dense
+        optimizer, then the method's between-steps work; ``phases`` (a StepPhases) times each part."""
+        mark = phases.add if phases is not None else (lambda _: None)
+        logits = self.model.dmp(batch.dense, batch.sparse)
+        loss = binary_cross_entropy_with_logits(logits, batch.labels)
+        mark("forward")
+        self.model.dense_opt.zero_grad()
+        loss.backward()
+        self.model.dense_opt.step()
+        mark("backward")
+        stats = self.model.emb.after_step(rows)  # hot-set changes, evictions: between steps, same on every rank
+        mark("method")
+        return StepOutput(loss, len(batch.labels), stats)
+
+    def _record(self, out: StepOutput, np_batch: dict[str, np.ndarray]) -> None:
+        p, emb = self.progress, self.model.emb
+        for k, val in out.stats.items():
+            p.totals[k] = val if k in emb.level_stats else p.totals.get(k, 0.0) + val
+        checksum = emb.state_checksum()
+        if checksum is not None:
+            p.checksums.append(checksum % (2**62))
+            p.hot_map_digest = zlib.crc32(str(checksum).encode(), p.hot_map_digest)
+        p.data_digest = _batch_crc(np_batch, p.data_digest)
+        p.step += 1
+        p.batch_in_epoch += 1
+        p.samples += out.rows * self.wc.world_size
+
+    def _collate(self, np_batch: dict[str, np.ndarray]):
+        step, bs = self.progress.step, self.job.train.batch_size
+        try:
+            return self.collate(np_batch).to(self.wc.device)
+        except BadInputError as e:  # say where: this rank's shard, this step's batch
+            raise BadInputError(f"train split, rank {self.wc.rank}, step {step + 1} (rows {step * bs:,}"
+                                f"–{(step + 1) * bs - 1:,} of this rank's shard): {e}") from None
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Resume, then step through the epochs (evaluating, checkpointing and injecting faults when
+        due), then evaluate, report and write the final checkpoint."""
+        tc, p = self.job.train, self.progress
+        run = self._start()
+        evaluator, metrics, phases = run.evaluator, run.metrics, run.metrics.phases
+        done = tc.max_steps is not None and p.step >= tc.max_steps
+        for epoch in range(p.epoch, tc.epochs):
+            if done:
+                break
+            skip = p.batch_in_epoch if epoch == p.epoch else 0
+            p.epoch, p.batch_in_epoch = epoch, 0
+            for np_batch in run.train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
+                                                         drop_last=True, prefetch_batches=2):
+                if p.batch_in_epoch < skip:  # trained on before the checkpoint we resumed from
+                    p.batch_in_epoch += 1
+                    continue
+                batch = self._collate(np_batch)
+                phases.add("data")
+                out = self.train_step(batch, run.rows, phases)
+                self._record(out, np_batch)
+                metrics.step_done(epoch, out.loss)
+                if evaluator.due(p.step):  # every rank is at this step
+                    started = time.perf_counter()
+                    metrics.evaluation(p.step, evaluator.run(p.step))
+                    metrics.pause(started)
+                    done = done or evaluator.target_reached  # the same AUC on every rank
+                if tc.max_steps is not None and p.step >= tc.max_steps:
+                    done = True
+                if self.checkpointer.due(p.step) and not done:
+                    started = time.perf_counter()
+                    p.train_time_s = metrics.trained_s(started)  # so far, saved with the rest
+                    self.checkpointer.save(p.step, {"step": p.step})
+                    metrics.pause(started)
+                self.faults.after_step(p.step)
+                if done:
+                    break
+                phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
+        return self._finish(run)
+
+    def _start(self) -> _Run:
+        """Resume from the newest checkpoint (if any), join the coordinator, open the data shards,
+        the evaluator and the metrics."""
+        spec, wc, tc = self.spec, self.wc, self.job.train
+        restarts = self.markers.count_start() if self.chief else 0
+        found = self.checkpointer.resume()
+        resume_checksum = self.model.emb.state_checksum() if found is not None else None
+        if found is not None:
+            log.info("resumed from %s (step %d); restarts %d", found.path, found.step, restarts)
+        rows = self.model.rows()  # after loading: live tensors
+        if self.coordinator is not None:
+            self._start_coordinator()
+        evaluator = Evaluator(self.model.dmp, ray.train.get_dataset_shard("test"), self.collate, wc.device,
+                              tc.eval_batch_size, tc.eval_every, tc.target_auc)
+        probe = HotSetProbe.maybe(spec.data_dir, spec.meta, self.model.emb) if self.chief else None
+        sinks: list[Sink] = [ConsoleSink()]
+        if self.chief and spec.mlflow is not None:
+            from cafe_dist.tracking import StepLogger
+
+            tracking = StepLogger(spec.mlflow.uri, spec.mlflow.run_id)
+            sinks.append(MlflowSink(tracking))
+            if found is None:
+                tracking.log_text(str(self.model.plan), "sharding_plan.txt")
+        log.info("%s on %d worker(s) (%s): %s", self.job.embedding.method, wc.world_size, wc.device.type,
+                 _plan_summary(self.model.plan))
+        log.debug("sharding plan:\n%s", self.model.plan)
+        per_epoch = spec.meta.rows["train"] // wc.world_size // tc.batch_size  # equal shards, whole batches
+        total = min(s for s in (per_epoch * tc.epochs, tc.max_steps) if s is not None)
+        metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=tc.batch_size * wc.world_size,
+                          log_every=tc.log_every, sinks=sinks, total_steps=total or None, probe=probe)
+        return _Run(found, restarts, resume_checksum, rows, ray.train.get_dataset_shard("train"), evaluator,
+                    metrics, probe)
+
+    def _finish(self, run: _Run) -> dict[str, Any]:
+        """The final evaluation and result (every rank: some figures are reduced), reported with the
+        final checkpoint."""
+        wc, p, emb = self.wc, self.progress, self.model.emb
+        end = time.perf_counter()
+        p.train_time_s = run.metrics.trained_s(end)  # what the final checkpoint records
+        result, fresh = run.evaluator.final(p.step)
+        if fresh:
+            run.metrics.evaluation(p.step, result)
+        result = {**result, **self._run_figures(run.probe)}
+        speed = run.metrics.summary(end)
+        out = {
+            **result,
+            "steps": p.step,
+            "train_samples": p.samples,
+            "samples_per_sec": speed["samples_per_sec"],  # this attempt
+            "steady_samples_per_sec": speed["steady_samples_per_sec"],
+            "world_size": wc.world_size,
+            "restarts": run.restarts,
+            "resumed_from_step": run.found.step if run.found is not None else None,
+            "resumed_hot_map_checksum": run.resume_checksum,
+            "time_split_s": speed["time_split_s"],
+            "data_digest": all_gather_cat(torch.tensor([[p.data_digest]], dtype=torch.int64)).view(-1).tolist(),
+            **({"target_auc_reached_at_step": run.evaluator.reached_at} if self.job.train.target_auc is not None
+               else {}),
+            **{emb.level_stats.get(k, f"{k}_total"): v for k, v in p.totals.items()},
+            **({"hot_top_ids_trace": p.trace, "true_top_ids_hot": run.probe.hot_top_keys(p.samples, 20)}
+               if p.trace else {}),
+            "embedding_bytes": emb.embedding_bytes(),
+            "full_embedding_bytes": emb.full_embedding_bytes(),
+        }
+        log.info("done: steps %d auc %.4f logloss %.4f %s samples/s", p.step, out["auc"], out["logloss"],
+                 f"{out['samples_per_sec']:,.0f}")
+        # Ray Train V2 keeps driver-side metrics only with a checkpoint: the final one carries result.json
+        # (and the full state when checkpoint.at_end and the last periodic one is older).
+        self.checkpointer.save(p.step, out, final=True, result=out)
+        return out
+
+    def _run_figures(self, probe: HotSetProbe | None) -> dict[str, Any]:
+        """What the run's result says beyond AUC: state consistency across ranks, the method's own
+        figures, the oracle's coverage (synthetic data) and whether the coordinator restarted."""
+        p, emb, out = self.progress, self.model.emb, {}
+        if p.checksums:  # hot sets / id maps must be identical on every rank after every step
+            mine = torch.tensor(p.checksums, dtype=torch.int64)
+            every_rank = all_gather_cat(mine.unsqueeze(0)).view(self.wc.world_size, -1)
+            out["state_consistent_across_ranks"] = bool((every_rank == mine).all())
+            out["hot_map_digest"] = p.hot_map_digest
+        out.update(emb.sync_summary(p.train_time_s))
+        if probe is not None:  # synthetic data: the coverage a perfect hot set would have
+            out["oracle_coverage"] = probe.oracle_coverage()
+        if self.coordinator is not None:
+            out["coordinator_restarted"] = bool(ray.get(self.coordinator.was_restarted.remote()))
+        return out

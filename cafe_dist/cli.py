@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     log = logging.getLogger("cafe_dist")
-    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (%.1fx smaller than full); %s samples/s; "
+    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx); %s samples/s; "
              "full result in %s", out["auc"], out["logloss"], out["embedding_bytes"] / 1e6, out["compression_ratio"],
              f"{out['samples_per_sec']:,.0f}", args.output_json)
     if out.get("mlflow_run_id"):

@@ -3,7 +3,6 @@ target AUC is reached."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +12,6 @@ from torchmetrics.classification import BinaryAUROC
 
 from cafe_dist.batching import Collator
 from cafe_dist.errors import BadInputError
-
-log = logging.getLogger(__name__)
 
 
 def evaluate(model: torch.nn.Module, shard, collate: Collator, device: torch.device,
@@ -63,9 +60,14 @@ class Evaluator:
     def due(self, step: int) -> bool:
         return self.every is not None and step % self.every == 0
 
-    def run(self, step: int) -> dict[str, float]:
+    def _evaluate(self, step: int) -> dict[str, float]:
         result = evaluate(self.model, self.shard, self.collate, self.device, self.batch_size)
         self.last = Evaluation(step, result)
+        return result
+
+    def run(self, step: int) -> dict[str, float]:
+        """A periodic evaluation: it may reach the target AUC."""
+        result = self._evaluate(step)
         if self.target_auc is not None and self.reached_at is None and result["auc"] >= self.target_auc:
             self.reached_at = step
         return result
@@ -78,6 +80,4 @@ class Evaluator:
         """The result at ``step`` and whether it is new (not the periodic evaluation of that step)."""
         if self.last is not None and self.last.step == step:
             return dict(self.last.result), False
-        result = evaluate(self.model, self.shard, self.collate, self.device, self.batch_size)
-        self.last = Evaluation(step, result)
-        return dict(result), True
+        return dict(self._evaluate(step)), True

@@ -90,17 +90,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = run_training(job, args.output_json)
     if not args.output_json:  # the result on stdout, for scripts
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out.to_dict(), indent=2))
         return 0
     log = logging.getLogger("cafe_dist")
     log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx); %s samples/s; "
-             "full result in %s", out["auc"], out["logloss"], out["embedding_bytes"] / 1e6, out["compression_ratio"],
-             f"{out['samples_per_sec']:,.0f}", args.output_json)
-    if out.get("mlflow_run_id"):
+             "full result in %s", out.auc, out.logloss, out.embedding_bytes / 1e6, out.compression_ratio,
+             f"{out.samples_per_sec:,.0f}", args.output_json)
+    if out.mlflow_run_id:
         from cafe_dist.tracking import resolve_uri
 
         uri = resolve_uri(job.mlflow.tracking_uri)
-        log.info("MLflow run %s (browse: mlflow ui --backend-store-uri %s)", out["mlflow_run_id"], uri)
+        log.info("MLflow run %s (browse: mlflow ui --backend-store-uri %s)", out.mlflow_run_id, uri)
     return 0
 
 
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--hot-slots", type=int, default=100_000)
     bs.add_argument("--threshold", type=float, default=50.0)
     bs.add_argument("--batch", type=int, default=4096)
-    bs.add_argument("--buckets", type=int, default=68_750)
+    bs.add_argument("--buckets", type=int, default=100_000)
     bs.add_argument("--recall-k", type=int, default=10_000)
     bs.add_argument("--precision-k", type=int, default=100_000)
     bs.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,8 @@ class MergeConfig:
     world_size: int
     ml_threshold: float | None = None  # CAFE-ML medium level; None for plain CAFE
     max_medium: int = 0
+    admission: str = "threshold"  # or "capacity": fill every slot, with hysteresis
+    hysteresis: float = 1.0
 
 
 class HotSetMerger:
@@ -80,19 +82,21 @@ class HotSetMerger:
         scores = np.concatenate([s for _, s in parts]) if parts else np.zeros(0, np.float32)
         uniq, inv = np.unique(keys, return_inverse=True)
         merged = np.bincount(inv, weights=scores, minlength=uniq.size).astype(np.float64)
-        # incumbents: stay hot (same slot) while their merged score passes the threshold
         score_of_hot = np.zeros(self.hot_keys.size)
         if uniq.size:
             pos = np.minimum(np.searchsorted(uniq, self.hot_keys), uniq.size - 1)
             score_of_hot = np.where(uniq[pos] == self.hot_keys, merged[pos], 0.0)
-        stay = score_of_hot >= cfg.threshold
+        newcomer = ~np.isin(uniq, self.hot_keys)
+        if cfg.admission == "capacity":
+            stay, new_idx = self._by_capacity(merged, newcomer, score_of_hot)
+        else:  # incumbents stay (same slot) while they pass the threshold; newcomers strongest first
+            stay = score_of_hot >= cfg.threshold
+            new_idx = np.nonzero((merged >= cfg.threshold) & newcomer)[0]
+            new_idx = new_idx[np.argsort(-merged[new_idx], kind="stable")][: self.free.size + int((~stay).sum())]
         demoted_keys, demoted_slots = self.hot_keys[~stay], self.hot_slots[~stay]
         self.free = np.concatenate([self.free, demoted_slots[::-1]])
         kept_keys, kept_slots = self.hot_keys[stay], self.hot_slots[stay]
-        # newcomers: strongest first, while slots last
-        is_hot = np.isin(uniq, kept_keys)
-        cand = np.nonzero((merged >= cfg.threshold) & ~is_hot)[0]
-        cand = cand[np.argsort(-merged[cand], kind="stable")][: self.free.size]
+        cand = new_idx[: self.free.size]
         new_keys = uniq[cand]
         new_slots = self.free[::-1][: new_keys.size].copy()
         self.free = self.free[: self.free.size - new_keys.size]
@@ -101,8 +105,12 @@ class HotSetMerger:
         order = np.argsort(keys_all)
         self.hot_keys, self.hot_slots = keys_all[order], slots_all[order]
         medium = np.zeros(0, np.int64)
-        if cfg.ml_threshold is not None:
-            mid = np.nonzero((merged >= cfg.ml_threshold) & (merged < cfg.threshold) & ~np.isin(uniq, self.hot_keys))[0]
+        if cfg.ml_threshold is not None:  # CAFE-ML: the strongest ids below the hot set (capacity),
+            # or those scoring in [ml_threshold, threshold) (the paper's band), at most max_medium
+            below = ~np.isin(uniq, self.hot_keys) & (merged > 0)
+            if cfg.admission != "capacity":
+                below &= (merged >= cfg.ml_threshold) & (merged < cfg.threshold)
+            mid = np.nonzero(below)[0]
             medium = np.sort(uniq[mid[np.argsort(-merged[mid], kind="stable")][: cfg.max_medium]])
         self.version += 1
         n_hot = int(self.hot_keys.size)
@@ -113,6 +121,29 @@ class HotSetMerger:
         t = torch.from_numpy
         return HotMapUpdate(self.version, t(new_keys.copy()), t(new_slots.copy()), t(demoted_keys.copy()),
                             t(demoted_slots.copy()), t(medium), stats)
+
+    def _by_capacity(self, merged: np.ndarray, newcomer: np.ndarray,
+                     score_of_hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fill every slot with the strongest ids, without churning: the bar is the score of the
+        weakest id that fits (the num_slots-th best); an incumbent stays while it scores at least
+        bar / h; free slots go to the strongest newcomers; then a newcomer displaces the weakest
+        remaining incumbent only if it scores more than h times as much. Returns (which incumbents
+        stay, newcomers to promote, strongest first)."""
+        cfg, h = self.config, self.config.hysteresis
+        every = np.concatenate([score_of_hot, merged[newcomer]])
+        n = cfg.num_slots
+        bar = float(np.partition(every, every.size - n)[every.size - n]) if every.size >= n else 0.0
+        stay = (score_of_hot > 0) & (score_of_hot >= bar / h)
+        challengers = np.nonzero(newcomer & (merged > 0))[0]
+        challengers = challengers[np.argsort(-merged[challengers], kind="stable")]
+        free = n - int(stay.sum())
+        fill, rest = challengers[:free], challengers[free:]
+        kept = np.nonzero(stay)[0]
+        weakest = kept[np.argsort(score_of_hot[kept], kind="stable")][: rest.size]
+        beats = merged[rest[: weakest.size]] > h * score_of_hot[weakest]
+        m = int(beats.sum())  # challengers descend, incumbents ascend: the wins are a prefix
+        stay[weakest[:m]] = False
+        return stay, np.concatenate([fill, rest[:m]])
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but partial rounds; ``updates`` keeps the recent versions ranks may still fetch."""

@@ -80,11 +80,11 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
         log.info("sweep %d/%d: %s at %gx", i, len(cells), method, ratio)
         try:
             out = run_training(cell)
-            if out.get("already_finished"):
+            if out.already_finished:
                 log.info("sweep: %s at %gx: reusing run %s, finished earlier with the same settings (config "
                          "fingerprint matches)", method, ratio, cell.ray.name)
-            runs.append({"method": method, "ratio": ratio, "status": "FINISHED", "auc": out["auc"],
-                         "mlflow_run_id": out.get("mlflow_run_id"), "reused": bool(out.get("already_finished"))})
+            runs.append({"method": method, "ratio": ratio, "status": "FINISHED", "auc": out.auc,
+                         "mlflow_run_id": out.mlflow_run_id, "reused": out.already_finished})
         except Exception as e:  # noqa: BLE001 - one bad cell must not cost the rest of the grid
             log.warning("sweep: %s at %gx failed: %s: %s", method, ratio, type(e).__name__, e)
             runs.append({"method": method, "ratio": ratio, "status": "FAILED", "error": f"{type(e).__name__}: {e}"})

@@ -27,6 +27,8 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cafe_dist.result import RunResult
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -123,10 +125,11 @@ class RunTracker:
         self.client.update_run(run_id, status="RUNNING")
         return True
 
-    def finish(self, final: dict[str, Any]) -> None:
+    def finish(self, result: RunResult) -> None:
         """Close the run with its result. Every final figure gets its own key (``final_<name>``) at
         the last step, so no step metric gains a second, out-of-order point; an error tag left by an
         earlier, interrupted attempt of this run is removed."""
+        final = result.to_dict()
         now = int(time.time() * 1000)
         step = int(final.get("steps") or 0)
         metrics = [Metric(f"final_{k}", float(v), now, step)

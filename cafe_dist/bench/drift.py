@@ -53,7 +53,7 @@ def run_drift_bench(spec: DriftBenchSpec) -> dict[str, Any]:
             f"embedding.method={method}", f"embedding.compression_ratio={spec.ratio}",
             f"train.batch_size={spec.batch_size}", "train.log_every=25",
             f"ray.num_workers={spec.num_workers}", f"ray.storage_path={spec.storage_path}", *spec.extra])
-        out = run_training(job)
+        out = run_training(job).to_dict()
         run = {k: out.get(k) for k in ("auc", "logloss", "compression_ratio", "embedding_bytes",
                                        "samples_per_sec", "promoted_total", "demoted_total", "hot_ids")}
         if "hot_top_ids_trace" in out:

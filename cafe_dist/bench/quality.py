@@ -28,6 +28,7 @@ from typing import Any
 from cafe_dist.bench.runs import prepare_data, train_once
 from cafe_dist.compare import RunRow, format_table, mean_std, plot_auc_vs_ratio
 from cafe_dist.embeddings.registry import REGISTRY, compressed_methods
+from cafe_dist.result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,14 @@ class QualitySpec:
     baseline: bool = True  # run `full` too (False: another report, pooled with --merge, has it)
 
 
-def _row(method: str, ratio: float, seed: int, out: dict[str, Any]) -> dict[str, Any]:
-    if "error" in out:
-        return {"method": method, "ratio": ratio, "seed": seed, "error": out["error"]}
-    return {"method": method, "ratio": ratio, "seed": seed, "auc": out["auc"], "logloss": out["logloss"],
-            "compression_ratio": out["compression_ratio"], "embedding_bytes": out["embedding_bytes"],
-            "wall_time_s": out["wall_time_s"], "samples_per_sec": out["samples_per_sec"], "steps": out["steps"],
-            **{k: out[k] for k in ("hot_slots", "hot_slots_used", "hot_coverage", "oracle_coverage") if k in out}}
+def _row(method: str, ratio: float, seed: int, out: RunResult | str) -> dict[str, Any]:
+    if isinstance(out, str):
+        return {"method": method, "ratio": ratio, "seed": seed, "error": out}
+    return {"method": method, "ratio": ratio, "seed": seed, "auc": out.auc, "logloss": out.logloss,
+            "compression_ratio": out.compression_ratio, "embedding_bytes": out.embedding_bytes,
+            "wall_time_s": out.wall_time_s, "samples_per_sec": out.samples_per_sec, "steps": out.steps,
+            **{k: out.stats[k] for k in ("hot_slots", "hot_slots_used", "hot_coverage", "oracle_coverage")
+               if k in out.stats}}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

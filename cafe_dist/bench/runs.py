@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
-from typing import Any
 
 from cafe_dist.config import ConfigError, load_config
+from cafe_dist.result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,9 @@ def _head_of_dataset(path: Path, rows: int, work: Path) -> str:
 
 
 def train_once(data_dir: str, method: str, ratio: float, num_workers: int, storage_path: str,
-               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+               overrides: tuple[str, ...] = ()) -> RunResult | str:
     """One run through the normal Ray Train path; a ratio the method cannot reach on these features
-    comes back as ``{"error": ...}`` instead of failing the whole bench."""
+    comes back as the reason (a string) instead of failing the whole bench."""
     from cafe_dist.train.launcher import run_training
 
     job = load_config(None, [f"data.path={data_dir}", f"embedding.method={method}",
@@ -99,4 +99,4 @@ def train_once(data_dir: str, method: str, ratio: float, num_workers: int, stora
         return run_training(job)
     except ConfigError as e:  # e.g. "smallest form is N×": reported, not fatal
         log.info("bench: %s at %gx: %s", method, ratio, e)
-        return {"error": str(e)}
+        return str(e)

@@ -20,6 +20,7 @@ from typing import Any
 
 from cafe_dist.bench.runs import prepare_data, train_once
 from cafe_dist.embeddings.registry import REGISTRY
+from cafe_dist.result import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,12 @@ def _synthetic(spec: ThroughputSpec) -> str:
     return str(out)
 
 
-def _record(out: dict[str, Any]) -> dict[str, Any]:
-    split = out.get("time_split_s") or {}
+def _record(out: RunResult) -> dict[str, Any]:
+    split = out.stats.get("time_split_s") or {}
     total = sum(split.values()) or 1.0
-    return {"samples_per_sec": out.get("steady_samples_per_sec") or out["samples_per_sec"],
-            "samples_per_sec_with_warmup": out["samples_per_sec"], "compression_ratio": out["compression_ratio"],
-            "steps": out["steps"], "time_split": {k: v / total for k, v in split.items()}, "time_split_s": split}
+    return {"samples_per_sec": out.stats.get("steady_samples_per_sec") or out.samples_per_sec,
+            "samples_per_sec_with_warmup": out.samples_per_sec, "compression_ratio": out.compression_ratio,
+            "steps": out.steps, "time_split": {k: v / total for k, v in split.items()}, "time_split_s": split}
 
 
 def run_throughput_bench(spec: ThroughputSpec, output_json: str | Path | None = None) -> dict[str, Any]:
@@ -74,7 +75,7 @@ def run_throughput_bench(spec: ThroughputSpec, output_json: str | Path | None = 
             ratio = 1.0 if method == "full" else spec.ratio
             log.info("bench throughput: %d worker(s): %s at %gx", w, method, ratio)
             out = train_once(data_dir, method, ratio, w, spec.storage_path, common)
-            res[method] = {"error": out["error"]} if "error" in out else _record(out)
+            res[method] = {"error": out} if isinstance(out, str) else _record(out)
         for ref in ("full", "hash"):  # ratios to the baselines of this same run
             base = res.get(ref, {}).get("samples_per_sec")
             for rec in res.values():

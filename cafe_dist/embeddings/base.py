@@ -155,9 +155,9 @@ class CompressedEmbedding(nn.Module):
     def routes(self, v: Values) -> list[Route]:
         return [Route("", torch.ones_like(self.is_full), v.ids)]
 
-    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         """Pooled lookups per route, each (B, F, dim of that route) with zeros where a feature has
-        no key on it → (B, F, D)."""
+        no key on it → (B, F, D). ``v`` and ``routes`` are this batch's, from :meth:`routes`."""
         return groups[""]
 
     def route_dims(self) -> dict[str, int]:
@@ -177,6 +177,9 @@ class CompressedEmbedding(nn.Module):
 
     def load_local_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`local_state` returned."""
+
+    def bind_data(self, train_rows: int) -> None:
+        """Learn the size of an epoch (rows of the train split), for settings given per epoch."""
 
     def connect(self, run_name: str, world_size: int) -> None:
         """Join the run's coordinator (called on every rank when :attr:`needs_coordinator`)."""
@@ -200,14 +203,16 @@ class CompressedEmbedding(nn.Module):
                                           output_size=ids.numel())
         return Values(ids, feature, segment, lengths, b)
 
-    def transform(self, kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    def transform(self, kjt: KeyedJaggedTensor) -> tuple[KeyedJaggedTensor, Values, list[Route]]:
+        """The lookups ``kjt`` becomes (one key per feature and route), with the batch's values and
+        routes, which :meth:`combine` needs: nothing is kept on the module between calls."""
         if list(kjt.keys()) != self.names:
             raise ValueError(f"expected features {self.names}, got {list(kjt.keys())}")
         v = self.values_of(kjt)
-        self._last = v
+        routes = self.routes(v)
         keys, values, lengths = [], [], []
         nf, b = len(self.names), v.batch_size
-        for r in self.routes(v):
+        for r in routes:
             on = r.features.tolist()
             keys += [n + r.suffix for n, o in zip(self.names, on) if o]
             if r.mask is None and all(on):  # every value, as it came: the input's lengths hold
@@ -219,7 +224,8 @@ class CompressedEmbedding(nn.Module):
             counts.index_add_(0, v.segment[keep], torch.ones_like(v.segment[keep], dtype=torch.int32))
             values.append(r.values[keep])
             lengths.append(counts.view(nf, b)[r.features].reshape(-1))
-        return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=b)
+        kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=b)
+        return kjt, v, routes
 
     def _group_columns(self, pooled: KeyedTensor) -> dict[str, torch.Tensor]:
         """For each route, column indices into [pooled values | zero column] laid out (F, dim)."""
@@ -238,16 +244,17 @@ class CompressedEmbedding(nn.Module):
             self._columns[keys] = cols
         return cols
 
-    def combine(self, pooled: KeyedTensor, batch_size: int) -> torch.Tensor:
+    def combine(self, pooled: KeyedTensor, v: Values, routes: list[Route]) -> torch.Tensor:
+        batch_size = v.batch_size
         vals = pooled.values()
         padded = torch.cat([vals, vals.new_zeros(batch_size, 1)], dim=1)
         groups = {s: padded.index_select(1, c.to(vals.device)).view(batch_size, len(self.names), -1)
                   for s, c in self._group_columns(pooled).items()}
-        return self.merge(groups, self._last)
+        return self.merge(groups, v, routes)
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        batch_size = kjt.stride()
-        return self.combine(self.ebc(self.transform(kjt)), batch_size)
+        lookups, v, routes = self.transform(kjt)
+        return self.combine(self.ebc(lookups), v, routes)
 
     # ---- memory accounting --------------------------------------------------------------------
     def table_bytes(self) -> int:

@@ -55,5 +55,5 @@ class BHEmbedding(CompressedEmbedding):
     def route_dims(self) -> dict[str, int]:
         return {"": self.dim, **{f"@b{i}": self.dim for i in range(self.blocks)}}
 
-    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         return sum(groups.values())  # a feature is either full (main route) or on the block routes

@@ -52,7 +52,7 @@ class MEmComEmbedding(CompressedEmbedding):
     def route_dims(self) -> dict[str, int]:
         return {"": self.dim, "@s": SCALARS_PER_ROW}
 
-    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         b, nf = v.batch_size, len(self.names)
         col = torch.zeros(nf * b, dtype=torch.int64, device=v.ids.device)
         col[v.segment] = self._column  # one value per compressed bag (checked in routes)

@@ -71,7 +71,7 @@ class QREmbedding(CompressedEmbedding):
     def route_dims(self) -> dict[str, int]:
         return {"": self.dim, "@r": self.dim}
 
-    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         q, r = groups[""], groups["@r"]
         if self.op == "add":
             return q + r  # r is zero for uncompressed features

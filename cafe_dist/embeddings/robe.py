@@ -53,7 +53,7 @@ class ROBEEmbedding(CompressedEmbedding):
             return {"": self.dim}
         return {"": self.dim, **{f"@z{j}": self.z for j in range(self.nblocks)}}
 
-    def merge(self, groups: dict[str, torch.Tensor], v: Values) -> torch.Tensor:
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         if not self.compressed:
             return groups[""]
         blocks = torch.cat([groups[f"@z{j}"] for j in range(self.nblocks)], dim=2)

@@ -12,11 +12,13 @@ from typing import Any
 
 import yaml
 
+from cafe_dist.checkpoint import Found
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import REGISTRY, input_kind
 from cafe_dist.errors import BadInputError
+from cafe_dist.result import FINAL, RunResult
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
 
@@ -152,39 +154,13 @@ def check_resources(job: JobConfig, local: bool) -> None:
             f"{where} {gpus:g}; lower ray.num_workers, add GPU nodes, or set ray.use_gpu=false")
 
 
-def _output(job: JobConfig, m: dict[str, Any], data_dir: str, checkpoint_path: str | None,
-            wall: float | None) -> dict[str, Any]:
-    """The run's result (``--output-json``) from the final report's metrics."""
-    if "embedding_bytes" not in m:
-        raise RuntimeError(f"training finished without a final report (metrics: {m})")
-    out = {
-        "auc": m.get("auc"),
-        "logloss": m.get("logloss"),
-        "samples_per_sec": m.get("samples_per_sec"),
-        "steps": m.get("steps"),
-        "world_size": m.get("world_size"),
-        "method": job.embedding.method,
-        "compression_ratio": m["full_embedding_bytes"] / m["embedding_bytes"],
-        "requested_compression_ratio": job.embedding.compression_ratio,
-        "embedding_bytes": m.get("embedding_bytes"),
-        "full_embedding_bytes": m.get("full_embedding_bytes"),
-        "train_samples": m.get("train_samples"),
-        "eval_rows": m.get("eval_rows"),
-        "wall_time_s": wall,
-        "data_path": str(data_dir),
-        "checkpoint_path": checkpoint_path,
-    }
-    out.update({k: v for k, v in m.items() if k not in out})  # method stats (promotions, ...)
-    return out
-
-
-def _write_json(out: dict[str, Any], output_json: str | Path | None) -> None:
+def _write_json(out: RunResult, output_json: str | Path | None) -> None:
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(out, indent=2) + "\n")
+        Path(output_json).write_text(json.dumps(out.to_dict(), indent=2) + "\n")
 
 
-def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[str, Any]:
+def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunResult:
     """Train ``job`` (or resume it, or report it as done: see :mod:`cafe_dist.resume`); returns the
     result. Everything that can be refused is refused before Ray starts."""
     meta = ensure_data(job)
@@ -196,26 +172,25 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     run_dir = storage.join(storage_path, name)
     decision = decide(job, meta, name, run_dir)
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
-        done = decision.finished
-        log.info("%s already finished (step %d, %s) with these settings: reporting its result, training "
-                 "nothing. For a new run use another ray.name.", name, done.step, done.path)
-        out = {**_output(job, finished_result(done), data_dir, done.path, None), "already_finished": True,
-               "mlflow_run_id": done.info.get("mlflow_run_id")}
-        _write_json(out, output_json)
-        return out
-    found = decision.resume_from
-    config = result_config(job, meta)
-    resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
-    if found is not None:
-        log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
+        out = _already_finished(job, name, decision.finished, data_dir)
+    else:
+        out = _fit(job, meta, data_dir, name, storage_path, run_dir, decision.resume_from)
+    _write_json(out, output_json)
+    return out
 
-    import ray
+
+def _already_finished(job: JobConfig, name: str, done: Found, data_dir: str) -> RunResult:
+    log.info("%s already finished (step %d, %s) with these settings: reporting its result, training "
+             "nothing. For a new run use another ray.name.", name, done.step, done.path)
+    return RunResult.from_report(job.embedding.method, job.embedding.compression_ratio,
+                                 {**finished_result(done), FINAL: True}, data_path=str(data_dir),
+                                 checkpoint_path=done.path, already_finished=True,
+                                 mlflow_run_id=done.info.get("mlflow_run_id"))
+
+
+def _start_ray(job: JobConfig) -> None:
+    """Join or start the cluster (checking it can hold the workers) and set up Ray Data."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from cafe_dist.train.spec import MlflowTarget, WorkerSpec
-    from cafe_dist.train.worker import train_loop_per_worker
 
     local = not _joins_a_cluster(job)
     if local:
@@ -226,33 +201,63 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True  # click logs are time-ordered: train in that order
+
+
+def _datasets(job: JobConfig, meta: DatasetMeta, data_dir: str) -> dict[str, Any]:
+    """One Ray dataset per split, reading only the columns the method uses."""
+    import ray.data
+
     kind = input_kind(job.embedding.method)
     columns = ["label", *meta.dense_features,
                *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
-    datasets = {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
+    return {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
+
+
+def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_: str) -> RunTracker | None:
+    """The run's MLflow run: the driver opens it (or reopens the one a resumed run logged into);
+    rank 0 logs into it; nobody else does."""
+    if not job.mlflow.enabled:
+        return None
+    tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment,
+                         REGISTRY[job.embedding.method].plots)
+    previous = found.info.get("mlflow_run_id") if found is not None else None
+    if not (previous and tracker.resume(previous)):
+        tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
+                **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
+                "config_fingerprint": fingerprint_}
+        tracker.start(name, job.flat(), tags, yaml.safe_dump(job.model_dump(), sort_keys=False))
+    return tracker
+
+
+def _fit(job: JobConfig, meta: DatasetMeta, data_dir: str, name: str, storage_path: str, run_dir: str,
+         found: Found | None) -> RunResult:
+    """Start the services a run needs (Ray, the coordinator, MLflow), train, collect the result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cafe_dist.train.spec import MlflowTarget, WorkerSpec
+    from cafe_dist.train.worker import train_loop_per_worker
+
+    config = result_config(job, meta)
+    resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
+    if found is not None:
+        log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
+    _start_ray(job)
+    datasets = _datasets(job, meta, data_dir)
     coordinator = None
     if REGISTRY[job.embedding.method].needs_coordinator:  # one named hot-set coordinator per run, crash-safe
         from cafe_dist.coordinator import start_coordinator
 
         coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
-    tracker = None
-    if job.mlflow.enabled:  # the driver opens the run; rank 0 logs into it; nobody else does
-        tracker = RunTracker(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment,
-                             REGISTRY[job.embedding.method].plots)
-        previous = found.info.get("mlflow_run_id") if found is not None else None
-        if not (previous and tracker.resume(previous)):
-            tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
-                    **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
-                    "config_fingerprint": resume_key["config_fingerprint"]}
-            tracker.start(name, job.flat(), tags,
-                          yaml.safe_dump(job.model_dump(), sort_keys=False))
+    tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
+    spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=job.method_options(),
+                      data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
+                      resume_key=resume_key, coordinator=coordinator is not None,
+                      mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": WorkerSpec(
-            job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=job.method_options(),
-            data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
-            resume_key=resume_key, coordinator=coordinator is not None,
-            mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)},
+        train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
                                      resources_per_worker={"CPU": job.ray.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if job.ray.use_gpu else "gloo"),
@@ -275,10 +280,10 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> dict[
         if tracker:
             tracker.fail(e)
         raise
-    out = _output(job, result.metrics or {}, data_dir, result.checkpoint.path if result.checkpoint else None,
-                  time.perf_counter() - t0)
+    out = RunResult.from_report(job.embedding.method, job.embedding.compression_ratio, result.metrics or {},
+                                data_path=str(data_dir), wall_time_s=time.perf_counter() - t0,
+                                checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+                                mlflow_run_id=tracker.run_id if tracker else None)
     if tracker:
-        out["mlflow_run_id"] = tracker.run_id
         tracker.finish(out)
-    _write_json(out, output_json)
     return out

@@ -28,6 +28,7 @@ from cafe_dist.embeddings import CompressedEmbedding, FeatureSpec, build_embeddi
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
+from cafe_dist.result import FINAL
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
 from cafe_dist.train.evaluator import Evaluator
@@ -72,6 +73,7 @@ def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
     features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
     emb = build_embedding(spec.method, features, job.embedding.dim, job.embedding.compression_ratio,
                           options=spec.method_options)
+    emb.bind_data(meta.rows["train"])
     model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch, device=wc.device)
     apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.embedding_lr or job.train.lr})
     plan = make_plan(model, [t.name for t in emb.tables], wc.device, wc.world_size,
@@ -306,6 +308,7 @@ class Trainer:
                if p.trace else {}),
             "embedding_bytes": emb.embedding_bytes(),
             "full_embedding_bytes": emb.full_embedding_bytes(),
+            FINAL: True,
         }
         log.info("done: steps %d auc %.4f logloss %.4f %s samples/s", p.step, out["auc"], out["logloss"],
                  f"{out['samples_per_sec']:,.0f}")

@@ -126,6 +126,7 @@ def test_a_label_that_is_not_0_or_1_is_named(tiny_synth):
         collate(batch)
 
 
+@pytest.mark.slow  # a training run that fails mid-way (~50 s)
 def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cluster, data_copy, tmp_path):
     """In a real 2-worker run the worker that meets the row stops the run; the message says where."""
     def poison(t):

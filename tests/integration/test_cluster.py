@@ -105,6 +105,7 @@ def _overrides(data, tmp):
             "--set", f"ray.storage_path={tmp / 'runs'}", "--set", "ray.name=submitted"]
 
 
+@pytest.mark.slow  # a local cluster and a whole demo job (~2.5 min); the upload itself: test_the_uploaded_working_dir_holds_every_module_of_the_package
 def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_synth, tmp_path, monkeypatch,
                                                                      capsys):
     monkeypatch.chdir(REPO)
@@ -122,6 +123,7 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_s
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2" and run.data.metrics["final_steps"] == 20
 
 
+@pytest.mark.slow  # a full training run each (default run: 15 min on 2 cores)
 def test_stop_stops_a_running_submission(head, tiny_synth, tmp_path, monkeypatch, capsys):
     from ray.job_submission import JobSubmissionClient
 
@@ -234,6 +236,7 @@ def test_the_kuberay_manifests_hold_what_the_ray_io_v1_crds_require():
     assert env["MLFLOW_TRACKING_URI"] == f"http://{name}-head-svc:5000"
 
 
+@pytest.mark.slow  # a full training run each (default run: 15 min on 2 cores)
 def test_training_reads_the_dataset_through_a_pyarrow_filesystem_uri(ray_cluster, tiny_synth, tmp_path):
     """data.path may be any URI pyarrow reads (s3://, gs://, hdfs://, file://): meta.json, the schema
     check and Ray Data's Parquet reads all go through pyarrow's filesystem layer; file:// exercises it."""
@@ -247,7 +250,7 @@ def test_training_reads_the_dataset_through_a_pyarrow_filesystem_uri(ray_cluster
                             "embedding.compression_ratio=10", "mlflow.enabled=false",
                             f"ray.storage_path={tmp_path / 'runs'}"])
     out = run_training(job)
-    assert out["data_path"] == uri and out["steps"] == 10 and out["eval_rows"] > 0
+    assert out.data_path == uri and out.steps == 10 and out.eval_rows > 0
     missing = load_config(cfg, [f"data.path={uri}/nope", "mlflow.enabled=false"])
     with pytest.raises(FileNotFoundError, match=r"data.path file://.*/nope holds no converted dataset"):
         run_training(missing)

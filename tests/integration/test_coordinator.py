@@ -50,7 +50,7 @@ def test_merged_worker_sketches_find_the_same_heavy_hitters_as_one_sketch():
     stream = perm[(rng.zipf(1.1, size=1_000_000) - 1) % 200_000]
     values, counts = np.unique(stream, return_counts=True)
     truth = values[np.argsort(-counts, kind="stable")[:500]]
-    cfg = dict(num_buckets=1_000, num_hot_slots=0, threshold=1e9)
+    cfg = dict(num_buckets=1_000)
 
     def hot_set(parts):
         merger = HotSetMerger(MergeConfig(num_slots=500, threshold=100.0, world_size=len(parts)))

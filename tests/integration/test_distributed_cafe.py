@@ -6,6 +6,10 @@ import pytest
 from cafe_dist.config import load_config
 from cafe_dist.train.launcher import run_training
 
+# three 2-worker runs on 400k rows (~4 min): the default run checks rank agreement in
+# test_methods_ray[cafe] and test_fault_tolerance
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def synth_400k(tmp_path_factory):
@@ -36,13 +40,13 @@ def runs(ray_cluster, synth_400k, tmp_path_factory):
 
 def test_every_rank_holds_the_same_hot_map_at_every_step(runs):
     two = runs[2]
-    assert two["world_size"] == 2 and two["state_consistent_across_ranks"] is True
-    assert two["hot_syncs"] > 5 and two["hot_map_version"] == two["hot_syncs"]
+    assert two.world_size == 2 and two.stats["state_consistent_across_ranks"] is True
+    assert two.stats["hot_syncs"] > 5 and two.stats["hot_map_version"] == two.stats["hot_syncs"]
 
 
 def test_two_workers_find_the_same_heavy_hitters_as_one(runs):
     """Heavy hitters: the true 10 most popular ids of every compressed feature."""
-    one, two = ({key for key, rank in runs[w]["true_top_ids_hot"] if rank < 10} for w in (1, 2))
+    one, two = ({key for key, rank in runs[w].stats["true_top_ids_hot"] if rank < 10} for w in (1, 2))
     assert len(one) > 50
     assert len(one & two) >= 0.95 * len(one | two), (len(one), len(two), len(one & two))
 
@@ -56,12 +60,12 @@ def test_two_worker_auc_matches_one_worker(runs, synth_400k, tmp_path_factory):
     One pair is not enough: this model's AUC moves by ~0.005 from the seed alone, and even on
     identical global batches float rounding alone moves plain hashing by 0.002."""
     tmp = tmp_path_factory.mktemp("dist_seeds")
-    auc = {("cafe", w, 0): runs[w]["auc"] for w in (1, 2)}
+    auc = {("cafe", w, 0): runs[w].auc for w in (1, 2)}
     for method in ("cafe", "hash"):
         for seed in range(8):
             for w in (1, 2):
                 if (method, w, seed) not in auc:
-                    auc[method, w, seed] = _run(tmp, synth_400k, w, method, extra=[f"train.seed={seed}"])["auc"]
+                    auc[method, w, seed] = _run(tmp, synth_400k, w, method, extra=[f"train.seed={seed}"]).auc
     gap = {m: [auc[m, 2, s] - auc[m, 1, s] for s in range(8)] for m in ("cafe", "hash")}
     mean = {m: sum(g) / len(g) for m, g in gap.items()}
     print("\n" + "\n".join(f"{m} seed {s}: 1w {auc[m, 1, s]:.4f} 2w {auc[m, 2, s]:.4f} gap {g:+.4f}"
@@ -75,7 +79,7 @@ def test_sync_is_cheap_and_observable(runs):
     two = runs[2]
     for key in ("hot_syncs", "sync_overhead_fraction", "hot_map_version", "sync_wait_s", "sync_bytes_sent"):
         assert key in two
-    assert two["sync_bytes_sent"] > 0 and 0 < two["sync_overhead_fraction"] < 0.2
+    assert two.stats["sync_bytes_sent"] > 0 and 0 < two.stats["sync_overhead_fraction"] < 0.2
 
 
 def test_cafe_with_data_parallel_tables(ray_cluster, synth_400k, tmp_path):
@@ -86,5 +90,5 @@ def test_cafe_with_data_parallel_tables(ray_cluster, synth_400k, tmp_path):
                             "embedding.method=cafe", "embedding.compression_ratio=100",
                             "ray.sharding_types=[data_parallel]", f"ray.storage_path={tmp_path / 'runs'}"])
     out = run_training(job)
-    assert out["state_consistent_across_ranks"] is True and out["promoted_total"] > 0
-    assert out["auc"] > 0.6
+    assert out.stats["state_consistent_across_ranks"] is True and out.stats["promoted_total"] > 0
+    assert out.auc > 0.6

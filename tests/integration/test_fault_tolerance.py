@@ -17,6 +17,7 @@ import torch
 from cafe_dist.checkpoint import find_latest, verify
 from cafe_dist.config import ConfigError, load_config
 from cafe_dist.hotmap import HotMap
+from cafe_dist.result import RunResult
 from cafe_dist.train.launcher import run_training
 
 STEPS, EVERY = 60, 20
@@ -37,19 +38,19 @@ def runs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def baseline(ray_cluster, tiny_synth, runs) -> dict:
+def baseline(ray_cluster, tiny_synth, runs) -> RunResult:
     out = run_training(_job(runs, tiny_synth, "baseline"))
-    assert out["steps"] == STEPS and out["restarts"] == 0 and out["resumed_from_step"] is None
-    assert out["state_consistent_across_ranks"] and out["promoted_total"] > 0
+    assert out.steps == STEPS and out.stats["restarts"] == 0 and out.stats["resumed_from_step"] is None
+    assert out.stats["state_consistent_across_ranks"] and out.stats["promoted_total"] > 0
     return out
 
 
-def _same_training(out: dict, base: dict) -> None:
-    assert out["steps"] == base["steps"] and out["train_samples"] == base["train_samples"]
-    assert out["data_digest"] == base["data_digest"], "a rank trained on other batches (skipped or repeated)"
-    assert out["hot_map_digest"] == base["hot_map_digest"], "the hot map differs at some step"
-    assert out["state_consistent_across_ranks"]
-    assert abs(out["auc"] - base["auc"]) <= 0.003, (out["auc"], base["auc"])
+def _same_training(out: RunResult, base: RunResult) -> None:
+    assert out.steps == base.steps and out.train_samples == base.train_samples
+    assert out.stats["data_digest"] == base.stats["data_digest"], "a rank trained on other batches (skipped or repeated)"
+    assert out.stats["hot_map_digest"] == base.stats["hot_map_digest"], "the hot map differs at some step"
+    assert out.stats["state_consistent_across_ranks"]
+    assert abs(out.auc - base.auc) <= 0.003, (out.auc, base.auc)
 
 
 def _hot_map(checkpoint: Path, rank: int) -> HotMap:
@@ -69,7 +70,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_exactly(baseline, tiny
     # and it is the uninterrupted run's hot map at step 40
     ckpt = runs / "runs" / "killed" / "checkpoint_step00000040"
     maps = [_hot_map(ckpt, r) for r in (0, 1)]
-    assert maps[0].checksum() == maps[1].checksum() == out["resumed_hot_map_checksum"]
+    assert maps[0].checksum() == maps[1].checksum() == out.stats["resumed_hot_map_checksum"]
     assert len(maps[0]) > 0
     assert maps[0].checksum() == _hot_map(runs / "runs" / "baseline" / "checkpoint_step00000040", 0).checksum()
     assert (runs / "runs" / "killed" / ".faults" / "kill_worker").exists()
@@ -79,8 +80,8 @@ def test_a_killed_worker_is_replaced_and_training_resumes_exactly(baseline, tiny
 def test_a_killed_coordinator_restarts_with_its_state(baseline, tiny_synth, runs):
     """Killed right after the round of step 30 was sent and before it is applied (sync_lag 2)."""
     out = run_training(_job(runs, tiny_synth, "coordinator", "fault.kill_coordinator_at_step=30"))
-    assert out["coordinator_restarted"] and out["restarts"] == 0
-    assert out["hot_map_version"] == baseline["hot_map_version"]
+    assert out.stats["coordinator_restarted"] and out.stats["restarts"] == 0
+    assert out.stats["hot_map_version"] == baseline.stats["hot_map_version"]
     _same_training(out, baseline)
 
 
@@ -99,8 +100,8 @@ def test_resume_falls_back_past_a_truncated_checkpoint(baseline, tiny_synth, run
         verify(newest.path)
     # more steps than the first run: train.max_steps changed, so continuing needs ray.resume=force
     out = run_training(_job(runs, tiny_synth, "truncated", "ray.resume=force"), tmp_path / "out.json")
-    assert out["resumed_from_step"] == 20
-    assert out["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run goes on
+    assert out.stats["resumed_from_step"] == 20
+    assert out.mlflow_run_id == first.mlflow_run_id  # the same MLflow run goes on
     _same_training(out, baseline)
 
 

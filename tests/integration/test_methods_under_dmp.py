@@ -12,7 +12,7 @@ from dmp_helpers import free_port, init, shard
 from cafe_dist.embeddings import REGISTRY
 
 CAFE = {"threshold": 4.0, "ml_threshold": 1.5, "sync_interval": 2, "sync_lag": 1}
-OPTIONS = {"cafe": CAFE, "cafe_ml": CAFE, "mch": {"eviction_interval": 2}}
+OPTIONS = {"cafe": CAFE, "cafe_ml": {**CAFE, "admission": "threshold"}, "mch": {"eviction_interval": 2}}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:

@@ -62,6 +62,6 @@ def test_the_toy_method_trains_through_the_normal_path(toy, ray_cluster, tiny_sy
                              "toy.share=0.5", "train.batch_size=256", "train.max_steps=30", "mlflow.enabled=false",
                              f"ray.storage_path={tmp_path / 'runs'}"])
     out = run_training(job)
-    assert out["method"] == "toy" and out["steps"] == 30 and 0.5 < out["auc"] < 1, out
-    assert out["toy_tables"] > 0  # the method's own statistic, named as it declared
-    assert out["compression_ratio"] > 20 * 1.5  # half the budget left unused: well past 20x
+    assert out.method == "toy" and out.steps == 30 and 0.5 < out.auc < 1, out
+    assert out.stats["toy_tables"] > 0  # the method's own statistic, named as it declared
+    assert out.compression_ratio > 20 * 1.5  # half the budget left unused: well past 20x

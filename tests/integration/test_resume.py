@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from cafe_dist.cli import main
 from cafe_dist.config import ConfigError, load_config
+from cafe_dist.result import RunResult
 from cafe_dist.resume import RUN_CONTROL_KEYS, fingerprint, result_config
 from cafe_dist.tracking import RunTracker
 from cafe_dist.train.launcher import run_training
@@ -70,8 +71,8 @@ def test_the_fingerprint_ignores_run_control_and_other_methods_settings(tiny_syn
 
 def test_a_finished_run_is_reported_as_done_not_trained_again(finished, store, capsys):
     again = run_training(_job(store, NAME)[1])
-    assert again["already_finished"] and again["auc"] == finished["auc"] and again["steps"] == 10
-    assert again["mlflow_run_id"] == finished["mlflow_run_id"] and again["checkpoint_path"].endswith("_end")
+    assert again.already_finished and again.auc == finished["auc"] and again.steps == 10
+    assert again.mlflow_run_id == finished["mlflow_run_id"] and again.checkpoint_path.endswith("_end")
     (run,) = _runs(store[1])
     assert run.info.status == "FINISHED" and run.data.tags["config_fingerprint"]
 
@@ -110,8 +111,8 @@ def test_a_sweep_reuses_matching_cells_and_refuses_changed_ones(finished, store,
 @pytest.mark.slow
 def test_resume_force_continues_under_new_train_settings(finished, store):
     out = run_training(_job(store, NAME, "train.max_steps=20", "ray.resume=force")[1])
-    assert out["resumed_from_step"] == 10 and out["steps"] == 20 and not out.get("already_finished")
-    assert out["mlflow_run_id"] == finished["mlflow_run_id"]
+    assert out.stats["resumed_from_step"] == 10 and out.steps == 20 and not out.already_finished
+    assert out.mlflow_run_id == finished["mlflow_run_id"]
 
 
 def test_finishing_a_resumed_run_clears_the_error_of_the_interrupted_attempt(tmp_path):
@@ -123,7 +124,9 @@ def test_finishing_a_resumed_run_clears_the_error_of_the_interrupted_attempt(tmp
     assert client.get_run(run_id).data.tags["error"] == "KeyboardInterrupt: stopped"
     second = RunTracker(uri, "attempts")
     assert second.resume(run_id)
-    second.finish({"auc": 0.75, "steps": 30, "samples_per_sec": 1000.0})
+    second.finish(RunResult(method="hash", auc=0.75, logloss=0.5, compression_ratio=10.0,
+                            requested_compression_ratio=10.0, embedding_bytes=100, full_embedding_bytes=1000,
+                            steps=30, train_samples=960, samples_per_sec=1000.0, world_size=1))
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     assert {m.key: m.step for m in client.get_metric_history(run_id, "final_samples_per_sec")} == {

@@ -21,7 +21,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     torch.manual_seed(0)
     feats = [FeatureSpec("a", 5), FeatureSpec("b", 4000), FeatureSpec("c", 9000)]
     emb = build_embedding("cafe", feats, 8, 20, options={"threshold": 6.0, "importance": "freq", "decay_mass": 1e12,
-                                                           "sync_interval": 1, "sync_lag": 0})
+                                                           "sync_interval": 1, "sync_lag": 0, "cold": "hash",
+                                                           "admission": "threshold", "half_life_epochs": None})
     dmp, rows, plan, dense = shard(emb, world, sharding)
     owners = {t.name: plan.plan["emb.ebc"][t.name].ranks for t in emb.tables}
     g = torch.Generator().manual_seed(rank)

@@ -221,6 +221,7 @@ def test_more_workers_than_this_machine_has_fails_at_once_with_the_numbers(tiny_
     assert "Started a local Ray instance" not in r.stderr and time.time() - t0 < 90
 
 
+@pytest.mark.slow  # two MLflow store creations racing (~40 s)
 def test_two_runs_can_create_one_new_sqlite_store_at_once(tmp_path):
     """Both open the same new mlflow.db at the same instant; without the lock one died in the schema
     migration with a raw SQLAlchemy/alembic error (seen in 2 of 3 tries here)."""

@@ -41,38 +41,42 @@ def tracked(ray_cluster, tiny_synth, tmp_path_factory):
 
 def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     uri, out, out_path = tracked
-    assert json.loads(out_path.read_text())["mlflow_run_id"] == out["mlflow_run_id"]
+    assert out.world_size == 2 and out.steps == 60 and out.auc > 0.55, out
+    assert out.compression_ratio == pytest.approx(100, rel=0.02)
+    assert out.stats["state_consistent_across_ranks"] is True  # one hot map on both ranks at every step
+    assert out.stats["promoted_total"] > 0 and out.stats["hot_ids"] > 0
+    assert json.loads(out_path.read_text())["mlflow_run_id"] == out.mlflow_run_id
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("test-exp")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1  # exactly one run, opened by the driver; ranks never open their own
     run = runs[0]
-    assert run.info.run_id == out["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.info.run_id == out.mlflow_run_id and run.info.status == "FINISHED"
     p, t, m = run.data.params, run.data.tags, run.data.metrics
     assert p["embedding.method"] == "cafe" and p["embedding.compression_ratio"] == "100.0"
     assert p["ray.num_workers"] == "2" and p["train.max_steps"] == "60" and p["cafe.threshold"] == "20.0"
     assert t["method"] == "cafe" and t["world_size"] == "2" and t["compression_ratio"] == "100.0"
     assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"
     assert {"ray_version", "torch_version", "torchrec_version"} <= set(t)
-    assert abs(m["final_auc"] - out["auc"]) < 1e-9 and abs(m["final_embedding_bytes"] - out["embedding_bytes"]) < 1e-9
-    assert m["final_sync_overhead_fraction"] == out["sync_overhead_fraction"]
-    assert m["final_samples_per_sec"] == out["samples_per_sec"] and "error" not in t
+    assert abs(m["final_auc"] - out.auc) < 1e-9 and abs(m["final_embedding_bytes"] - out.embedding_bytes) < 1e-9
+    assert m["final_sync_overhead_fraction"] == out.stats["sync_overhead_fraction"]
+    assert m["final_samples_per_sec"] == out.samples_per_sec and "error" not in t
     # what CAFE does with its memory, in the output and in MLflow (synthetic data: against the oracle)
-    assert 0 < out["hot_slots_used"] <= out["hot_slots"] and m["final_hot_slots"] == out["hot_slots"]
-    assert 0 < out["hot_coverage"] <= out["oracle_coverage"] + 0.05 and m["final_hot_coverage"] == out["hot_coverage"]
-    assert 0 < out["oracle_coverage"] < 1
+    assert 0 < out.stats["hot_slots_used"] <= out.stats["hot_slots"] and m["final_hot_slots"] == out.stats["hot_slots"]
+    assert 0 < out.stats["hot_coverage"] <= out.stats["oracle_coverage"] + 0.05 and m["final_hot_coverage"] == out.stats["hot_coverage"]
+    assert 0 < out.stats["oracle_coverage"] < 1
     history = {k: client.get_metric_history(run.info.run_id, k)
                for k in ("loss", "samples_per_sec", "hot", "promoted", "churn", "sync_overhead", "auc", "logloss")}
     assert [x.step for x in history["loss"]] == [20, 40, 60]
     # step metrics only at steps: the final figures have their own keys, so no step-0 point here
     assert [x.step for x in history["samples_per_sec"]] == [20, 40, 60]
     assert client.get_metric_history(run.info.run_id, "final_samples_per_sec")[0].step == 60
-    assert [x.step for x in history["hot"]] == [20, 40, 60] and history["hot"][-1].value == out["hot_ids"]
+    assert [x.step for x in history["hot"]] == [20, 40, 60] and history["hot"][-1].value == out.stats["hot_ids"]
     assert [x.step for x in history["auc"]] == [30, 60]  # every train.eval_every steps; the last is final
-    assert history["auc"][-1].value == out["auc"] and history["logloss"][-1].value == out["logloss"]
+    assert history["auc"][-1].value == out.auc and history["logloss"][-1].value == out.logloss
     assert all(0.4 < x.value < 1 for x in history["auc"])
     promoted = [x.value for x in history["promoted"]]  # running totals
-    assert promoted == sorted(promoted) and promoted[-1] == out["promoted_total"] > 0
+    assert promoted == sorted(promoted) and promoted[-1] == out.stats["promoted_total"] > 0
     assert len(history["churn"]) == 3 and all(x.value >= 0 for x in history["churn"])
     assert all(0 < x.value < 1 for x in history["sync_overhead"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -90,14 +94,14 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     header, rule, row = capsys.readouterr().out.strip().splitlines()[-3:]
     assert header.split() == ["run", "method", "ratio", "emb", "MB", "AUC", "logloss", "samples/s", "workers",
                               "status"]
-    assert row.split()[:2] == ["tracked-cafe", "cafe"] and f"{out['auc']:.4f}" in row and "FINISHED" in row
+    assert row.split()[:2] == ["tracked-cafe", "cafe"] and f"{out.auc:.4f}" in row and "FINISHED" in row
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--format", "json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
-    assert entry["run_id"] == out["mlflow_run_id"] and entry["world_size"] == 2
-    assert abs(entry["compression_ratio"] - out["compression_ratio"]) < 1e-6
-    assert abs(entry["embedding_mb"] - out["embedding_bytes"] / 1e6) < 1e-9
-    assert entry["samples_per_sec"] == out["samples_per_sec"]  # the figure --output-json has
+    assert entry["run_id"] == out.mlflow_run_id and entry["world_size"] == 2
+    assert abs(entry["compression_ratio"] - out.compression_ratio) < 1e-6
+    assert abs(entry["embedding_mb"] - out.embedding_bytes / 1e6) < 1e-9
+    assert entry["samples_per_sec"] == out.samples_per_sec  # the figure --output-json has
 
 
 def test_compare_names_the_experiments_there_when_one_is_missing(tracked, capsys):
@@ -148,10 +152,10 @@ def test_the_mlflow_server_serves_the_run_over_rest(tracked, mlflow_server):
     exp = _rest(mlflow_server, "experiments/get-by-name?experiment_name=test-exp")["experiment"]
     found = _rest(mlflow_server, "runs/search", {"experiment_ids": [exp["experiment_id"]],
                                                  "filter": "tags.method = 'cafe'"})["runs"]
-    assert [r["info"]["run_id"] for r in found] == [out["mlflow_run_id"]]
+    assert [r["info"]["run_id"] for r in found] == [out.mlflow_run_id]
     metrics = {m["key"]: m["value"] for m in found[0]["data"]["metrics"]}
-    assert abs(metrics["final_auc"] - out["auc"]) < 1e-9
-    history = _rest(mlflow_server, f"metrics/get-history?run_id={out['mlflow_run_id']}&metric_key=loss")
+    assert abs(metrics["final_auc"] - out.auc) < 1e-9
+    history = _rest(mlflow_server, f"metrics/get-history?run_id={out.mlflow_run_id}&metric_key=loss")
     assert [m["step"] for m in history["metrics"]] == [20, 40, 60]
 
 
@@ -174,6 +178,7 @@ def test_the_mlflow_ui_renders_the_runs_in_headless_chromium(tracked, mlflow_ser
     assert shot.stat().st_size > 20_000  # kept beside the test's tmp dir for a person to look at
 
 
+@pytest.mark.slow  # a full training run (default run: 15 min on 2 cores)
 def test_a_failed_run_is_marked_failed_with_its_error(ray_cluster, tiny_synth, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tmp_path / "job.yaml"

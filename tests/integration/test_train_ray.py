@@ -19,23 +19,26 @@ def _job(tmp_path, data, workers, extra=()):
                              "train.log_every=20", f"ray.storage_path={tmp_path / 'runs'}", *extra])
 
 
+@pytest.mark.slow  # two-worker runs: test_methods_ray[cafe], test_tracking
 def test_two_worker_training(ray_cluster, tiny_synth, tmp_path):
     out_path = tmp_path / "out.json"
     out = run_training(_job(tmp_path, tiny_synth, 2), out_path)
     assert OUTPUT_KEYS <= set(json.loads(out_path.read_text()))
-    assert out["world_size"] == 2 and out["steps"] == 60
-    assert out["auc"] > 0.6, out
-    assert 0 < out["logloss"] < 0.69
-    assert out["embedding_bytes"] == out["full_embedding_bytes"] and out["compression_ratio"] == 1.0
+    assert out.world_size == 2 and out.steps == 60
+    assert out.auc > 0.6, out
+    assert 0 < out.logloss < 0.69
+    assert out.embedding_bytes == out.full_embedding_bytes and out.compression_ratio == 1.0
 
 
+@pytest.mark.slow  # one more Ray Train start-up (~60 s) for a stopping rule
 def test_training_stops_at_the_first_evaluation_reaching_the_target_auc(ray_cluster, tiny_synth, tmp_path):
     """Evaluations at 10, 20, ...; an easy target is reached at the first one, which is the final result."""
     out = run_training(_job(tmp_path, tiny_synth, 1, ["train.eval_every=10", "train.target_auc=0.51",
                                                       "mlflow.enabled=false"]))
-    assert out["steps"] == 10 and out["target_auc_reached_at_step"] == 10 and out["auc"] >= 0.51
+    assert out.steps == 10 and out.stats["target_auc_reached_at_step"] == 10 and out.auc >= 0.51
 
 
+@pytest.mark.slow  # the CLI path: test_methods_ray, test_plugins
 def test_one_worker_training_via_cli(ray_cluster, tiny_synth, tmp_path):
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 60}}\n"
@@ -62,6 +65,7 @@ def test_row_wise_on_cpu_is_refused(tmp_path):
         make_plan(None, [], torch.device("cpu"), 1, 1, 8, ["row_wise"])
 
 
+@pytest.mark.slow  # one epoch of real rows (~75 s); real rows are converted and checked in tests/unit/test_data_criteo.py
 def test_real_criteo_sample_trains_to_a_sane_auc(ray_cluster, tmp_path):
     """1 epoch over 8.5k real Criteo rows: a DLRM reaches ~0.75 AUC (0.5 would mean nothing learned)."""
     from conftest import CRITEO_SAMPLE, need
@@ -72,5 +76,5 @@ def test_real_criteo_sample_trains_to_a_sane_auc(ray_cluster, tmp_path):
     job = _job(tmp_path, tmp_path / "criteo", 1,
                ["train.batch_size=64", "train.max_steps=null", "train.lr=0.02"])
     out = run_training(job)
-    assert out["auc"] > 0.70, out
-    assert out["logloss"] < 0.52, out
+    assert out.auc > 0.70, out
+    assert out.logloss < 0.52, out

@@ -113,7 +113,7 @@ def test_memcom_scales_the_shared_row_by_its_own_scalar():
 def _cafe(method="cafe", **kw):
     # a hot-set version after every step, applied at once: promotions are visible on the next step
     params = dict(threshold=5.0, importance="freq", decay=0.5, decay_mass=1e12, ml_threshold=2.0,
-                  sync_interval=1, sync_lag=0)
+                  sync_interval=1, sync_lag=0, admission="threshold", cold="hash", half_life_epochs=None)
     params.update(kw)
     return _emb(method, 100, SMALL, **params)
 
@@ -184,8 +184,9 @@ def test_decay_runs_when_the_inserted_mass_passes_the_bound():
     assert float(emb.sketch.scores(key)) == 30.0  # 60 + 30 = 60 → mass 120 ≥ 100: halved once
 
 
-def test_grad_importance_comes_from_the_backward_hook():
-    emb = _cafe(importance="grad", threshold=1e9)
+@pytest.mark.parametrize("normalise,expected", [("field", 4.0), ("batch", 12.0)])
+def test_grad_importance_comes_from_the_backward_hook(normalise, expected):
+    emb = _cafe(importance="grad", threshold=1e9, normalise=normalise)
     kjt = _batch_of(emb, 3, [1, 2, 3, 4])
     out = emb(kjt)
     weights = torch.zeros_like(out)
@@ -195,8 +196,9 @@ def test_grad_importance_comes_from_the_backward_hook():
     k = lambda i: torch.tensor([i + emb.key_offset["d"]])  # noqa: E731
     s1, s2 = float(emb.sketch.scores(k(1))), float(emb.sketch.scores(k(2)))
     assert s1 > 0 and s2 == 0.0
-    # normalised to batch mean 1 over 12 occurrences (3 compressed features x 4 rows): all on one
-    assert emb.budget.compressed == ("b", "c", "d") and s1 == pytest.approx(12.0)
+    # normalised to mean 1 over field d's 4 occurrences (the artifact's rule), or over the batch's
+    # 12 (3 compressed features x 4 rows): all of it on one occurrence
+    assert emb.budget.compressed == ("b", "c", "d") and s1 == pytest.approx(expected)
 
 
 def test_versions_arrive_every_interval_and_apply_after_the_lag():
@@ -220,7 +222,7 @@ def test_cafe_keeps_hot_ids_out_of_the_hash_table():
     kjt = _batch_of(emb, 3, [42] * 8)
     emb(kjt).sum().backward()
     emb.after_step(TableRows(emb))
-    routed = emb.transform(kjt)
+    routed, _, _ = emb.transform(kjt)
     slot = int(emb.hot_map.lookup(torch.tensor([42 + emb.key_offset["d"]])))
     # all 8 occurrences look up the id's own row, in the hot part of the table (before any hash rows)
     assert 0 <= slot < emb.hot_rows <= min(emb.hash_base.values())

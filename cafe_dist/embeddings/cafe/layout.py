@@ -1,0 +1,73 @@
+"""Where CAFE puts each id: the tables' layout and the global sketch key of an id.
+
+Hot rows come first in table ``cafe`` (``[0, hot_rows)``, shared by every compressed feature). The
+cold tier is either each compressed feature's hash rows, after the hot rows in the same table
+(``cold: hash``), or one ROBE-Z array ``cafe_robe`` of width Z that cold ids read D/Z blocks of
+(``cold: robe``). ``cafe_ml`` adds a second hash table per feature. A (feature, id) pair has one
+global key (feature offset + id), which the sketch, the coordinator and the hot map use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.sketch import MAX_ID
+
+TABLE = "cafe"  # hot rows first, then (cold: hash) each compressed feature's hash rows
+ROBE_TABLE = "cafe_robe"  # cold: robe, the shared array (rows of width Z)
+SECOND_SEED = 7  # hash seed of cafe_ml's second tables
+
+
+@dataclass(frozen=True)
+class CafeLayout:
+    compressed: tuple[str, ...]  # compressed features, in input order
+    hot_rows: int
+    hash_rows: dict[str, int]  # rows of each compressed feature's hash segment
+    hash2_rows: dict[str, int]  # cafe_ml: rows of each feature's second hash table ({} for cafe)
+    key_offset: dict[str, int]  # first global key of each compressed feature
+    hash_base: dict[str, int]  # first row of each feature's hash segment in the table
+    robe_rows: int = 0  # cold: robe, rows of the shared array (0: cold ids use hash rows)
+    z: int = 0  # cold: robe, block width
+
+    @classmethod
+    def plan(cls, cardinalities: dict[str, int], hot_rows: int, hash_rows: dict[str, int],
+             hash2_rows: dict[str, int], robe_rows: int = 0, z: int = 0) -> CafeLayout:
+        """Lay out ``hash_rows`` after ``hot_rows`` and number the keys of ``cardinalities``
+        (compressed features, in order)."""
+        key_offset, hash_base, key, base = {}, {}, 0, hot_rows
+        for name, cardinality in cardinalities.items():
+            key_offset[name], key = key, key + cardinality
+            hash_base[name], base = base, base + hash_rows.get(name, 0)
+        if key > MAX_ID:
+            raise ValueError(f"cafe: {key:,} ids across compressed features exceed the sketch's 31-bit key "
+                             f"space ({MAX_ID:,})")
+        return cls(tuple(cardinalities), hot_rows, dict(hash_rows), dict(hash2_rows), key_offset, hash_base,
+                   robe_rows, z)
+
+    @property
+    def robe(self) -> bool:
+        return self.robe_rows > 0
+
+    def blocks(self, dim: int) -> int:
+        return dim // self.z if self.robe else 0
+
+    def robe_row(self, keys: torch.Tensor, block: int) -> torch.Tensor:
+        """Row of ``cafe_robe`` holding block ``block`` of the cold vector of each global key."""
+        return hash_mod(keys, self.robe_rows, seed=block)
+
+    def hash_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Row of the ``cafe`` table that cold ``ids`` of ``feature`` share."""
+        return self.hash_base[feature] + hash_mod(ids, self.hash_rows[feature])
+
+    def hash2_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """cafe_ml: row of ``hash2_<feature>`` that medium ``ids`` add in."""
+        return hash_mod(ids, self.hash2_rows[feature], seed=SECOND_SEED)
+
+    def feature_of_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index into ``compressed``, id) of each global key."""
+        starts = torch.tensor([self.key_offset[n] for n in self.compressed], dtype=torch.int64)
+        fi = torch.searchsorted(starts, keys, right=True) - 1
+        return fi, keys - starts[fi]

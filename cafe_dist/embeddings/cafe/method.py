@@ -1,0 +1,398 @@
+"""The ``cafe`` and ``cafe_ml`` methods: settings, sizing, the id remapping and the step's wiring.
+
+Its parts, one job each: :mod:`.layout` (rows and keys), :mod:`.scoring` (importance into the local
+sketch), :mod:`.client` (the hot-set exchange), :mod:`.migration` (new hot rows); the coordinator's
+merger (:mod:`cafe_dist.coordinator`) alone decides which ids are hot and which slot each gets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torchrec import EmbeddingBagConfig
+
+from cafe_dist.collectives import all_reduce_sum, world
+from cafe_dist.coordinator import ActorSync, MergeConfig
+from cafe_dist.embeddings.base import (
+    CompressedEmbedding,
+    MethodOptions,
+    Route,
+    Values,
+    segmented_table,
+    table,
+)
+from cafe_dist.embeddings.cafe.client import HotSetClient
+from cafe_dist.embeddings.cafe.layout import ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
+from cafe_dist.embeddings.cafe.migration import init_hot_rows
+from cafe_dist.embeddings.cafe.scoring import SKETCH_CELLS, ImportanceScorer
+from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.spec import FLOAT_BYTES
+from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.hotmap import HotMap, HotMapUpdate
+from cafe_dist.sketch import CELL_BYTES
+
+# The authors' artifact (HugoZHL/CAFE, ArtifactEvaluation, tasks/criteo.json): per compression
+# ratio, the threshold k an id's score must reach and the share of memory for hash rows.
+PAPER_RULES = {10: (20.0, 0.5), 100: (100.0, 0.3), 1000: (500.0, 0.2), 10000: (500.0, 0.1)}
+
+
+def paper_rule(ratio: float) -> tuple[float, float]:
+    """(k, hash share) of the artifact's nearest ratio (in log scale)."""
+    near = min(PAPER_RULES, key=lambda r: abs(math.log10(r) - math.log10(max(ratio, 1.0))))
+    return PAPER_RULES[near]
+
+
+class CafeOptions(MethodOptions):
+    """CAFE / CAFE-ML settings: the ``cafe`` section of a job (cafe_ml reads it too).
+
+    ``preset: paper`` is the authors' artifact, rule by rule (each rule's source beside it below):
+    a fixed threshold k and hash share per ratio (``tasks/criteo.json``), scores decayed by 0.99
+    each time 10 x hot slots x k of importance has been inserted (``embeddings/sketch.cpp``
+    135-144), importance normalised per field, hash rows per feature in proportion to its
+    cardinality, a new hot row copied from its hash row, ~48 B of metadata per hot row. Settings
+    given explicitly beside a preset win over it.
+    """
+
+    preset: Literal["default", "paper"] = "default"
+    # which ids are hot: "capacity" fills every slot each version (the weakest id that fits sets
+    # the bar), with hysteresis; "threshold" admits ids scoring at least ``threshold`` while slots last
+    admission: Literal["capacity", "threshold"] = "capacity"
+    hysteresis: float = Field(1.5, ge=1)  # capacity: incumbents stay at >= bar/h; a newcomer must beat one h-fold
+    summary_factor: float = Field(2.0, gt=0)  # capacity: each rank sends its top factor x slots / world ids
+    threshold: float = Field(50.0, gt=0)  # threshold admission: score (≈ occurrences) an id needs to be hot
+    # memory: the cold tier, its share, how its rows are spread over features
+    cold: Literal["hash", "robe"] = "robe"  # robe: cold ids read Z-blocks of one shared array (as `robe`)
+    robe_z: int = Field(4, gt=0, multiple_of=4)  # block size of the robe cold tier
+    hash_fraction: float | None = Field(None, gt=0, lt=1)  # share for the cold tier; None: by ratio
+    cold_rows: Literal["fair", "cardinality"] = "fair"  # hash rows per feature: equal, or by cardinality
+    # scores
+    importance: Literal["grad", "freq"] = "grad"
+    normalise: Literal["field", "batch"] = "field"  # importance mean 1 per field (artifact) or over the batch
+    half_life_epochs: float | None = Field(0.25, gt=0)  # scores halve every this share of an epoch's samples
+    decay: float = Field(0.98, gt=0, le=1)  # used when half_life_epochs is None: per step or per decay_mass
+    decay_mass: float | None = Field(None, gt=0)  # None: one decay per step; else per this much (global) importance
+    buckets_per_slot: float = Field(0.82, gt=0)  # sketch buckets (SKETCH_CELLS 12 B cells) per hot row: <= 48 B with the map
+    # cafe_ml
+    ml_threshold: float = Field(10.0, gt=0)  # cafe_ml, threshold admission: medium ids score in [ml_threshold, threshold)
+    ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: share of the hash budget for the second hash tables
+    # the exchange
+    sync_interval: int = Field(10, ge=1)  # steps between hot-set versions
+    sync_lag: int = Field(2, ge=0)  # a version is applied this many steps after the summaries were sent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "paper":
+            return {**PAPER_PRESET, **data}
+        return data
+
+
+PAPER_PRESET = {"admission": "threshold", "cold": "hash", "cold_rows": "cardinality", "normalise": "field",
+                "half_life_epochs": None, "decay": 0.99, "buckets_per_slot": 0.82}
+# k, the hash share and decay_mass (10 x hot slots x k) depend on the ratio: see CafeEmbedding.__init__
+ML_DEFAULTS = {"cold": "hash"}
+
+
+def hash_fraction_for(ratio: float, cold: str = "robe") -> float:
+    """Share of the memory for the cold tier, by ratio. ``robe``: 0.7 up to 100×, rising
+    log-linearly to 0.85 at 1000× and 0.9 beyond (measured on the real 100k sample: 0.7-0.95 are
+    level at 100×, 0.85-0.95 beat 0.7 at 1000×; BENCHMARKS.md). ``hash``: 0.7 at 10×, falling
+    to 0.15 at 1000× and beyond (hash rows collapse at high ratios, so hot rows get the memory).
+    The artifact's own schedule is :data:`PAPER_RULES`."""
+    x = math.log10(max(ratio, 1.0))
+    if cold == "robe":
+        return min(0.9, max(0.7, 0.7 + 0.15 * (x - 2)))
+    return min(0.7, max(0.15, 0.7 - 0.275 * (x - 1)))
+
+
+class CafeEmbedding(CompressedEmbedding):
+    """Hot ids get a unique row; the rest share a cold tier (hash rows per feature, or a ROBE array).
+
+    Table ``cafe`` holds the hot rows (shared by every compressed feature) and, with ``cold: hash``,
+    each compressed feature's hash rows after them, so a value is one lookup on its feature's own
+    key whether its id is hot or not. With ``cold: robe`` cold values read D/Z blocks of one shared
+    array ``cafe_robe`` instead (extra keys ``<f>@z<j>``), as the ``robe`` method does, which
+    degrades gracefully at any ratio. ``cafe_ml`` adds a second hash table per feature (keys
+    ``<f>@m``) whose row is summed in for medium-importance ids.
+
+    Distributed by design (one code path; a single worker is world size 1): each rank scores its
+    own batches, sends a summary every ``sync_interval`` steps, and applies the coordinator's
+    version ``sync_lag`` steps later, at the same step as every other rank, so every rank maps
+    every id to the same row. A promoted id's hot row starts as the cold vector it was reading,
+    with zeroed optimizer state; a demoted id goes back to the cold tier.
+    """
+
+    multi_level = False
+    options = CafeOptions
+    section = "cafe"
+    needs_coordinator = True
+    level_stats = {"hot": "hot_ids", "churn": "last_churn"}
+    plots = {"hot_set.png": (("hot",), ("churn",), ("promoted", "demoted"), ("sync_overhead",))}
+    TABLE = TABLE
+
+    def __init__(self, features, dim, ratio=1.0, device=None, params: CafeOptions | None = None) -> None:
+        p = params or CafeOptions()
+        if self.multi_level:  # cafe_ml adds second hash rows to hash rows: a hash cold tier unless told otherwise
+            p = p.model_copy(update={k: v for k, v in ML_DEFAULTS.items() if k not in p.model_fields_set})
+        self.params = p
+        if self.multi_level and p.cold != "hash":
+            raise ValueError("cafe_ml adds a second hash row to medium ids' hash row: set cafe.cold=hash")
+        if self.multi_level and p.admission == "threshold" and p.ml_threshold >= p.threshold:
+            raise ValueError(f"cafe.ml_threshold ({p.ml_threshold}) must be below cafe.threshold ({p.threshold})")
+        self.ratio = ratio
+        self.paper = p.preset == "paper"
+        k, share = paper_rule(ratio)
+        explicit = p.model_fields_set
+        self.threshold = k if self.paper and "threshold" not in explicit else p.threshold
+        self.hf = (p.hash_fraction if p.hash_fraction is not None
+                   else share if self.paper else hash_fraction_for(ratio, p.cold))
+        self.steps = 0
+        self.client = HotSetClient(p.sync_interval, p.sync_lag)
+        self.overhead_s = 0.0
+        self.phase_s = {"sketch": 0.0, "sync": 0.0, "migration": 0.0}  # where after_step's time goes
+        # what the memory does, after warm-up (the first version applied): lookups of compressed
+        # features served by a hot row / all of them, and hot slots in use summed over steps
+        self._coverage: torch.Tensor | None = None
+        self._used_sum, self._used_steps = 0.0, 0
+        super().__init__(features, dim, ratio, device)
+
+    @classmethod
+    def build(cls, features, dim, ratio, device, options: CafeOptions | None) -> CafeEmbedding:
+        return cls(features, dim, ratio, device, params=options)
+
+    # ---- sizing -------------------------------------------------------------------------------
+    def _cold_rows(self, share: float) -> dict[str, int]:
+        """Hash rows per compressed feature from ``share`` of the budget: equal shares (``fair``) or
+        in proportion to cardinality (the artifact's rule), at least one each."""
+        if self.params.cold_rows == "fair":
+            return self.allocate_rows(share)
+        total = share * self.budget.compressed_bytes / (self.dim * FLOAT_BYTES)
+        cards = sum(f.cardinality for f in self.compressed)
+        return {f.name: max(1, int(total * f.cardinality / cards)) for f in self.compressed}
+
+    def method_tables(self) -> list[EmbeddingBagConfig]:
+        p = self.params
+        row = self.dim * FLOAT_BYTES
+        robe = p.cold == "robe"
+        if robe and self.dim % p.robe_z:
+            raise ValueError(f"cafe.robe_z ({p.robe_z}) must divide embedding.dim ({self.dim})")
+        robe_rows = self.rows_for(self.hf * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
+        first = self.hf * (1 - p.ml_fraction) if self.multi_level else self.hf
+        hash_rows = {} if robe else self._cold_rows(first)
+        hash2_rows = self._cold_rows(self.hf * p.ml_fraction) if self.multi_level else {}
+        used = robe_rows * p.robe_z * FLOAT_BYTES + sum(r * row for r in (*hash_rows.values(), *hash2_rows.values()))
+        per_slot = (row + p.buckets_per_slot * SKETCH_CELLS * (CELL_BYTES + 1 / 8) + HotMap.BYTES_PER_HOT
+                    + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))
+        hot_rows = max(1, int((self.budget.compressed_bytes - used) // per_slot)) if self.compressed else 0
+        self.layout = CafeLayout.plan({f.name: f.cardinality for f in self.compressed}, hot_rows, hash_rows,
+                                      hash2_rows, robe_rows, p.robe_z if robe else 0)
+        if p.half_life_epochs is not None:
+            decay = None  # set per step from the samples seen (bind_data gives the epoch's size)
+        elif self.paper and "decay_mass" not in p.model_fields_set:
+            decay = ("mass", p.decay, 10.0 * hot_rows * self.threshold)
+        else:
+            decay = ("mass", p.decay, p.decay_mass) if p.decay_mass is not None else ("step", p.decay, None)
+        self.scorer = ImportanceScorer(max(1, int(hot_rows * p.buckets_per_slot)), p.importance, p.normalise, decay)
+        self.hot_map = HotMap()
+        if not self.compressed:
+            return []
+        names = list(self.layout.compressed)
+        out = [segmented_table(TABLE, [hot_rows, *hash_rows.values()], self.dim, names)]
+        if robe:
+            out.append(table(ROBE_TABLE, robe_rows, p.robe_z,
+                             [f"{n}@z{j}" for n in names for j in range(self.layout.blocks(self.dim))]))
+        out += [table(f"hash2_{n}", r, self.dim, [n + "@m"]) for n, r in hash2_rows.items()]
+        return out
+
+    def bind_data(self, train_rows: int) -> None:
+        if self.params.half_life_epochs is not None:
+            self.scorer.half_life_samples = self.params.half_life_epochs * train_rows
+
+    # the layout's figures, read by tests, probes and benchmarks
+    hot_rows = property(lambda self: self.layout.hot_rows)
+    hash_rows = property(lambda self: self.layout.hash_rows)
+    hash2_rows = property(lambda self: self.layout.hash2_rows)
+    hash_base = property(lambda self: self.layout.hash_base)
+    key_offset = property(lambda self: self.layout.key_offset)
+    sketch = property(lambda self: self.scorer.sketch)
+
+    def hash_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        return self.layout.hash_row(feature, ids)
+
+    def aux_bytes(self) -> int:
+        if not self.compressed:
+            return 0
+        return self.sketch.memory_bytes() + self.hot_map.memory_bytes(
+            self.hot_rows, self.hot_rows if self.multi_level else 0)
+
+    def merge_config(self, world_size: int) -> MergeConfig:
+        p = self.params
+        return MergeConfig(num_slots=self.hot_rows, threshold=self.threshold, world_size=world_size,
+                           ml_threshold=p.ml_threshold if self.multi_level else None,
+                           max_medium=self.hot_rows if self.multi_level else 0,
+                           admission=p.admission, hysteresis=p.hysteresis)
+
+    def summary(self, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """What this rank sends each round: its strongest ``summary_factor`` x slots / world ids
+        (capacity), or every cell scoring at least a share of the threshold."""
+        if self.params.admission == "capacity":  # cafe_ml: room for as many medium ids as hot ones
+            wanted = self.hot_rows * (2 if self.multi_level else 1)
+            return self.scorer.top(math.ceil(self.params.summary_factor * wanted / world_size))
+        floor = min(self.threshold, self.params.ml_threshold if self.multi_level else math.inf)
+        return self.scorer.candidates(floor / (2 * world_size))
+
+    def connect(self, run_name: str, world_size: int) -> None:
+        self.client.connect(ActorSync(run_name, self.merge_config(world_size)))
+
+    # ---- the id remapping (pure: nothing is kept between calls) ---------------------------------
+    def _per_feature(self, d: dict[str, int], default: int, v: Values) -> torch.Tensor:
+        return self.per_value([d.get(n, default) for n in self.names], v)
+
+    def keys_of(self, v: Values) -> torch.Tensor:
+        """Global sketch key of each value (meaningful for compressed features only)."""
+        return v.ids + self._per_feature(self.key_offset, 0, v)
+
+    def state_checksum(self) -> int | None:
+        return self.hot_map.checksum() if self.compressed else None
+
+    def routes(self, v: Values) -> list[Route]:
+        compressed = ~self.is_full.index_select(0, v.feature)
+        keys = self.keys_of(v)
+        if keys.device != self.hot_map.device:  # GPU workers: map and sketch follow the ids
+            self.hot_map.to(keys.device)
+            self.scorer.to(keys.device)
+        slot = self.hot_map.lookup(keys)
+        hot = compressed & (slot >= 0)
+        lay = self.layout
+        if lay.robe:  # hot and full values on the main route, cold ones read their blocks
+            routes = [Route("", torch.ones_like(self.is_full), torch.where(hot, slot, v.ids), mask=hot | ~compressed)]
+            cold = compressed & ~hot
+            routes += [Route(f"@z{j}", ~self.is_full, lay.robe_row(keys, j), mask=cold)
+                       for j in range(lay.blocks(self.dim))]
+            return routes
+        cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
+        main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
+        routes = [Route("", torch.ones_like(self.is_full), main)]
+        if self.multi_level:
+            medium = compressed & ~hot & self.hot_map.is_medium(keys)
+            rows2 = hash_mod(v.ids, self._per_feature(self.hash2_rows, 1, v), seed=SECOND_SEED)
+            routes.append(Route("@m", ~self.is_full, rows2, mask=medium))
+        return routes
+
+    def warmed_up(self) -> bool:
+        """Whether the first hot-set version has been applied (coverage counts from then on)."""
+        return self.steps >= self.params.sync_interval + self.params.sync_lag
+
+    def route_dims(self) -> dict[str, int]:
+        dims = {"": self.dim}
+        if self.multi_level:
+            dims["@m"] = self.dim
+        if self.compressed and self.layout.robe:
+            dims.update({f"@z{j}": self.layout.z for j in range(self.layout.blocks(self.dim))})
+        return dims
+
+    def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
+        out = groups[""]
+        if self.multi_level:
+            out = out + groups["@m"]  # medium ids: 2nd row summed in
+        if self.compressed and self.layout.robe:  # a compressed value is on the main route or its blocks
+            out = out + torch.cat([groups[f"@z{j}"] for j in range(self.layout.blocks(self.dim))], dim=2)
+        if self.training and torch.is_grad_enabled() and out.requires_grad and self.compressed:
+            compressed = ~self.is_full.index_select(0, v.feature)
+            # scored in backward, so only occurrences that were actually trained on count
+            self.scorer.capture(out, self.keys_of(v)[compressed], v.feature[compressed], v.segment[compressed],
+                                v.batch_size)
+            if self.warmed_up():
+                main = routes[0]
+                on_hot = main.mask if main.mask is not None else main.values < self.hot_rows
+                hot = compressed & on_hot
+                counts = torch.stack([hot.sum(), compressed.sum()])  # stays on the device: no sync per step
+                self._coverage = counts if self._coverage is None else self._coverage + counts
+        return out
+
+    # ---- between steps -----------------------------------------------------------------------
+    @torch.no_grad()
+    def after_step(self, rows: TableRows | None = None) -> dict[str, float]:
+        if not self.compressed:
+            return {}
+        t0 = time.perf_counter()
+        rank, world_size = world()
+        self.scorer.flush(world_size)
+        self.steps += 1
+        t1 = time.perf_counter()
+        stats, migration = self.client.step(self.steps, rank, self.merge_config(world_size),
+                                            summary=lambda: self.summary(world_size),
+                                            apply=lambda update: self.apply_update(update, rows))
+        stats["hot"] = float(len(self.hot_map))
+        if self.warmed_up():
+            self._used_sum += stats["hot"]
+            self._used_steps += 1
+        t2 = time.perf_counter()
+        self.phase_s["sketch"] += t1 - t0
+        self.phase_s["migration"] += migration
+        self.phase_s["sync"] += t2 - t1 - migration
+        self.overhead_s += t2 - t0
+        return stats
+
+    def apply_update(self, update: HotMapUpdate, rows: TableRows | None) -> None:
+        """Apply one hot-set version: initialise promoted rows, then switch the map."""
+        if rows is not None and update.promoted_keys.numel():
+            keys = update.promoted_keys.cpu()
+            was_medium = self.hot_map.is_medium(keys.to(self.hot_map.device)).cpu() if self.multi_level else None
+            init_hot_rows(rows, self.layout, self.dim, keys, update.promoted_slots.cpu(), was_medium)
+        self.hot_map.apply(update)
+        self.scorer.protect(self.hot_map.keys)  # the local cells of hot ids are not evicted
+
+    def rounds_in_flight(self) -> list[int]:
+        return self.client.rounds_in_flight()
+
+    # ---- checkpoint state ----------------------------------------------------------------------
+    def local_state(self) -> dict:
+        if not self.compressed:
+            return {}
+        scorer, client = self.scorer.state_dict(), self.client.state_dict()
+        return {"sketch": scorer["sketch"], "mass": scorer["mass"], "hot_map": self.hot_map.state_dict(),
+                "steps": self.steps, "due": client["due"], "sync_log": client["sync_log"],
+                "overhead_s": self.overhead_s, "used": (self._used_sum, self._used_steps),
+                "coverage": None if self._coverage is None else self._coverage.cpu()}
+
+    def load_local_state(self, state: dict) -> None:
+        if not state:
+            return
+        self.scorer.load_state_dict(state)
+        self.client.load_state_dict(state)
+        self.hot_map.load_state_dict(state["hot_map"])
+        self.steps, self.overhead_s = state["steps"], state["overhead_s"]
+        self._used_sum, self._used_steps = state.get("used", (0.0, 0))
+        self._coverage = state.get("coverage")
+
+    # ---- telemetry -----------------------------------------------------------------------------
+    def memory_use(self) -> dict[str, float]:
+        """What the hot rows do, after warm-up: ``hot_slots`` (rows the budget gives), ``hot_slots_used``
+        (ids hot, averaged over steps) and ``hot_coverage`` (share of compressed-feature lookups, over
+        all ranks, served by a hot row). Every rank must call it (the counts are summed)."""
+        counts = torch.zeros(2, dtype=torch.float64) if self._coverage is None else self._coverage.double().cpu()
+        counts = all_reduce_sum(counts.to(self.hot_map.device)).cpu()
+        return {"hot_slots": float(self.hot_rows),
+                "hot_slots_used": self._used_sum / self._used_steps if self._used_steps else 0.0,
+                "hot_coverage": float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")}
+
+    def sync_summary(self, train_time_s: float) -> dict[str, float]:
+        """What --output-json reports about the hot-set exchange and the hot rows' use."""
+        return {
+            **(self.memory_use() if self.compressed else {}),
+            "hot_map_version": float(self.hot_map.version),
+            "sync_overhead_fraction": self.overhead_s / train_time_s if train_time_s > 0 else 0.0,
+            **self.client.summary(),
+        }
+
+
+class CafeMLEmbedding(CafeEmbedding):
+    """Multi-level CAFE: hot → unique row; medium → two hash rows summed; cold → one hash row."""
+
+    multi_level = True

@@ -1,0 +1,114 @@
+"""This rank's importance scores: captured in backward, fed to the local sketch between steps.
+
+Importance of an occurrence is the L2 norm of the gradient reaching its pooled embedding, caught
+by a backward hook (so fused tables never need ``.grad``), or 1 per occurrence (``importance:
+freq``); only occurrences that were actually trained on count. Gradients are normalised to mean 1
+per field (the artifact's rule: a field with large gradients does not crowd out the others) or
+over the whole batch. Scores then decay: by half every ``half_life_samples`` samples (global, so
+the hot set does not depend on batch size or worker count), or by a factor per step or per mass
+of inserted importance. The sketch only scores; which ids are hot is the coordinator's decision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cafe_dist.sketch import HotSketch
+
+SKETCH_CELLS = 4  # cells per sketch bucket
+
+Decay = tuple[str, float, float | None] | None  # ("step", factor, None) | ("mass", factor, mass) | None: half-life
+
+
+class ImportanceScorer:
+    def __init__(self, num_buckets: int, importance: str, normalise: str, decay: Decay) -> None:
+        self.sketch = HotSketch(num_buckets, cells=SKETCH_CELLS)
+        self.by_grad = importance == "grad"
+        self.per_field = normalise == "field"
+        self.decay = decay
+        self.half_life_samples: float | None = None  # set from the data (bind_data) when decay is None
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._samples = 0
+        self._mass = 0.0
+
+    def to(self, device: torch.device) -> None:
+        if self.sketch.device != device:
+            self.sketch.to(device)
+
+    def capture(self, out: torch.Tensor, keys: torch.Tensor, fields: torch.Tensor, segment: torch.Tensor,
+                batch_size: int) -> None:
+        """Score ``keys`` (one per occurrence, of field ``fields``, pooled into bag ``segment`` =
+        f * B + b) by the gradient that reaches ``out`` (B, F, D) in backward."""
+        nf = out.shape[1]
+        self._samples += batch_size
+
+        def record(grad: torch.Tensor) -> None:
+            if self.by_grad:
+                norms = grad.detach().float().norm(dim=2).t().reshape(nf * batch_size)  # per bag, (f, b) order
+                self._pending.append((keys, fields, norms.index_select(0, segment)))
+            else:
+                self._pending.append((keys, fields, None))
+
+        out.register_hook(record)
+
+    def _normalised(self, fields: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if not self.per_field:
+            mean = weights.mean()
+            return weights / mean if mean > 0 else torch.ones_like(weights)
+        n = int(fields.max()) + 1
+        sums = torch.zeros(n, dtype=weights.dtype, device=weights.device).index_add_(0, fields, weights)
+        counts = torch.bincount(fields, minlength=n).to(weights.dtype)
+        mean = (sums / counts.clamp(min=1)).index_select(0, fields)
+        return torch.where(mean > 0, weights / mean.clamp(min=1e-30), torch.ones_like(weights))
+
+    def flush(self, world_size: int) -> None:
+        """Insert what backward captured since the last call, then decay."""
+        pending, self._pending = self._pending, []
+        samples, self._samples = self._samples, 0
+        if not pending:
+            return
+        keys = torch.cat([k for k, _, _ in pending])
+        weights = None
+        if pending[0][2] is not None:
+            weights = self._normalised(torch.cat([f for _, f, _ in pending]), torch.cat([w for _, _, w in pending]))
+        if self.decay is None:  # half-life: age what is there by these samples, count the new at half
+            if self.half_life_samples:  # their age (the batch's mid-point), whatever the batch size
+                factor = 0.5 ** (samples * world_size / self.half_life_samples)
+                self.sketch.decay(factor)
+                weights = (torch.ones(keys.shape) if weights is None else weights) * factor ** 0.5
+            self._insert(keys, weights)
+            return
+        self._insert(keys, weights)
+        kind, factor, mass = self.decay
+        if kind == "step":
+            self.sketch.decay(factor)
+            return
+        self._mass += float(keys.numel())  # weights average 1: the mass is the number of occurrences
+        share = mass / world_size  # one decay per ``mass`` of global importance; this rank sees 1/world
+        while self._mass >= share:
+            self._mass -= share
+            self.sketch.decay(factor)
+
+    def _insert(self, keys: torch.Tensor, weights: torch.Tensor | None) -> None:
+        self.sketch.insert(keys.to(self.sketch.device), None if weights is None else weights.to(self.sketch.device))
+
+    def candidates(self, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        return self.sketch.candidates(min_score)
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` strongest ids by their own (error-corrected) score."""
+        return self.sketch.strongest(n)
+
+    def protect(self, hot_keys: torch.Tensor) -> None:
+        """Pin the cells of the ids the global hot set holds (and only those)."""
+        self.sketch.unpin_all()
+        if hot_keys.numel():
+            self.sketch.pin(hot_keys)
+
+    def state_dict(self) -> dict:
+        return {"sketch": self.sketch.state_dict(), "mass": self._mass}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sketch.load_state_dict(state["sketch"])
+        self._mass = state["mass"]

@@ -1,0 +1,190 @@
+"""CAFE's rules (issue 17): the paper preset, the capacity-filling hot set with hysteresis, decay
+by half-life, the ROBE cold tier and the metadata per hot row. Real TorchRec EBC on CPU; the merge
+runs in-process (the coordinator actor runs the same HotSetMerger)."""
+
+import numpy as np
+import pytest
+import torch
+from torchrec import KeyedJaggedTensor
+
+from cafe_dist.coordinator import HotSetMerger, MergeConfig
+from cafe_dist.embeddings import FeatureSpec, build_embedding
+from cafe_dist.embeddings.cafe.layout import ROBE_TABLE
+from cafe_dist.embeddings.cafe.method import PAPER_RULES
+from cafe_dist.embeddings.cafe.scoring import ImportanceScorer
+from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.sketch import HotSketch
+
+SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
+WIDE = [FeatureSpec(f"f{i}", c) for i, c in enumerate([5_000, 40_000, 200_000, 1_000_000, 3_000_000])]
+
+
+def _emb(ratio=100, features=SMALL, **opts):
+    torch.manual_seed(0)
+    return build_embedding("cafe", features, 16, ratio, device=torch.device("cpu"), options=opts)
+
+
+def _kjt(cols: torch.Tensor, names) -> KeyedJaggedTensor:
+    return KeyedJaggedTensor(keys=list(names), values=cols.reshape(-1),
+                             lengths=torch.ones(cols.numel(), dtype=torch.int32), stride=cols.shape[1])
+
+
+def _step(emb, rows, cols):
+    emb(_kjt(cols, emb.names)).sum().backward()
+    return emb.after_step(rows)
+
+
+# ---- the paper preset -------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio", sorted(PAPER_RULES))
+def test_paper_preset_takes_k_and_the_hash_share_from_the_ratio(ratio):
+    emb = _emb(ratio, WIDE, preset="paper")
+    k, share = PAPER_RULES[ratio]
+    assert emb.threshold == k and emb.hf == share
+    assert emb.params.admission == "threshold" and emb.params.cold == "hash"
+    assert emb.merge_config(1).threshold == k
+    # explicit settings beside the preset win
+    assert _emb(ratio, WIDE, preset="paper", threshold=7.0, hash_fraction=0.4).threshold == 7.0
+
+
+def test_paper_preset_sizes_hash_rows_in_proportion_to_cardinality():
+    emb = _emb(100, WIDE, preset="paper")
+    per_id = {f.name: emb.hash_rows[f.name] / f.cardinality for f in emb.compressed}
+    assert len(per_id) >= 3 and max(per_id.values()) / min(per_id.values()) < 1.1
+    fair = _emb(100, WIDE, cold="hash", admission="threshold")
+    assert len(set(fair.hash_rows.values())) == 1  # the default gives every feature the same rows
+
+
+def test_paper_preset_decays_by_099_once_the_inserted_mass_passes_10_x_slots_x_k():
+    emb = _emb(100, SMALL, preset="paper", importance="freq", sync_interval=1000)
+    bound = 10 * emb.hot_rows * emb.threshold
+    assert emb.scorer.decay == ("mass", 0.99, bound)
+    rows, n_comp = TableRows(emb), len(emb.compressed)
+    batch = int(bound // n_comp // 3) + 1  # three batches pass the bound once
+    cols = torch.stack([torch.zeros(batch, dtype=torch.int64)] * 4)  # id 0 of every feature
+    key = torch.tensor([emb.key_offset["d"]])
+    for i in range(1, 4):
+        _step(emb, rows, cols)
+        expected = batch * i * (0.99 if i == 3 else 1.0)
+        assert float(emb.sketch.scores(key)) == pytest.approx(expected, rel=1e-5)
+
+
+# ---- the capacity-filling hot set -------------------------------------------------------------
+def _merger(slots, h=1.5):
+    return HotSetMerger(MergeConfig(num_slots=slots, threshold=1.0, world_size=1, admission="capacity",
+                                    hysteresis=h))
+
+
+def _round(m, round_, scores: dict[int, float]):
+    m.submit(round_, 0, np.array(list(scores), np.int64), np.array(list(scores.values()), np.float32))
+    return m.update(round_)
+
+
+def test_capacity_fills_every_slot_with_the_strongest_ids():
+    m = _merger(10)
+    rng = np.random.default_rng(0)
+    scores = dict(zip(range(100, 130), rng.uniform(0.1, 5, 30).tolist()))
+    u = _round(m, 0, scores)
+    assert sorted(u.promoted_keys.tolist()) == sorted(sorted(scores, key=scores.get)[-10:])
+    assert sorted(u.promoted_slots.tolist()) == list(range(10))
+
+
+def test_a_stronger_newcomer_displaces_the_weakest_incumbent_and_a_slightly_stronger_one_does_not():
+    m = _merger(4, h=1.5)
+    _round(m, 0, {1: 10.0, 2: 9.0, 3: 8.0, 4: 7.0})
+    u = _round(m, 1, {1: 10.0, 2: 9.0, 3: 8.0, 4: 7.0, 5: 9.5})  # 9.5 < 1.5 x 7: no change
+    assert u.promoted_keys.numel() == 0 and u.demoted_keys.numel() == 0
+    u = _round(m, 2, {1: 10.0, 2: 9.0, 3: 8.0, 4: 7.0, 5: 11.0})  # 11 > 1.5 x 7: takes 4's slot
+    assert u.promoted_keys.tolist() == [5] and u.demoted_keys.tolist() == [4]
+    assert u.promoted_slots.tolist() == u.demoted_slots.tolist()
+
+
+def test_capacity_does_not_churn_on_a_stationary_stream():
+    """200 ids with Zipf rates, 20 slots, scores = decayed counts of Poisson draws per round (the
+    ids near the cut have nearly equal rates). Bound: mean churn per version below 0.05 after the
+    first 10 versions with hysteresis 1.5; without hysteresis it churns more."""
+    rates = 50.0 / np.arange(1, 201) ** 1.0
+    churn = {}
+    for h in (1.0, 1.5):
+        rng = np.random.default_rng(1)
+        m, score, log = _merger(20, h), np.zeros(200), []
+        for r in range(60):
+            score = 0.9 * score + rng.poisson(rates)
+            u = _round(m, r, {i: s for i, s in enumerate(score) if s > 0})
+            if r >= 10:
+                log.append(u.stats["churn"])
+        churn[h] = float(np.mean(log))
+    assert churn[1.5] < 0.05 and churn[1.5] < churn[1.0], churn
+
+
+def test_the_default_cafe_fills_its_hot_table_on_a_short_stream():
+    emb = _emb(100, SMALL, sync_interval=1, sync_lag=0)
+    rows = TableRows(emb)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        cols = torch.stack([torch.randint(0, f.cardinality, (256,), generator=g) % 400 for f in SMALL])
+        _step(emb, rows, cols)
+    assert len(emb.hot_map) == emb.hot_rows > 10
+
+
+# ---- decay by half-life -----------------------------------------------------------------------
+def _feed(scorer: ImportanceScorer, ids: torch.Tensor) -> None:
+    """One step of ``ids`` (one feature, one id per row) through the backward hook."""
+    out = torch.zeros(ids.numel(), 1, 1, requires_grad=True)
+    scorer.capture(out, ids, torch.zeros_like(ids), torch.arange(ids.numel()), ids.numel())
+    out.sum().backward()
+    scorer.flush(1)
+
+
+def test_half_life_decay_gives_the_same_hot_set_at_batch_64_and_1024():
+    """The same 32,768-row stream (popular ids change halfway), half-life 1/4 of it: the 20
+    strongest ids agree, and so do their scores, whatever the batch size."""
+    zipf = torch.distributions.Categorical(probs=1.0 / torch.arange(1, 2001, dtype=torch.float64))
+    torch.manual_seed(0)
+    stream = zipf.sample((32_768,))
+    stream[16_384:] = (stream[16_384:] + 1000) % 20_000  # drift: other ids are popular now
+    tops = []
+    for batch in (64, 1024):
+        scorer = ImportanceScorer(4096, "freq", "field", None)
+        scorer.half_life_samples = 0.25 * stream.numel()
+        for i in range(0, stream.numel(), batch):
+            _feed(scorer, stream[i:i + batch])
+        keys, scores = scorer.top(20)
+        tops.append(dict(zip(keys.tolist(), scores.tolist())))
+    a, b = tops
+    assert len(set(a) & set(b)) >= 18
+    assert all(abs(a[k] - b[k]) <= 0.02 * a[k] for k in set(a) & set(b)), (a, b)
+
+
+# ---- the ROBE cold tier -----------------------------------------------------------------------
+def test_robe_cold_tier_promoted_row_equals_the_blocks_the_id_was_reading():
+    emb = _emb(100, SMALL, cold="robe", admission="threshold", threshold=5.0, importance="freq",
+               sync_interval=1, sync_lag=0, half_life_epochs=None, decay=1.0)
+    assert ROBE_TABLE in {t.name for t in emb.tables} and emb.layout.robe_rows > 0
+    rows = TableRows(emb)
+    cols = torch.stack([torch.arange(8) % f.cardinality for f in SMALL])
+    cols[3] = 42  # id 42 of feature d, 8 times: hot after this step
+    before = emb(_kjt(cols, emb.names)).detach()
+    key = torch.tensor([42 + emb.key_offset["d"]])
+    blocks = torch.cat(rows.read([(ROBE_TABLE, emb.layout.robe_row(key, j)) for j in range(4)]), dim=1)
+    _step(emb, rows, cols)
+    slot = int(emb.hot_map.lookup(key))
+    assert slot >= 0
+    assert torch.equal(rows.read([("cafe", torch.tensor([slot]))])[0], blocks)
+    after = emb(_kjt(cols, emb.names)).detach()
+    assert torch.allclose(after, before)  # promotion changes where d's vector lives, not the vector
+
+
+def test_robe_cold_tier_reaches_10000x_where_hash_rows_cannot():
+    feats = [FeatureSpec(f"f{i}", 4_000) for i in range(20)] + [FeatureSpec("big", 2_000_000)]
+    emb = _emb(10_000, feats)
+    got = emb.full_embedding_bytes() / emb.embedding_bytes()
+    assert emb.params.cold == "robe" and got == pytest.approx(10_000, rel=0.05)
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio", [10, 100, 1000])
+def test_metadata_per_hot_slot_is_at_most_48_bytes(ratio):
+    emb = _emb(ratio, WIDE)
+    per_slot = (emb.sketch.memory_bytes() + emb.hot_map.memory_bytes(emb.hot_rows)) / emb.hot_rows
+    assert per_slot <= 48.0, per_slot
+    assert HotSketch(1000).memory_bytes() / 1000 / 4 <= 12.125  # 12 B a cell + its pin bit

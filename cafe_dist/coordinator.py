@@ -92,7 +92,7 @@ class HotSetMerger:
         else:  # incumbents stay (same slot) while they pass the threshold; newcomers strongest first
             stay = score_of_hot >= cfg.threshold
             new_idx = np.nonzero((merged >= cfg.threshold) & newcomer)[0]
-            new_idx = new_idx[np.argsort(-merged[new_idx], kind="stable")][: self.free.size + int((~stay).sum())]
+            new_idx = new_idx[np.argsort(-merged[new_idx], kind="stable")]
         demoted_keys, demoted_slots = self.hot_keys[~stay], self.hot_slots[~stay]
         self.free = np.concatenate([self.free, demoted_slots[::-1]])
         kept_keys, kept_slots = self.hot_keys[stay], self.hot_slots[stay]

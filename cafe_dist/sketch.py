@@ -171,20 +171,22 @@ class HotSketch:
         keep = (self.cell_id != EMPTY) & (score >= min_score)
         return (self.cell_id[keep].to(torch.int64).cpu().numpy(), score[keep].cpu().numpy())
 
+    def _best(self, value: torch.Tensor, k: int) -> torch.Tensor:
+        """Flat cell indices of the (at most) ``k`` occupied cells with the highest ``value``."""
+        held = (self.cell_id.reshape(-1) != EMPTY).nonzero().squeeze(1)
+        return held[torch.topk(value.reshape(-1)[held], min(k, held.numel())).indices]
+
     def strongest(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, lower bounds) of the (at most) ``k`` ids with the highest score minus inherited
         error, i.e. the mass the id itself is known to have brought (Space-Saving's lower bound)."""
-        ids, bound = self.cell_id.reshape(-1), (self.cell_score - self.cell_err).reshape(-1)
-        held = (ids != EMPTY).nonzero().squeeze(1)
-        best = held[torch.topk(bound[held], min(k, held.numel())).indices]
+        bound = (self.cell_score - self.cell_err).reshape(-1)
+        best = self._best(bound, k)
         keep = best[bound[best] > 0]
-        return ids[keep].to(torch.int64).cpu().numpy(), bound[keep].cpu().numpy()
+        return self.cell_id.reshape(-1)[keep].to(torch.int64).cpu().numpy(), bound[keep].cpu().numpy()
 
     def top(self, k: int) -> torch.Tensor:
         """The (at most) ``k`` ids with the highest scores."""
-        ids, score = self.cell_id.reshape(-1), self.cell_score.reshape(-1)
-        held = (ids != EMPTY).nonzero().squeeze(1)
-        return ids[held[torch.topk(score[held], min(k, held.numel())).indices]].to(torch.int64)
+        return self.cell_id.reshape(-1)[self._best(self.cell_score, k)].to(torch.int64)
 
     def memory_bytes(self) -> int:
         return self.w * self.c * CELL_BYTES + self.pins.numel()

@@ -23,6 +23,13 @@ class Batch:
                      self.labels.to(device, non_blocking=True))
 
 
+def one_id_per_feature(keys: list[str], ids: np.ndarray) -> KeyedJaggedTensor:
+    """The KJT of ``ids`` (F, B) int64: one id per feature per row, feature-major."""
+    n = ids.shape[1]
+    return KeyedJaggedTensor(keys=keys, values=torch.from_numpy(np.ascontiguousarray(ids).reshape(-1)),
+                             lengths=torch.ones(len(keys) * n, dtype=torch.int32), stride=n)
+
+
 class Collator:
     """Builds a KJT whose values are feature-major (all of feature 0's ids, then feature 1's, ...)."""
 
@@ -41,11 +48,6 @@ class Collator:
             dense = np.zeros((n, 1), np.float32)
         ids = np.stack([batch[c] for c in self.id_cols], axis=0).astype(np.int64, copy=False)
         self.validate(batch["label"], dense if self.dense_cols else None, self.dense_cols, ids)
-        kjt = KeyedJaggedTensor(
-            keys=self.keys,
-            values=torch.from_numpy(ids.reshape(-1)),
-            lengths=torch.ones(len(self.keys) * n, dtype=torch.int32),
-            stride=n,
-        )
+        kjt = one_id_per_feature(self.keys, ids)
         labels = torch.from_numpy(batch["label"].astype(np.float32))
         return Batch(torch.from_numpy(dense), kjt, labels)

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 
+from cafe_dist.checkpoint import CheckpointError
 from cafe_dist.config import ConfigError, load_config
 from cafe_dist.errors import BadInputError
 
@@ -41,6 +42,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                              min_count=args.min_count, overwrite=args.overwrite)
     elif args.format == "fit-profile":
         return _fit_profile(args)
+    elif args.format == "signatures":
+        return _signatures(args)
     else:
         from cafe_dist.data.synth import SynthSpec, generate_synthetic
 
@@ -74,6 +77,90 @@ def _fit_profile(args: argparse.Namespace) -> int:
             "the sample's own shares" if c.empirical is not None else f"a={c.a:.3f} q={c.q:.2f}")
     print(f"wrote {args.out}: {len(profile.categorical)} categorical, {len(profile.dense)} dense features, "
           f"click rate {profile.click_rate:.4f}, from {profile.rows:,} rows")
+    return 0
+
+
+def _signatures(args: argparse.Namespace) -> int:
+    """LMA's co-occurrence signatures of a converted dataset (see cafe_dist.embeddings.lma)."""
+    from cafe_dist.data import storage
+    from cafe_dist.data.schema import DatasetMeta
+    from cafe_dist.embeddings.lma import write_signatures
+
+    data_dir = storage.resolve(args.dir)
+    path = write_signatures(data_dir, DatasetMeta.load(data_dir), args.sample_rows, args.seed, args.min_count)
+    print(f"wrote {path}; an lma run with lma.sample_rows={args.sample_rows}, lma.seed={args.seed} and "
+          f"lma.min_count={args.min_count} reads it")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cafe_dist.demo import run_demo
+
+    run_demo(args.config, _overrides(args, {"ray.num_workers": args.num_workers, "ray.verbose": args.verbose or None}),
+             args.ratio, args.output_json)
+    return 0
+
+
+def cmd_hot(args: argparse.Namespace) -> int:
+    from cafe_dist.serving.hot import describe_hot
+
+    print(describe_hot(args.checkpoint or _run_checkpoint(args.run), args.top))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cafe_dist.serving.export import export_checkpoint
+
+    checkpoint = args.checkpoint or _run_checkpoint(args.run)
+    doc = export_checkpoint(checkpoint, args.out, quantize=args.quantize)
+    b = doc["bytes"]
+    print(f"wrote {args.out}: {doc['method']} at {doc['compression_ratio']:g}x"
+          f"{' (int8 tables)' if args.quantize else ''}, step {doc['source']['step']}; embeddings "
+          f"{b['embeddings']:,} bytes (tables {b['tables']:,}, method state {b['method_state']:,}; training held "
+          f"{b['training_embedding_bytes']:,}), dense {b['dense']:,}, vocabulary {b['vocab']:,}")
+    return 0
+
+
+def _run_checkpoint(run_id: str) -> str:
+    """The checkpoint an MLflow run finished with (from its result.json)."""
+    import mlflow
+
+    from cafe_dist.tracking import resolve_uri
+
+    mlflow.set_tracking_uri(resolve_uri(None))
+    result = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/result.json"))
+    if not result.get("checkpoint_path"):
+        raise ConfigError(f"MLflow run {run_id} recorded no checkpoint; export with --checkpoint RUN_DIR")
+    return result["checkpoint_path"]
+
+
+def _load_model(location: str):
+    from cafe_dist.serving.model import ServedModel
+    from cafe_dist.serving.pyfunc import resolve_model
+
+    return ServedModel.load(resolve_model(location))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cafe_dist.serving.scoring import evaluate
+
+    out = evaluate(_load_model(args.model), args.input, split=args.split, batch_size=args.batch_size)
+    print(f"{args.input}: AUC {out['auc']:.4f}, logloss {out['logloss']:.4f} over {out['rows']:,} rows "
+          f"({out['rows_per_s']:,.0f} rows/s)")
+    if args.output_json:
+        from pathlib import Path
+
+        Path(args.output_json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cafe_dist.serving.scoring import predict
+
+    out = predict(_load_model(args.model), args.input, args.out, split=args.split, batch_size=args.batch_size)
+    print(f"wrote {out['out']}: {out['rows']:,} scores ({out['rows_per_s']:,.0f} rows/s)"
+          + (f"; {out['bad_rows']:,} malformed line(s) skipped, listed in {out['bad_rows_file']}"
+             if out["bad_rows"] else ""))
     return 0
 
 
@@ -112,17 +199,22 @@ def _csv(text: str, kind=str) -> list:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
+    from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, runs_elsewhere, to_json
 
     tags = dict(t.split("=", 1) for t in args.tag or [])
-    rows = collect_runs(args.tracking_uri, args.experiment, tags=tags)
+    experiment = None if args.all_experiments else args.experiment
+    rows = collect_runs(args.tracking_uri, experiment, tags=tags)
+    where = "every experiment" if experiment is None else f"experiment {experiment!r}"
     if args.format == "json":
         print(to_json(rows))
     else:
         print(format_table(rows, markdown=args.format == "markdown") if rows else
-              f"no runs in experiment {args.experiment!r}" + (f" with tags {tags}" if tags else ""))
+              f"no runs in {where}" + (f" with tags {tags}" if tags else ""))
+        if experiment is not None and (others := runs_elsewhere(args.tracking_uri, experiment)):
+            print(f"showing {where}; runs also in " + ", ".join(f"{n!r} ({k})" for n, k in others.items())
+                  + ": --experiment NAME or --all-experiments", file=sys.stderr)
     if args.plot:
-        n = plot_auc_vs_ratio(rows, args.plot, title=f"{args.experiment}: AUC versus compression")
+        n = plot_auc_vs_ratio(rows, args.plot, title=f"{experiment or 'all experiments'}: AUC versus compression")
         print(f"plot: {args.plot} ({n} points)", file=sys.stderr)
     return 0
 
@@ -206,6 +298,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   + (f"  vs hash {r['vs_hash']:.2f}" if "vs_hash" in r else ""), file=sys.stderr)
         print(json.dumps(out, indent=2))
         return 0
+    if args.bench == "serving":
+        from cafe_dist.bench.serving import ServingSpec, run_serving_bench
+        from cafe_dist.embeddings.registry import REGISTRY
+
+        run_serving_bench(ServingSpec(data=args.data, methods=tuple(args.methods or REGISTRY), ratio=args.ratio,
+                                      batch_size=args.batch_size, rows=args.rows, storage_path=args.storage_path),
+                          output_json=args.output_json, markdown=args.markdown)
+        return 0
     if args.bench == "drift":
         from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
 
@@ -267,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", required=True, metavar="JSON",
                     help="e.g. cafe_dist/data/profiles/criteo_kaggle.json (the shipped one)")
     fp.add_argument("--name", default="criteo-kaggle")
+    sg = dsub.add_parser("signatures", help="LMA's min-hash signatures of a converted dataset's values")
+    sg.add_argument("dir", metavar="DIR", help="a converted dataset (local path or URI); written to DIR/lma/")
+    sg.add_argument("--sample-rows", type=int, default=125_000,
+                    help="train rows drawn uniformly to define each value's row set (the authors use 125,000)")
+    sg.add_argument("--min-count", type=int, default=2, help="sampled rows a value needs for a signature")
+    sg.add_argument("--seed", type=int, default=0, help="the row sample and the min-hash functions")
     for d in (*(dsub.choices[f] for f in ("criteo", "avazu")), s):
         d.add_argument("--overwrite", action="store_true",
                        help="replace the dataset already in --out (only once the new one is complete)")
@@ -279,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-json", metavar="PATH")
     c = sub.add_parser("compare", help="table of tracked runs (MLflow), optional AUC-vs-ratio plot")
     c.add_argument("--experiment", default="cafe-dist", help="MLflow experiment (default cafe-dist)")
+    c.add_argument("--all-experiments", action="store_true", help="the runs of every experiment")
     c.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     c.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag, e.g. sweep=NAME")
     c.add_argument("--format", choices=["text", "markdown", "json"], default="text")
@@ -316,6 +423,36 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
         if name == "logs":
             j.add_argument("--follow", action="store_true", help="stream until the job ends")
+    ht = sub.add_parser("hot", help="CAFE's hot ids per feature (raw values, scores) from a run's checkpoint")
+    hsrc = ht.add_mutually_exclusive_group(required=True)
+    hsrc.add_argument("--checkpoint", metavar="PATH", help="a checkpoint, or a run directory (its newest one)")
+    hsrc.add_argument("--run", metavar="RUN_ID", help="an MLflow run (the checkpoint it finished with)")
+    ht.add_argument("--top", type=int, default=20, help="ids per feature (strongest first)")
+    dm = sub.add_parser("demo", help="CAFE and hashing at the same memory, the CAFE model exported and scoring")
+    dm.add_argument("--config", default="jobs/demo.yaml", metavar="FILE")
+    dm.add_argument("--ratio", type=float, default=100)
+    dm.add_argument("--num-workers", type=int)
+    dm.add_argument("--set", action="append", metavar="KEY=VALUE")
+    dm.add_argument("--verbose", action="store_true")
+    dm.add_argument("--output-json", metavar="PATH")
+    ex = sub.add_parser("export", help="a run's model as a self-contained directory (no Ray, no DMP)")
+    src = ex.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint, or a run directory (its newest one)")
+    src.add_argument("--run", metavar="RUN_ID", help="an MLflow run (the checkpoint it finished with)")
+    ex.add_argument("--out", required=True, metavar="DIR", help="a new directory")
+    ex.add_argument("--quantize", choices=["int8"], help="tables row-wise int8 (fp16 scale and bias per row)")
+    for name, help_ in (("evaluate", "AUC and logloss of a trained model on labelled rows"),
+                        ("predict", "click probabilities of a trained model for every row")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--model", required=True, metavar="DIR|runs:/ID/model|models:/NAME/VERSION")
+        sp.add_argument("--input", required=True, metavar="FILE_OR_DATASET",
+                        help="a raw Criteo TSV (.gz ok) / Avazu CSV, or a converted dataset (its --split)")
+        sp.add_argument("--split", default="test", help="of a converted dataset (default: test)")
+        sp.add_argument("--batch-size", type=int, default=4096)
+        if name == "evaluate":
+            sp.add_argument("--output-json", metavar="PATH")
+        else:
+            sp.add_argument("--out", required=True, metavar="PARQUET", help="score (and label) per row")
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
@@ -360,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
     bs.add_argument("--output-json", metavar="PATH")
+    bv = bsub.add_parser("serving", help="exported model bytes (fp32, int8), their AUC and scoring rows/s per method")
+    bv.add_argument("--data", required=True, help="converted dataset directory, or a Criteo TSV file")
+    bv.add_argument("--methods", type=_csv, metavar="M1,M2", help="default: all (full always runs, as the baseline)")
+    bv.add_argument("--ratio", type=float, default=100)
+    bv.add_argument("--batch-size", type=int, default=4096, help="scoring batch")
+    bv.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
+    bv.add_argument("--storage-path", default="runs/bench")
+    bv.add_argument("--output-json", metavar="PATH")
+    bv.add_argument("--markdown", metavar="PATH")
     bd = bsub.add_parser("drift", help="CAFE vs hashing at equal memory on drifting synthetic data")
     bd.add_argument("--rows", type=int, default=1_000_000)
     bd.add_argument("--cardinality-scale", type=float, default=0.01)
@@ -395,10 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         ours.setLevel(logging.INFO)
         ours.propagate = False
     handlers = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "sweep": cmd_sweep,
-                "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench}
+                "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench,
+                "export": cmd_export, "demo": cmd_demo, "hot": cmd_hot, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         return handlers[args.command](args)
-    except (ConfigError, BadInputError, FileNotFoundError, LookupError, ConnectionError) as e:
+    except (ConfigError, BadInputError, CheckpointError, FileNotFoundError, FileExistsError, LookupError,
+            ConnectionError) as e:
         print(f"cafe-dist: error: {e}", file=sys.stderr)
         return 2
 

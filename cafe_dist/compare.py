@@ -26,6 +26,7 @@ class RunRow:
     samples_per_sec: float
     world_size: int
     status: str
+    requested_ratio: float = math.nan  # embedding.compression_ratio as asked (the plot's x)
 
 
 COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("compression_ratio", "ratio", "{:,.1f}"),
@@ -34,30 +35,51 @@ COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("compression_rati
            ("status", "status", "{}"))
 
 
-def collect_runs(tracking_uri: str | None, experiment: str, tags: dict[str, str] | None = None) -> list[RunRow]:
-    """Every run of ``experiment`` (optionally only those carrying ``tags``), by method then ratio."""
+def collect_runs(tracking_uri: str | None, experiment: str | None,
+                 tags: dict[str, str] | None = None) -> list[RunRow]:
+    """Every run of ``experiment`` (None: of every experiment, each run named ``experiment/run``),
+    optionally only those carrying ``tags``, by method then ratio."""
     uri = resolve_uri(tracking_uri)
     client, _ = open_store(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise LookupError(f"no experiment {experiment!r} in {uri}; experiments there: "
-                          f"{', '.join(names) or 'none'} (pick one with --experiment)")
+    if experiment is None:
+        exps = client.search_experiments()
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise LookupError(f"no experiment {experiment!r} in {uri}; experiments there: "
+                              f"{', '.join(names) or 'none'} (pick one with --experiment, or --all-experiments)")
+        exps = [exp]
+    names = {e.experiment_id: e.name for e in exps}
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
     rows = []
-    for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=10_000):
+    for run in client.search_runs(list(names), filter_string=query, max_results=10_000):
         t = run.data.tags
+        name = run.info.run_name or run.info.run_id[:8]
 
         def final(key: str, default: float = math.nan, m=run.data.metrics) -> float:
             return m.get(f"final_{key}", m.get(key, default))  # un-prefixed: runs logged before 2026-11-28
 
         rows.append(RunRow(
-            run_id=run.info.run_id, name=run.info.run_name or run.info.run_id[:8], method=t.get("method", "?"),
+            run_id=run.info.run_id, name=name if experiment else f"{names[run.info.experiment_id]}/{name}",
+            method=t.get("method", "?"),
             compression_ratio=final("compression_ratio", float(t.get("compression_ratio", "nan"))),
             embedding_mb=final("embedding_bytes") / 1e6, auc=final("auc"), logloss=final("logloss"),
             samples_per_sec=final("samples_per_sec"), world_size=int(t.get("world_size", 0)),
-            status=run.info.status))
+            status=run.info.status, requested_ratio=float(t.get("compression_ratio", "nan"))))
     return sorted(rows, key=lambda r: (r.method, r.compression_ratio, r.world_size, r.name))
+
+
+def runs_elsewhere(tracking_uri: str | None, shown: str) -> dict[str, int]:
+    """Experiments other than ``shown`` that hold runs, with their run counts."""
+    client, _ = open_store(resolve_uri(tracking_uri))
+    out = {}
+    for e in client.search_experiments():
+        if e.name != shown:
+            n = len(client.search_runs([e.experiment_id], max_results=1000))
+            if n:
+                out[e.name] = n
+    return out
 
 
 def _cell(fmt: str, value) -> str:
@@ -91,6 +113,13 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return mean, (math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
+def ratio_ticks(ratios: set[float]) -> tuple[list[float], list[str], tuple[float, float]]:
+    """A tick at every ratio asked for, labelled as asked ("1x", "100x", "10,000x"), and x limits
+    half a decade (on the log axis, a factor of 2) around them, so one ratio alone still reads."""
+    where = sorted(ratios)
+    return where, [f"{t:,g}x" for t in where], (where[0] / 2, where[-1] * 2)
+
+
 def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> int:
     """One line per method through its finished runs, log x; repeated runs at one ratio (seeds) give
     their mean with a standard-deviation error bar. Returns the number of points drawn."""
@@ -101,18 +130,27 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
 
     done = [r for r in rows if r.status == "FINISHED" and not math.isnan(r.auc)]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    points = 0
+    points, ticks = 0, set()
     for method in sorted({r.method for r in done}):
         by_ratio: dict[float, list[float]] = {}
         for r in done:
             if r.method == method:
-                by_ratio.setdefault(round(r.compression_ratio, 1), []).append(r.auc)
+                x = r.requested_ratio if not math.isnan(r.requested_ratio) else r.compression_ratio
+                by_ratio.setdefault(round(x, 1), []).append(r.auc)
         xs = sorted(by_ratio)
         means, sds = zip(*(mean_std(by_ratio[x]) for x in xs))
         ax.errorbar(xs, means, yerr=sds if any(sds) else None, marker="o", capsize=3, label=method)
         points += len(xs)
+        ticks.update(xs)
     ax.set_xscale("log")
-    ax.set_xlabel("compression ratio (full bytes / embedding bytes)")
+    if ticks:
+        from matplotlib.ticker import NullLocator
+
+        where, labels, lim = ratio_ticks(ticks)
+        ax.set_xticks(where, labels)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(*lim)
+    ax.set_xlabel("compression ratio asked for (full bytes / embedding bytes)")
     ax.set_ylabel("test AUC")
     ax.set_title(title or "AUC versus compression")
     ax.grid(True, which="both", alpha=0.3)

@@ -59,6 +59,8 @@ class MLflowConfig(_Section):
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "cafe-dist"
     run_tags: dict[str, str] = Field(default_factory=dict)  # extra tags on the run (a sweep adds sweep=NAME)
+    log_model: bool = True  # log the finished run's model (pyfunc, `model/`); needs checkpoint.at_end
+    register_model: str | None = None  # also register it under this name in the model registry
 
 
 class ModelConfig(_Section):

@@ -141,6 +141,20 @@ class RunTracker:
             self.client.delete_tag(self.run_id, "error")
         self.client.set_terminated(self.run_id, "FINISHED")
 
+    def log_model(self, run_dir: str, registered_name: str | None = None) -> str:
+        """Export the run's newest checkpoint and log it as this run's pyfunc model ``model``
+        (:mod:`cafe_dist.serving`); returns the model's URI."""
+        import mlflow
+
+        from cafe_dist.serving.export import export_checkpoint
+        from cafe_dist.serving.pyfunc import log_pyfunc
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export_checkpoint(run_dir, Path(tmp, "model"))
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                return log_pyfunc(Path(tmp, "model"), registered_name)
+
     def fail(self, error: BaseException) -> None:
         if self.run_id is None:
             return

@@ -49,3 +49,23 @@ def tiny_synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "tiny"
     generate_synthetic(out, SynthSpec(rows=40_000, seed=3, cardinality_scale=0.001), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tracked(ray_cluster, tiny_synth, tmp_path_factory):
+    """One real 2-worker CAFE run tracked in its own sqlite store, its model logged: (uri, result, path of
+    the output JSON). test_tracking reads the run, test_serving its model."""
+    from cafe_dist.config import load_config
+    from cafe_dist.train.launcher import run_training
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = tmp / "job.yaml"
+    cfg.write_text(f"data: {{path: {tiny_synth}}}\n")
+    job = load_config(cfg, ["ray.num_workers=2", "train.batch_size=256", "train.max_steps=60", "train.log_every=20",
+                            "train.eval_every=30", "embedding.method=cafe", "embedding.compression_ratio=100",
+                            "cafe.threshold=20", f"mlflow.tracking_uri={uri}", "mlflow.experiment=test-exp",
+                            "ray.name=tracked-cafe", f"ray.storage_path={tmp / 'runs'}"])
+    out_path = tmp / "out.json"
+    out = run_training(job, out_path)
+    return uri, out, out_path

@@ -203,7 +203,8 @@ def report(head: dict[str, Any], runs: list[dict[str, Any]], ratios: tuple[float
         Path(markdown).write_text(result["markdown"] + "\n")
     if plot:
         rows = [RunRow("", r["method"], r["method"], r["compression_ratio"], 0.0, r["auc"], r["logloss"], 0.0, 0,
-                       "FINISHED") for r in runs if "auc" in r]  # one per seed: the plot shows mean ± sd
+                       "FINISHED", requested_ratio=float(r["ratio"]))
+                for r in runs if "auc" in r]  # one per seed: the plot shows mean ± sd
         plot_auc_vs_ratio(rows, plot, title=f"AUC versus compression: {Path(head['data_dir']).name}")
         result["plot"] = str(plot)
     if output_json:

@@ -178,6 +178,27 @@ class CompressedEmbedding(nn.Module):
     def load_local_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`local_state` returned."""
 
+    @classmethod
+    def prepare_data(cls, data_dir: str, meta: Any, options: MethodOptions | None) -> MethodOptions | None:
+        """On the driver, before any worker starts: compute what the method learns from the dataset
+        (``meta``: its DatasetMeta) once, and return the options every worker builds with."""
+        return options
+
+    @classmethod
+    def portable_options(cls, options: MethodOptions | None,
+                         move: Callable[[str], str]) -> MethodOptions | None:
+        """``options`` with every file they name passed through ``move``: an export copies the file
+        into the model and gets its name there; loading the model turns that name into a path."""
+        return options
+
+    def serving_state(self) -> dict[str, Any]:
+        """What inference needs beside the tables to map an id to rows (hot map, id maps), without
+        training-only state (sketches, counters): an exported model keeps exactly this."""
+        return self.local_state()
+
+    def load_serving_state(self, state: dict[str, Any]) -> None:
+        self.load_local_state(state)
+
     def bind_data(self, train_rows: int) -> None:
         """Learn the size of an epoch (rows of the train split), for settings given per epoch."""
 

@@ -18,6 +18,7 @@ from cafe_dist.embeddings.base import CompressedEmbedding, FullEmbedding, Method
 from cafe_dist.embeddings.bh import BHEmbedding
 from cafe_dist.embeddings.cafe import CafeEmbedding, CafeMLEmbedding
 from cafe_dist.embeddings.hash import HashEmbedding
+from cafe_dist.embeddings.lma import LMAEmbedding
 from cafe_dist.embeddings.mch import MCHEmbedding
 from cafe_dist.embeddings.memcom import MEmComEmbedding
 from cafe_dist.embeddings.qr import QREmbedding
@@ -32,6 +33,7 @@ REGISTRY: dict[str, type[CompressedEmbedding]] = {
     "bh": BHEmbedding,
     "robe": ROBEEmbedding,
     "mch": MCHEmbedding,
+    "lma": LMAEmbedding,
     "cafe": CafeEmbedding,
     "cafe_ml": CafeMLEmbedding,
 }

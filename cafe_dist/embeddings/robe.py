@@ -8,6 +8,8 @@ the lookup be a table row; the paper also allows unaligned offsets, which no fbg
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torchrec import EmbeddingBagConfig
@@ -22,6 +24,7 @@ class ROBEOptions(MethodOptions):
 
 class ROBEEmbedding(CompressedEmbedding):
     options = ROBEOptions
+    array_name: ClassVar[str] = "robe"  # the shared array's table name
 
     def __init__(self, *args, z: int = 4, **kwargs) -> None:
         self.z = z
@@ -34,18 +37,26 @@ class ROBEEmbedding(CompressedEmbedding):
         if not self.compressed:
             self.array_rows = 0
             return []
-        self.array_rows = self.rows_for(self.budget.compressed_bytes, self.z)
+        self.array_rows = self.rows_for(self.array_bytes(), self.z)
         keys = [f"{f.name}@z{j}" for f in self.compressed for j in range(self.nblocks)]
-        return [table("robe", self.array_rows, self.z, keys)]
+        return [table(self.array_name, self.array_rows, self.z, keys)]
+
+    def array_bytes(self) -> float:
+        """Bytes the shared array may take: the whole compressed budget here."""
+        return self.budget.compressed_bytes
+
+    def block_rows(self, v: Values) -> list[torch.Tensor]:
+        """Array row of each value's block j, for every j: a hash of (id, feature, j)."""
+        key = v.ids * len(self.names) + v.feature  # each feature hashes into the array differently
+        return [hash_mod(key, self.array_rows, seed=j) for j in range(self.nblocks)]
 
     def routes(self, v: Values) -> list[Route]:
         routes = [Route("", self.is_full, v.ids)]
         if not self.compressed:
             return routes
-        key = v.ids * len(self.names) + v.feature  # each feature hashes into the array differently
         full = self.is_full[v.feature]
-        for j in range(self.nblocks):
-            routes.append(Route(f"@z{j}", ~self.is_full, hash_mod(key, self.array_rows, seed=j), mask=~full))
+        for j, rows in enumerate(self.block_rows(v)):
+            routes.append(Route(f"@z{j}", ~self.is_full, rows, mask=~full))
         return routes
 
     def route_dims(self) -> dict[str, int]:

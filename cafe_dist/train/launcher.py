@@ -112,9 +112,10 @@ def _init_ray(job: JobConfig) -> None:
     ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True, **quiet)
 
 
-def preflight(job: JobConfig, meta: DatasetMeta) -> None:
+def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None) -> None:
     """What can be checked on the driver is checked before any worker starts: the Parquet schema,
-    whether the compression ratio can be met (tables sized on the meta device: no memory)."""
+    whether the compression ratio can be met (tables sized on the meta device: no memory).
+    ``options``: the method's settings as the workers get them (default: the job's)."""
     import torch
 
     from cafe_dist.data.validate import check_parquet_schema
@@ -124,7 +125,7 @@ def preflight(job: JobConfig, meta: DatasetMeta) -> None:
     features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
     try:
         build_embedding(job.embedding.method, features, job.embedding.dim, job.embedding.compression_ratio,
-                        device=torch.device("meta"), options=job.method_options())
+                        device=torch.device("meta"), options=options or job.method_options())
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -164,8 +165,9 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     """Train ``job`` (or resume it, or report it as done: see :mod:`cafe_dist.resume`); returns the
     result. Everything that can be refused is refused before Ray starts."""
     meta = ensure_data(job)
-    preflight(job, meta)
     data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
+    options = REGISTRY[job.embedding.method].prepare_data(data_dir, meta, job.method_options())
+    preflight(job, meta, options)
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path = storage.resolve(job.ray.storage_path)
@@ -174,7 +176,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
         out = _already_finished(job, name, decision.finished, data_dir)
     else:
-        out = _fit(job, meta, data_dir, name, storage_path, run_dir, decision.resume_from)
+        out = _fit(job, meta, options, data_dir, name, storage_path, run_dir, decision.resume_from)
     _write_json(out, output_json)
     return out
 
@@ -229,9 +231,10 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
     return tracker
 
 
-def _fit(job: JobConfig, meta: DatasetMeta, data_dir: str, name: str, storage_path: str, run_dir: str,
-         found: Found | None) -> RunResult:
-    """Start the services a run needs (Ray, the coordinator, MLflow), train, collect the result."""
+def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: str, storage_path: str,
+         run_dir: str, found: Found | None) -> RunResult:
+    """Start the services a run needs (Ray, the coordinator, MLflow), train, collect the result.
+    ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -251,7 +254,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, data_dir: str, name: str, storage_pa
 
         coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
-    spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=job.method_options(),
+    spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
                       data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
                       resume_key=resume_key, coordinator=coordinator is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
@@ -285,5 +288,20 @@ def _fit(job: JobConfig, meta: DatasetMeta, data_dir: str, name: str, storage_pa
                                 checkpoint_path=result.checkpoint.path if result.checkpoint else None,
                                 mlflow_run_id=tracker.run_id if tracker else None)
     if tracker:
+        _log_model(job, tracker, run_dir, out)
         tracker.finish(out)
     return out
+
+
+def _log_model(job: JobConfig, tracker: RunTracker, run_dir: str, out: RunResult) -> None:
+    """The finished run's model as its MLflow pyfunc model (needs the tables: checkpoint.at_end)."""
+    if not (job.mlflow.log_model and job.checkpoint.at_end) or out.checkpoint_path is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        uri = tracker.log_model(run_dir, job.mlflow.register_model)
+    except Exception as e:  # the run itself succeeded: say why there is no model, keep the result
+        log.warning("the run finished but its model was not logged to MLflow: %s", e)
+        return
+    log.info("model logged: %s (%.1f s); serve it with `source .venv/bin/activate; mlflow models serve -m runs:/%s/model --env-manager local`",
+             uri, time.perf_counter() - t0, tracker.run_id)

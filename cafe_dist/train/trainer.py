@@ -84,6 +84,15 @@ def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
     return Model(dmp, dense_opt, emb, plan)
 
 
+def model_info(spec: WorkerSpec) -> dict[str, Any]:
+    """What rebuilds this model without Ray or DMP (``cafe-dist export``): kept in every manifest."""
+    job, opts = spec.job, spec.method_options
+    return {"method": job.embedding.method, "compression_ratio": job.embedding.compression_ratio,
+            "dim": job.embedding.dim, "dense_arch": list(job.model.dense_arch),
+            "over_arch": list(job.model.over_arch), "seed": job.train.seed,
+            "options": opts.model_dump(mode="json") if opts is not None else None, "data_dir": spec.data_dir}
+
+
 @dataclass(frozen=True)
 class StepOutput:
     loss: torch.Tensor
@@ -146,7 +155,7 @@ class Trainer:
             spec.run_dir, wc.rank, wc.world_size, self.model.dcp_state, parts,
             every_steps=spec.job.checkpoint.every_steps, at_end=spec.job.checkpoint.at_end,
             info={"mlflow_run_id": spec.mlflow.run_id if spec.mlflow else None, "run_name": spec.run_name,
-                  **spec.resume_key})
+                  **spec.resume_key, "model": model_info(spec)})
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
         self.collate = Collator(spec.meta, emb.input_kind)

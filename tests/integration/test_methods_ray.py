@@ -1,6 +1,7 @@
 """Every compression method inside the real DMP training path (Ray Train, gloo, TorchRec)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -59,5 +60,22 @@ def test_demo_job_for_every_method_ratio_and_worker_count(ray_cluster, demo_data
     assert out["world_size"] == workers and out["auc"] > 0.55
     if method in STATEFUL and workers > 1:
         assert out["state_consistent_across_ranks"] is True
+    if workers == 2 and ratio == 100:  # the model exported from the 2-worker checkpoint scores as training did
+        from cafe_dist.serving.model import ServedModel
+        from cafe_dist.serving.scoring import evaluate
+
+        assert main(["export", "--checkpoint", out["checkpoint_path"], "--out", str(tmp_path / "model")]) == 0
+        assert round(evaluate(ServedModel.load(tmp_path / "model"), str(demo_data))["auc"], 4) == round(out["auc"], 4)
     print(f"\nMATRIX {method} {ratio} {workers} auc={out['auc']:.4f} ratio={out['compression_ratio']:.1f} "
           f"bytes={out['embedding_bytes']}")
+
+
+def test_lma_computes_its_signatures_on_first_use_and_trains(ray_cluster, tiny_synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    out = run_training(_job(tmp_path, data, 1, ["embedding.method=lma", "embedding.compression_ratio=100",
+                                                "lma.sample_rows=5000"]))
+    assert (data / "lma" / "signatures_r5000_s0_c2.parquet").is_file()  # the driver wrote them before training
+    assert out.steps == 60 and out.compression_ratio == pytest.approx(100, rel=0.02)
+    assert out.stats["lma_signed"] > 0 and out.stats["lma_signature_bytes"] == 12 * out.stats["lma_signed"]
+    assert out.auc > 0.55, out

@@ -3,6 +3,8 @@ it trains (its tables change, the loss is finite) and stateful methods stay iden
 
 import os
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.distributed as dist
@@ -10,6 +12,7 @@ import torch.multiprocessing as mp
 from dmp_helpers import free_port, init, shard
 
 from cafe_dist.embeddings import REGISTRY
+from cafe_dist.embeddings.lma import minhash_signatures, signature_table
 
 CAFE = {"threshold": 4.0, "ml_threshold": 1.5, "sync_interval": 2, "sync_lag": 1}
 OPTIONS = {"cafe": CAFE, "cafe_ml": {**CAFE, "admission": "threshold"}, "mch": {"eviction_interval": 2}}
@@ -22,10 +25,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     from cafe_dist.embeddings import FeatureSpec, build_embedding
 
     feats = [FeatureSpec("a", 5), FeatureSpec("b", 3000), FeatureSpec("c", 9000), FeatureSpec("d", 20000)]
+    options = {**OPTIONS, "lma": {"signatures": os.path.join(out_dir, "lma.parquet")}}
     results = {}
     for method in REGISTRY:
         torch.manual_seed(0)
-        emb = build_embedding(method, feats, 16, 50, options=OPTIONS.get(method))
+        emb = build_embedding(method, feats, 16, 50, options=options.get(method))
         dmp, rows, _, dense = shard(emb, world, sharding)
         model = dmp.module
         before = {t.name: rows.read([(t.name, torch.arange(t.num_embeddings))])[0] for t in model.emb.tables}
@@ -50,6 +54,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
             "losses": losses, "stats": stats, "checksum": model.emb.state_checksum(),
             "changed": {n: bool((after[n] != before[n]).any()) for n in before},
             "ratio": model.emb.full_embedding_bytes() / model.emb.embedding_bytes(),
+            "summary": model.emb.sync_summary(0.0),
         }
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -58,6 +63,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
 @pytest.fixture(scope="module", params=["table_wise", "column_wise", "data_parallel"])
 def dmp_results(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
+    sample = (np.random.default_rng(0).random((2000, 4)) ** 3 * [5, 3000, 9000, 20000]).astype(np.int64)
+    pq.write_table(signature_table(minhash_signatures(sample, seed=0), list("abcd")), out / "lma.parquet")
     mp.spawn(_worker, args=(2, free_port(), str(out), request.param), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
 
@@ -79,3 +86,5 @@ def test_method_trains_under_dmp_on_two_ranks(dmp_results, method):
         assert r0["stats"]["promoted"] > 0 and r0["changed"].get("cafe", False)
     if method == "mch":
         assert r0["stats"]["evicted"] >= 0
+    if method == "lma":  # signatures loaded on both ranks, inside the budget (ratio above)
+        assert r0["summary"]["lma_signed"] > 0 and r0["summary"] == r1["summary"]

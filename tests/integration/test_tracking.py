@@ -23,22 +23,6 @@ from cafe_dist.train.launcher import run_training
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def tracked(ray_cluster, tiny_synth, tmp_path_factory):
-    """One real 2-worker CAFE run tracked in its own sqlite store: (uri, output JSON, path of it)."""
-    tmp = tmp_path_factory.mktemp("tracked")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    cfg = tmp / "job.yaml"
-    cfg.write_text(f"data: {{path: {tiny_synth}}}\n")
-    job = load_config(cfg, ["ray.num_workers=2", "train.batch_size=256", "train.max_steps=60", "train.log_every=20",
-                            "train.eval_every=30", "embedding.method=cafe", "embedding.compression_ratio=100",
-                            "cafe.threshold=20", f"mlflow.tracking_uri={uri}", "mlflow.experiment=test-exp",
-                            "ray.name=tracked-cafe", f"ray.storage_path={tmp / 'runs'}"])
-    out_path = tmp / "out.json"
-    out = run_training(job, out_path)
-    return uri, out, out_path
-
-
 def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     uri, out, out_path = tracked
     assert out.world_size == 2 and out.steps == 60 and out.auc > 0.55, out
@@ -102,6 +86,20 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     assert abs(entry["compression_ratio"] - out.compression_ratio) < 1e-6
     assert abs(entry["embedding_mb"] - out.embedding_bytes / 1e6) < 1e-9
     assert entry["samples_per_sec"] == out.samples_per_sec  # the figure --output-json has
+
+
+def test_compare_all_experiments_and_says_where_other_runs_are(tracked, capsys):
+    uri, out, _ = tracked
+    assert main(["compare", "--tracking-uri", uri, "--all-experiments"]) == 0
+    assert "test-exp/tracked-cafe" in capsys.readouterr().out
+    from mlflow.tracking import MlflowClient as Client
+
+    client = Client(uri)
+    other = client.create_experiment("elsewhere-exp")
+    client.set_terminated(client.create_run(other).info.run_id)
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp"]) == 0
+    said = capsys.readouterr()
+    assert "tracked-cafe" in said.out and "runs also in 'elsewhere-exp' (1)" in said.err
 
 
 def test_compare_names_the_experiments_there_when_one_is_missing(tracked, capsys):

@@ -61,3 +61,13 @@ def test_a_target_auc_needs_periodic_evaluation(tmp_path):
     with pytest.raises(ConfigError, match="train.target_auc is checked at evaluations: set train.eval_every"):
         load_config(p, ["train.target_auc=0.8"])
     assert load_config(p, ["train.target_auc=0.8", "train.eval_every=100"]).train.target_auc == 0.8
+
+
+def test_auc_plot_ticks_sit_at_the_requested_ratios_also_for_one(tmp_path):
+    from cafe_dist.compare import RunRow, plot_auc_vs_ratio, ratio_ticks
+
+    assert ratio_ticks({100.0}) == ([100.0], ["100x"], (50.0, 200.0))
+    assert ratio_ticks({1.0, 10.0, 10000.0})[1] == ["1x", "10x", "10,000x"]
+    rows = [RunRow("", f"r{s}", "cafe", 100.4 + s, 0.1, 0.75 + s / 100, 0.5, 1.0, 1, "FINISHED", requested_ratio=100.0)
+            for s in range(3)]  # achieved ratios differ by seed; all three are one point at 100x
+    assert plot_auc_vs_ratio(rows, tmp_path / "one.png") == 1 and (tmp_path / "one.png").stat().st_size > 5_000

@@ -361,6 +361,23 @@ class CafeEmbedding(CompressedEmbedding):
                 "overhead_s": self.overhead_s, "used": (self._used_sum, self._used_steps),
                 "coverage": None if self._coverage is None else self._coverage.cpu()}
 
+    def hot_ids(self) -> dict[str, np.ndarray]:
+        """The current hot set: ``feature`` (name), ``id``, ``slot`` and this rank's sketch ``score``
+        of every hot id (what ``cafe-dist hot`` lists)."""
+        keys = self.hot_map.keys.to(torch.int64).cpu()
+        fi, ids = self.layout.feature_of_keys(keys)
+        names = np.asarray(self.layout.compressed, dtype=object)
+        return {"feature": names[fi.numpy()] if len(keys) else np.array([], dtype=object), "id": ids.numpy(),
+                "slot": self.hot_map.slots.cpu().numpy(), "score": self.sketch.scores(keys).cpu().numpy()}
+
+    def serving_state(self) -> dict:
+        """The hot map only: the sketch and the exchange's bookkeeping serve training alone."""
+        return {"hot_map": self.hot_map.state_dict()} if self.compressed else {}
+
+    def load_serving_state(self, state: dict) -> None:
+        if state:
+            self.hot_map.load_state_dict(state["hot_map"])
+
     def load_local_state(self, state: dict) -> None:
         if not state:
             return

@@ -1,0 +1,1 @@
+"""Trained models outside training: export a checkpoint, score rows, serve through MLflow."""

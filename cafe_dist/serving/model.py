@@ -1,0 +1,126 @@
+"""A trained model as a self-contained directory, and the model that scores rows from it.
+
+``cafe-dist export`` writes::
+
+    DIR/model.json        method, ratio, sizes, the method's settings, the dataset's meta, bytes
+    DIR/weights.pt        dense weights (fp32) and the embedding tables, gathered from their shards:
+                          fp32, or row-wise int8 with an fp16 scale and bias per row (``quantize``)
+    DIR/method_state.pt   what the method needs to map an id to rows (CAFE's hot map, MCH's id maps)
+    DIR/vocab.parquet     the training vocabulary: raw value -> contiguous id, as at training
+    DIR/files/            files the method's settings name (LMA's signatures)
+
+No Ray, no DMP and no optimizer state: :class:`ServedModel` builds the same DLRM on one device with
+plain TorchRec tables and scores raw rows exactly as training saw them (an unseen value maps to
+id 0, as in conversion).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from cafe_dist.batching import one_id_per_feature
+from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.writer import contiguous_ids
+from cafe_dist.embeddings import FeatureSpec, build_embedding
+from cafe_dist.embeddings.registry import method_class
+from cafe_dist.model import DLRM
+
+FORMAT = "cafe-dist-model/1"
+MODEL_FILE, WEIGHTS_FILE, STATE_FILE, VOCAB_FILE, FILES_DIR = (
+    "model.json", "weights.pt", "method_state.pt", "vocab.parquet", "files")
+TABLE_PREFIX = "embedding.ebc.embedding_bags."
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested dict/list (what a state really holds)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def quantize_rows(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Row-wise asymmetric int8, as fbgemm's quantised inference tables: per row an fp16 scale and
+    bias, ``w ≈ q * scale + bias`` with q in 0..255."""
+    lo, hi = w.min(dim=1, keepdim=True).values, w.max(dim=1, keepdim=True).values
+    scale = ((hi - lo) / 255).clamp_min(1e-12).half()
+    bias = lo.half()
+    q = ((w - bias.float()) / scale.float()).round_().clamp_(0, 255).to(torch.uint8)
+    return {"q": q, "scale": scale, "bias": bias}
+
+
+def dequantize_rows(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return t["q"].float() * t["scale"].float() + t["bias"].float()
+
+
+def build_dlrm(info: dict[str, Any], meta: DatasetMeta, options: Any, device: torch.device) -> DLRM:
+    """The training model's structure on one device, with plain (unsharded) tables."""
+    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
+    torch.manual_seed(info.get("seed", 0))
+    emb = build_embedding(method_class(info["method"]), features, info["dim"], info["compression_ratio"],
+                          device=device, options=options)
+    return DLRM(emb, len(meta.dense_features), info["dense_arch"], info["over_arch"], device=device)
+
+
+@dataclass
+class ServedModel:
+    """An exported model, ready to score. ``score`` takes dense features and raw categorical values."""
+
+    model: DLRM
+    meta: DatasetMeta
+    vocab: list[np.ndarray]  # per feature: the sorted raw values that have their own id
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> ServedModel:
+        logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # torchrec's is_fx_tracing notice
+        d = Path(directory)
+        if not (d / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{d}: no {MODEL_FILE}; not a model written by `cafe-dist export`")
+        info = json.loads((d / MODEL_FILE).read_text())
+        if info.get("format") != FORMAT:
+            raise ValueError(f"{d}: model format {info.get('format')!r}, this cafe-dist reads {FORMAT}")
+        meta = DatasetMeta(**info["meta"])
+        cls_ = method_class(info["method"])
+        options = cls_.options.model_validate(info["options"]) if cls_.options and info["options"] else None
+        options = cls_.portable_options(options, lambda name: str(d / name))
+        device = torch.device(device)
+        model = build_dlrm(info, meta, options, device)
+        weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)
+        model.load_state_dict({k: dequantize_rows(v) if isinstance(v, dict) else v for k, v in weights.items()})
+        model.embedding.load_serving_state(torch.load(d / STATE_FILE, map_location="cpu", weights_only=False))
+        model.eval()
+        vocab_t = pq.read_table(d / VOCAB_FILE)
+        feature, value = vocab_t.column("feature").to_numpy(), vocab_t.column("value").to_numpy()
+        order = np.argsort(feature, kind="stable")
+        bounds = np.searchsorted(feature[order], np.arange(len(meta.sparse_features) + 1))
+        vocab = [value[order[bounds[j]:bounds[j + 1]]] for j in range(len(meta.sparse_features))]
+        return cls(model, meta, vocab, info)
+
+    def ids(self, raw: np.ndarray) -> np.ndarray:
+        """(F, B) raw values -> (F, B) contiguous ids of the training vocabulary (unseen -> 0)."""
+        return np.stack([contiguous_ids(self.vocab[j], raw[j]) for j in range(len(self.vocab))])
+
+    @torch.no_grad()
+    def logits(self, dense: np.ndarray, raw: np.ndarray) -> torch.Tensor:
+        """``dense`` (B, n_dense) float32 after log(1+x); ``raw`` (F, B) int64 raw values."""
+        device = next(self.model.parameters()).device
+        if dense.shape[1] == 0:
+            dense = np.zeros((raw.shape[1], 1), np.float32)
+        kjt = one_id_per_feature(list(self.meta.sparse_features), self.ids(raw)).to(device)
+        return self.model(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(device), kjt)
+
+    def score(self, dense: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Click probabilities, (B,) float32."""
+        return torch.sigmoid(self.logits(dense, raw)).cpu().numpy()

@@ -87,7 +87,8 @@ def _signatures(args: argparse.Namespace) -> int:
     from cafe_dist.embeddings.lma import write_signatures
 
     data_dir = storage.resolve(args.dir)
-    path = write_signatures(data_dir, DatasetMeta.load(data_dir), args.sample_rows, args.seed, args.min_count)
+    path = write_signatures(data_dir, DatasetMeta.load(data_dir), args.sample_rows, args.seed, args.min_count,
+                            address=args.address)
     print(f"wrote {path}; an lma run with lma.sample_rows={args.sample_rows}, lma.seed={args.seed} and "
           f"lma.min_count={args.min_count} reads it")
     return 0
@@ -373,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train rows drawn uniformly to define each value's row set (the authors use 125,000)")
     sg.add_argument("--min-count", type=int, default=2, help="sampled rows a value needs for a signature")
     sg.add_argument("--seed", type=int, default=0, help="the row sample and the min-hash functions")
+    sg.add_argument("--address", help="read the sample as a Ray Data job on this cluster (ray://HEAD:10001, "
+                                      "auto, or 'local'); the same sample as without")
     for d in (*(dsub.choices[f] for f in ("criteo", "avazu")), s):
         d.add_argument("--overwrite", action="store_true",
                        help="replace the dataset already in --out (only once the new one is complete)")

@@ -71,6 +71,8 @@ def run_serving_bench(spec: ServingSpec, output_json: str | Path | None = None,
             ev = evaluate(ServedModel.load(d), data_dir, batch_size=spec.batch_size)
             exports[q or "fp32"] = {**ev, "bytes": doc["bytes"]}
         rows.append(_row(method, ratio, out, exports))
+        if output_json:  # a stopped bench keeps the methods it finished
+            _write(output_json, {"spec": asdict(spec), "data_dir": data_dir, "runs": rows, "partial": True})
     by = {r["method"]: r for r in rows}
     for r in rows:
         for base in ("full", "hash"):
@@ -79,13 +81,17 @@ def run_serving_bench(spec: ServingSpec, output_json: str | Path | None = None,
                 r[f"bytes_vs_{base}"] = r["embedding_bytes_fp32"] / by[base]["embedding_bytes_fp32"]
     result = {"machine": machine(), "spec": asdict(spec), "data_dir": data_dir, "runs": rows, "skipped": skipped}
     if output_json:
-        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(result, indent=2) + "\n")
+        _write(output_json, result)
     table = format_serving(rows)
     if markdown:
         Path(markdown).write_text(table + "\n")
     print(table)
     return result
+
+
+def _write(path: str | Path, result: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def format_serving(rows: list[dict[str, Any]]) -> str:

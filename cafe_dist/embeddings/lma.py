@@ -83,13 +83,14 @@ def signature_path(data_dir: str, sample_rows: int, seed: int, min_count: int) -
 
 
 def write_signatures(data_dir: str, meta: DatasetMeta, sample_rows: int = 125_000, seed: int = 0,
-                     min_count: int = 2, progress: bool = True) -> str:
-    """Sample train rows, compute every value's signature, keep those seen ``min_count`` times or
-    more, and write them beside the dataset (atomically). Returns the file's location."""
+                     min_count: int = 2, progress: bool = True, address: str | None = None) -> str:
+    """Sample train rows (``address``: as a Ray Data job on that cluster), compute every value's
+    signature, keep those seen ``min_count`` times or more, and write them beside the dataset
+    (atomically). Returns the file's location."""
     from cafe_dist.data.sample import sample_train_ids
 
     t0 = time.perf_counter()
-    ids = sample_train_ids(data_dir, meta, sample_rows, seed, progress=progress)
+    ids = sample_train_ids(data_dir, meta, sample_rows, seed, progress=progress, address=address)
     table = signature_table(minhash_signatures(ids, seed), meta.sparse_features, min_count)
     buf = io.BytesIO()
     pq.write_table(table, buf)

@@ -1,9 +1,13 @@
-"""Helpers for tests that run real DMP in spawned gloo processes."""
+"""Helpers for tests that run real DMP in spawned gloo processes, and real servers on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import time
+import urllib.request
 
 import torch
 import torch.distributed as dist
@@ -51,3 +55,25 @@ def shard(emb, world: int, sharding: str | None = None):
     params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     dense = KeyedOptimizerWrapper(params, lambda ps: torch.optim.Adagrad(ps, lr=0.1)) if params else None
     return dmp, TableRows(dmp, dmp.fused_optimizer.state_dict()["state"], dense), plan, dense
+
+
+@contextlib.contextmanager
+def http_service(args: list[str], ready_url: str, timeout_s: float = 120, env: dict | None = None):
+    """Start a server process (own session), wait until ``ready_url`` answers 200, stop it after."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{' '.join(args[:3])} did not come up: {proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

@@ -46,3 +46,16 @@ def test_ray_data_conversion_equals_the_single_machine_one(ray_cluster, tmp_path
     assert pq.read_table(tmp_path / "dist" / "vocab.parquet").equals(pq.read_table(tmp_path / "single" / "vocab.parquet"))
     bad = (tmp_path / "dist" / "bad_rows.tsv").read_text().splitlines()
     assert bad[1].startswith(f"{days[1]}\t3001\texpected 40 fields, got 2")
+
+
+def test_lma_sample_as_a_ray_data_job_is_the_local_sample(ray_cluster, tiny_synth):
+    import numpy as np
+
+    from cafe_dist.data.sample import sample_train_ids
+    from cafe_dist.data.schema import DatasetMeta
+
+    meta = DatasetMeta.load(tiny_synth)
+    local = sample_train_ids(str(tiny_synth), meta, 4000, seed=5, progress=False)
+    by_ray = sample_train_ids(str(tiny_synth), meta, 4000, seed=5, address="local")  # joins the session's cluster
+    assert local.shape == (4000, len(meta.sparse_features)) and np.array_equal(local, by_ray)
+    assert not np.array_equal(local, sample_train_ids(str(tiny_synth), meta, 4000, seed=6, progress=False))

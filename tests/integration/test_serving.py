@@ -7,16 +7,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dmp_helpers import free_port
+from dmp_helpers import free_port, http_service
 
 from cafe_dist.cli import main
 from cafe_dist.data.schema import MISSING_ID, DatasetMeta
@@ -76,7 +74,7 @@ def test_export_fp32_and_int8_bytes_and_auc(tracked, tmp_path):
 
 def test_predict_a_raw_tsv_scores_every_good_line_and_reports_the_bad_one(tracked, tmp_path):
     _, out, _ = tracked
-    model_dir = tmp_path / "m"
+    model_dir = tmp_path / "not" / "there" / "m"  # export makes the parents
     assert main(["export", "--checkpoint", out.checkpoint_path, "--out", str(model_dir)]) == 0
     meta, rows = _test_rows(_data(out), 40)
     lines = ["\t".join([str(int(rows["label"][i]))] + [str(v) for v in _raw_fields(meta, rows, i)]) for i in range(40)]
@@ -100,21 +98,9 @@ def test_mlflow_models_serve_answers_invocations_like_predict(tracked, tmp_path)
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")  # it runs `uvicorn` from PATH: the venv's
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"runs:/{out.mlflow_run_id}/model",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow models serve did not come up: {proc.stderr.read().decode()[-3000:]}")
-            time.sleep(1)
+    with http_service([str(mlflow_bin), "models", "serve", "-m", f"runs:/{out.mlflow_run_id}/model",
+                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                      f"http://127.0.0.1:{port}/ping", timeout_s=180, env=env):
         columns = [*meta.dense_features, *meta.sparse_features]
         data = [[v if v != "" else None for v in _raw_fields(meta, rows, i)] for i in range(25)]
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
@@ -122,9 +108,6 @@ def test_mlflow_models_serve_answers_invocations_like_predict(tracked, tmp_path)
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             served = [p["score"] for p in json.loads(r.read())["predictions"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     model = ServedModel.load(_export(out, tmp_path))
     dense = np.stack([rows[c] for c in meta.dense_features], axis=1).astype(np.float32)
     raw = np.stack([rows[c] for c in meta.sparse_features]).astype(np.int64)

@@ -4,16 +4,14 @@ through a real ``mlflow server`` REST API, by ``cafe-dist compare``, and (slow) 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from dmp_helpers import free_port
+from dmp_helpers import free_port, http_service
 from mlflow.tracking import MlflowClient
 
 from cafe_dist.cli import main
@@ -115,26 +113,10 @@ def mlflow_server(tracked):
     uri, _, _ = tracked
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not come up: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
+    with http_service([str(mlflow_bin), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                       "--port", str(port), "--workers", "1"], f"{base}/health"):
         yield base
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
 
 
 def _rest(base: str, path: str, body: dict | None = None) -> dict:

@@ -4,6 +4,7 @@ single-machine converter (real Criteo rows split into three 'day' files, one wit
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from cafe_dist.cli import main
 from cafe_dist.data.criteo import convert_criteo
@@ -48,6 +49,7 @@ def test_ray_data_conversion_equals_the_single_machine_one(ray_cluster, tmp_path
     assert bad[1].startswith(f"{days[1]}\t3001\texpected 40 fields, got 2")
 
 
+@pytest.mark.slow  # the local sample is in the default run (test_lma); this is its Ray Data twin
 def test_lma_sample_as_a_ray_data_job_is_the_local_sample(ray_cluster, tiny_synth):
     import numpy as np
 

@@ -70,6 +70,7 @@ def test_demo_job_for_every_method_ratio_and_worker_count(ray_cluster, demo_data
           f"bytes={out['embedding_bytes']}")
 
 
+@pytest.mark.slow  # default run: lma under DMP on 2 ranks (test_methods_under_dmp) and prepare_data (test_lma)
 def test_lma_computes_its_signatures_on_first_use_and_trains(ray_cluster, tiny_synth, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_synth, data)

@@ -28,6 +28,7 @@ from cafe_dist.serving.model import (
     VOCAB_FILE,
     WEIGHTS_FILE,
     build_dlrm,
+    method_options,
     quantize_rows,
     tensor_bytes,
 )
@@ -70,8 +71,7 @@ def load_trained(checkpoint: str) -> Trained:
     if not manifest.get("state", True):
         raise CheckpointError(f"{path}: holds a result only, no tables")
     meta = DatasetMeta.load(info["data_dir"])
-    cls = method_class(info["method"])
-    options = cls.options.model_validate(info["options"]) if cls.options and info["options"] else None
+    options = method_options(info)
     model = build_dlrm(info, meta, options, torch.device("cpu"))
     d = local_dir(path)
     import torch.distributed.checkpoint as dcp

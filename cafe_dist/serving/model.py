@@ -64,6 +64,12 @@ def dequantize_rows(t: dict[str, torch.Tensor]) -> torch.Tensor:
     return t["q"].float() * t["scale"].float() + t["bias"].float()
 
 
+def method_options(info: dict[str, Any]) -> Any:
+    """The method's settings model from a manifest's or model.json's ``options`` (None: it has none)."""
+    cls = method_class(info["method"])
+    return cls.options.model_validate(info["options"]) if cls.options and info["options"] else None
+
+
 def build_dlrm(info: dict[str, Any], meta: DatasetMeta, options: Any, device: torch.device) -> DLRM:
     """The training model's structure on one device, with plain (unsharded) tables."""
     features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
@@ -92,9 +98,7 @@ class ServedModel:
         if info.get("format") != FORMAT:
             raise ValueError(f"{d}: model format {info.get('format')!r}, this cafe-dist reads {FORMAT}")
         meta = DatasetMeta(**info["meta"])
-        cls_ = method_class(info["method"])
-        options = cls_.options.model_validate(info["options"]) if cls_.options and info["options"] else None
-        options = cls_.portable_options(options, lambda name: str(d / name))
+        options = method_class(info["method"]).portable_options(method_options(info), lambda name: str(d / name))
         device = torch.device(device)
         model = build_dlrm(info, meta, options, device)
         weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)

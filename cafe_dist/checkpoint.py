@@ -147,14 +147,16 @@ def local_dir(path: str) -> str:
     return ray.train.Checkpoint(path).as_directory().__enter__()  # kept for the process's life
 
 
-def load_rank_files(path: str, rank: int, dcp_state: dict[str, Any] | None) -> dict[str, Any]:
-    """Load the DCP state into ``dcp_state`` in place (a collective) and return this rank's local state."""
+def load_rank_files(path: str, ranks: list[int], dcp_state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Load the DCP state into ``dcp_state`` in place (a collective; DCP reshards whatever sharding
+    wrote it) and return the local states of ``ranks`` (this rank's, or every old rank's when the
+    world size changed: cafe_dist.train.elastic)."""
     d = local_dir(path)
     if dcp_state is not None:
         import torch.distributed.checkpoint as dcp
 
         dcp.load(dcp_state, storage_reader=dcp.FileSystemReader(d))
-    return torch.load(Path(d) / f"rank{rank}.pt", weights_only=False)
+    return [torch.load(Path(d) / f"rank{r}.pt", weights_only=False) for r in ranks]
 
 
 def resize_message(found: Found, world_size: int) -> str:
@@ -162,4 +164,5 @@ def resize_message(found: Found, world_size: int) -> str:
             f"run has {world_size}. Its tables would reshard (DCP can), but the data position is per worker "
             f"(each worker's place in its own split of the stream) and so are the HotSketches, so training "
             f"cannot continue exactly where it stopped. Resume with ray.num_workers={found.world_size}, or start "
-            f"a new run (another ray.name) to train on {world_size} workers from scratch.")
+            f"a new run (another ray.name) to train on {world_size} workers from scratch; a run started with "
+            f"ray.elastic=true resumes on any number of workers.")

@@ -102,6 +102,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from cafe_dist.data import storage
+    from cafe_dist.data.schema import DatasetMeta
+    from cafe_dist.plan import Topo, plan_job, profile_meta, render
+
+    job = load_config(args.config, list(args.set or []))
+    profile = args.profile
+    if not profile and storage.is_file(storage.join(job.data.path, "meta.json")):
+        meta, source = DatasetMeta.load(job.data.path), job.data.path
+    elif profile or (profile := job.data.profile):
+        meta, source = profile_meta(profile), f"the {profile} profile"
+    else:
+        raise ConfigError(f"{job.data.path} holds no dataset here (no meta.json): plan for a profile's published "
+                          "cardinalities with --profile criteo-tb (or criteo-kaggle), or set data.profile")
+    topo = Topo(args.world_size or job.ray.num_workers, args.gpus_per_node, args.hbm_gb,
+                "cuda" if job.ray.use_gpu else "cpu")
+    ratios = args.ratios or [1.0, 10.0, 100.0, 1000.0]
+    plans = plan_job(job, meta, topo, ratios, find_min=not args.no_min)
+    print(render(plans, topo, f"{args.config} ({source}, {job.embedding.method}, dim {job.embedding.dim})"))
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump({"config": args.config, "source": source, "topology": topo.__dict__,
+                       "plans": [p.to_json() for p in plans]}, f, indent=1)
+    return 0 if all(p.fits for p in plans) else 1
+
+
 def cmd_hot(args: argparse.Namespace) -> int:
     from cafe_dist.serving.hot import describe_hot
 
@@ -307,6 +333,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                       batch_size=args.batch_size, rows=args.rows, storage_path=args.storage_path),
                           output_json=args.output_json, markdown=args.markdown)
         return 0
+    if args.bench == "coordinator":
+        from cafe_dist.bench.coordinator import CoordinatorBenchSpec, run_coordinator_bench
+
+        out = run_coordinator_bench(CoordinatorBenchSpec(
+            workers=tuple(args.workers), slots=args.slots, candidates_per_worker=args.candidates_per_worker,
+            rounds=args.rounds, store=not args.no_store, sync_interval=args.sync_interval, sync_lag=args.sync_lag),
+            output_json=args.output_json, address=args.address)
+        print(out["markdown"])
+        return 0
     if args.bench == "drift":
         from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
 
@@ -426,6 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
         j.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
         if name == "logs":
             j.add_argument("--follow", action="store_true", help="stream until the job ends")
+    pl = sub.add_parser("plan", help="the sharding plan and per-rank memory of a job on N devices (none needed here)")
+    pl.add_argument("--config", required=True, metavar="FILE")
+    pl.add_argument("--world-size", type=int, help="devices (default: the job's ray.num_workers)")
+    pl.add_argument("--gpus-per-node", type=int, default=8)
+    pl.add_argument("--hbm-gb", type=float, default=80.0,
+                    help="memory per device in GiB (HBM for GPU jobs, RAM per worker for CPU jobs)")
+    pl.add_argument("--ratios", type=lambda t: _csv(t, float), metavar="R1,R2", help="default 1,10,100,1000")
+    pl.add_argument("--profile", choices=["criteo-kaggle", "criteo-tb"],
+                    help="plan for a profile's published cardinalities instead of the job's dataset")
+    pl.add_argument("--no-min", action="store_true", help="skip the search for the smallest world size")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    pl.add_argument("--output-json", metavar="PATH")
     ht = sub.add_parser("hot", help="CAFE's hot ids per feature (raw values, scores) from a run's checkpoint")
     hsrc = ht.add_mutually_exclusive_group(required=True)
     hsrc.add_argument("--checkpoint", metavar="PATH", help="a checkpoint, or a run directory (its newest one)")
@@ -509,6 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--storage-path", default="runs/bench")
     bv.add_argument("--output-json", metavar="PATH")
     bv.add_argument("--markdown", metavar="PATH")
+    bc = bsub.add_parser("coordinator", help="hot-set exchange at 8/64/256 simulated workers: merge, store, latency")
+    bc.add_argument("--workers", type=lambda t: _csv(t, int), default=[8, 64, 256], metavar="N1,N2")
+    bc.add_argument("--slots", type=int, default=100_000, help="hot slots")
+    bc.add_argument("--candidates-per-worker", type=int, help="default: cafe's summary_factor (2) x slots / workers")
+    bc.add_argument("--rounds", type=int, default=12)
+    bc.add_argument("--no-store", action="store_true", help="without the actor's write-ahead state (what it costs)")
+    bc.add_argument("--sync-interval", type=int, default=20, help="the verdict's cafe.sync_interval")
+    bc.add_argument("--sync-lag", type=int, default=2, help="the verdict's cafe.sync_lag")
+    bc.add_argument("--address", help="a Ray cluster (default: a local one)")
+    bc.add_argument("--output-json", metavar="PATH")
     bd = bsub.add_parser("drift", help="CAFE vs hashing at equal memory on drifting synthetic data")
     bd.add_argument("--rows", type=int, default=1_000_000)
     bd.add_argument("--cardinality-scale", type=float, default=0.01)
@@ -545,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         ours.propagate = False
     handlers = {"data": cmd_data, "train": cmd_train, "compare": cmd_compare, "sweep": cmd_sweep,
                 "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench,
-                "export": cmd_export, "demo": cmd_demo, "hot": cmd_hot, "evaluate": cmd_evaluate, "predict": cmd_predict}
+                "export": cmd_export, "demo": cmd_demo, "hot": cmd_hot, "plan": cmd_plan, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         return handlers[args.command](args)
     except (ConfigError, BadInputError, CheckpointError, FileNotFoundError, FileExistsError, LookupError,

@@ -38,6 +38,9 @@ class SynthConfig(_Section):
 class DataConfig(_Section):
     path: str
     synthetic: SynthConfig | None = None
+    # the published profile the data follows (criteo-kaggle, criteo-tb): what `cafe-dist plan` sizes
+    # the cluster for where the data is not (yet) at ``path``
+    profile: Literal["criteo-kaggle", "criteo-tb"] | None = None
 
 
 class EmbeddingConfig(_Section):
@@ -100,6 +103,10 @@ class RayConfig(_Section):
     # cafe_dist.resume); force: continue it even when train.* settings changed
     resume: Literal["auto", "force"] = "auto"
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint (-1: no limit)
+    # every rank reads the whole train stream and trains on every num_workers-th batch of it, so the
+    # data position is one global count and a checkpoint resumes on any number of workers (see
+    # cafe_dist.train.elastic); the price: each worker reads all rows, not 1/num_workers of them
+    elastic: bool = False
     # show the libraries' own logs (Ray Data and Train, TorchRec's planner, fbgemm) and warnings
     verbose: bool = False
 

@@ -9,9 +9,12 @@ into the freed and free slots, and, for CAFE-ML, picks the medium set. The resul
 
 Transports: :class:`CoordinatorActor`, a named Ray actor (one per run, namespace ``cafe-dist``)
 that merges as soon as the last rank's summary arrives, so workers keep training while it works;
-it writes every summary it accepts and every merged state to ``state_dir`` before answering, and
-Ray restarts it after a crash (``max_restarts``) and retries the calls in flight, so a restarted
-coordinator picks up exactly where the dead one stopped; and :class:`CollectiveSync`, which all-gathers the summaries and runs the same deterministic merge
+it writes each merged state to ``state_dir`` before any call of that round returns, and Ray
+restarts it after a crash (``max_restarts``) and retries the calls in flight. A rank's ``submit``
+returns only once its round is merged and saved, so every summary the saved state lacks is still
+in flight and reaches the restarted coordinator again: it picks up exactly where the dead one
+stopped, with one write per round (not one per rank: at 256 workers those writes were two thirds
+of a round's time, BENCHMARKS.md); and :class:`CollectiveSync`, which all-gathers the summaries and runs the same deterministic merge
 on every rank (for process groups without Ray, e.g. unit tests).
 """
 
@@ -32,6 +35,9 @@ from cafe_dist.data import storage
 from cafe_dist.hotmap import HotMapUpdate
 
 NAMESPACE = "cafe-dist"
+# calls the actor holds at once: a submit and a wait per rank and round in flight (256 ranks, a
+# few rounds) is far beyond Ray's default of 1000 for async actors
+MAX_CALLS = 65_536
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class HotSetMerger:
         self.config = config
         self.hot_keys = np.zeros(0, np.int64)  # sorted
         self.hot_slots = np.zeros(0, np.int64)
+        self.hot_since = np.zeros(0, np.int64)  # the version each hot id entered at (`cafe-dist hot`)
         self.free = np.arange(config.num_slots - 1, -1, -1, dtype=np.int64)  # stack, top at the end
         self.version = 0
         self.pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
@@ -95,15 +102,16 @@ class HotSetMerger:
             new_idx = new_idx[np.argsort(-merged[new_idx], kind="stable")]
         demoted_keys, demoted_slots = self.hot_keys[~stay], self.hot_slots[~stay]
         self.free = np.concatenate([self.free, demoted_slots[::-1]])
-        kept_keys, kept_slots = self.hot_keys[stay], self.hot_slots[stay]
+        kept_keys, kept_slots, kept_since = self.hot_keys[stay], self.hot_slots[stay], self.hot_since[stay]
         cand = new_idx[: self.free.size]
         new_keys = uniq[cand]
         new_slots = self.free[::-1][: new_keys.size].copy()
         self.free = self.free[: self.free.size - new_keys.size]
         keys_all = np.concatenate([kept_keys, new_keys])
         slots_all = np.concatenate([kept_slots, new_slots])
+        since_all = np.concatenate([kept_since, np.full(new_keys.size, self.version + 1, np.int64)])
         order = np.argsort(keys_all)
-        self.hot_keys, self.hot_slots = keys_all[order], slots_all[order]
+        self.hot_keys, self.hot_slots, self.hot_since = keys_all[order], slots_all[order], since_all[order]
         medium = np.zeros(0, np.int64)
         if cfg.ml_threshold is not None:  # CAFE-ML: the strongest ids below the hot set (capacity),
             # or those scoring in [ml_threshold, threshold) (the paper's band), at most max_medium
@@ -148,21 +156,20 @@ class HotSetMerger:
     def state_dict(self) -> dict[str, Any]:
         """Everything but partial rounds; ``updates`` keeps the recent versions ranks may still fetch."""
         return {"config": self.config.__dict__, "hot_keys": self.hot_keys.copy(), "hot_slots": self.hot_slots.copy(),
-                "free": self.free.copy(), "version": self.version, "updates": dict(self.updates)}
+                "hot_since": self.hot_since.copy(), "free": self.free.copy(), "version": self.version, "updates": dict(self.updates)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = MergeConfig(**state["config"])
         self.hot_keys, self.hot_slots = state["hot_keys"].copy(), state["hot_slots"].copy()
+        self.hot_since = state.get("hot_since", np.zeros(self.hot_keys.size, np.int64)).copy()  # older states: unknown
         self.free, self.version = state["free"].copy(), int(state["version"])
         self.pending, self.updates = {}, dict(state.get("updates", {}))
 
 
 class _StateStore:
     """The coordinator's durable state under one directory (local path or URI): ``merged-v<V>.pt``
-    after each merge, ``submit-r<round>-k<rank>.npz`` for each accepted summary until its round is
-    merged and saved."""
+    after each merge (older ones deleted)."""
 
-    _SUBMIT = re.compile(r"^submit-r(\d+)-k(\d+)\.npz$")
     _MERGED = re.compile(r"^merged-v(\d+)\.pt$")
 
     def __init__(self, directory: str) -> None:
@@ -171,47 +178,32 @@ class _StateStore:
     def clear(self) -> None:
         storage.delete(self.dir)
 
-    def save_submit(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, keys=keys, scores=scores)
-        storage.write_bytes(storage.join(self.dir, f"submit-r{round_:08d}-k{rank:04d}.npz"), buf.getvalue())
-
     def save_merged(self, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)
         version = int(state["version"])
         storage.write_bytes(storage.join(self.dir, f"merged-v{version:08d}.pt"), buf.getvalue())
-        for name in storage.list_dir(self.dir):  # older states and the summaries now merged into this one
-            m, s = self._MERGED.match(name), self._SUBMIT.match(name)
-            if (m and int(m.group(1)) < version) or (s and int(s.group(1)) < version):
+        for name in storage.list_dir(self.dir):
+            m = self._MERGED.match(name)
+            if m and int(m.group(1)) < version:
                 storage.delete(storage.join(self.dir, name))
 
-    def load(self) -> tuple[dict[str, Any] | None, list[tuple[int, int, np.ndarray, np.ndarray]]]:
-        """(newest readable merged state, the summaries accepted after it in (round, rank) order)."""
-        names = sorted(storage.list_dir(self.dir))
-        state = None
-        for name in sorted((n for n in names if self._MERGED.match(n)), reverse=True):
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable merged state."""
+        for name in sorted((n for n in storage.list_dir(self.dir) if self._MERGED.match(n)), reverse=True):
             try:
-                state = torch.load(io.BytesIO(storage.read_bytes(storage.join(self.dir, name))), weights_only=False)
-                break
+                return torch.load(io.BytesIO(storage.read_bytes(storage.join(self.dir, name))), weights_only=False)
             except Exception:  # noqa: BLE001 (a write cut short by the crash: use the one before)
                 continue
-        version = int(state["version"]) if state else 0
-        submits = []
-        for name in names:
-            m = self._SUBMIT.match(name)
-            if m and int(m.group(1)) >= version:
-                with np.load(io.BytesIO(storage.read_bytes(storage.join(self.dir, name)))) as z:
-                    submits.append((int(m.group(1)), int(m.group(2)), z["keys"], z["scores"]))
-        return state, submits
+        return None
 
 
 class CoordinatorActor:
-    """Ray actor around :class:`HotSetMerger` (async: ``wait`` blocks only its caller).
+    """Ray actor around :class:`HotSetMerger` (async: ``submit`` and ``wait`` block only their caller).
 
-    With ``state_dir`` every accepted summary and every merge is saved before the call returns, and
-    a restarted actor (after a crash; Ray restarts it) reloads them, re-merging any round whose
-    summaries were all in."""
+    With ``state_dir`` every merged state is saved before the round's calls return, and a restarted
+    actor (after a crash; Ray restarts it) reloads the newest; the summaries of later rounds arrive
+    again, as the calls Ray retries."""
 
     def __init__(self, merge_delay_s: float = 0.0, state_dir: str | None = None) -> None:
         self.merger: HotSetMerger | None = None
@@ -227,14 +219,9 @@ class CoordinatorActor:
                 self._recover()
 
     def _recover(self) -> None:
-        state, submits = self.store.load()
-        if state is None and not submits:
-            return
+        state = self.store.load()
         if state is not None:
             self._load(state)
-        for round_, rank, keys, scores in submits:
-            if self.merger is not None and self.merger.submit(round_, rank, keys, scores):
-                self._merged(round_)
 
     def _load(self, state: dict[str, Any]) -> None:
         self.merger = HotSetMerger(MergeConfig(**state["config"]))
@@ -244,9 +231,12 @@ class CoordinatorActor:
             self._event(round_).set()
 
     def _merged(self, round_: int) -> None:
+        t0 = time.perf_counter()
         if self.store is not None:
             self.store.save_merged(self.merger.state_dict())
-        self.merger.update(round_).stats["ready_at"] = time.time()
+        stats = self.merger.update(round_).stats
+        stats["store_s"] = time.perf_counter() - t0
+        stats["ready_at"] = time.time()
         self._event(round_).set()
 
     async def configure(self, config: MergeConfig) -> None:
@@ -270,17 +260,17 @@ class CoordinatorActor:
         return self.events.setdefault(round_, asyncio.Event())
 
     async def submit(self, round_: int, rank: int, keys: np.ndarray, scores: np.ndarray) -> None:
+        """Returns once ``round_`` is merged (and saved): until then Ray retries it after a crash."""
         assert self.merger is not None, "configure() first"
         while round_ > self.merger.version and round_ - 1 not in self.merger.updates:
             await self._event(round_ - 1).wait()  # merges happen in round order
         if round_ < self.merger.version and round_ in self.merger.updates:
             return  # a retried call whose round was merged before a restart
-        if self.store is not None:
-            self.store.save_submit(round_, rank, keys, scores)
         if self.merger.submit(round_, rank, keys, scores) and not self._event(round_).is_set():
             if self.merge_delay_s:
                 await asyncio.sleep(self.merge_delay_s)
             self._merged(round_)
+        await self._event(round_).wait()
 
     async def wait(self, round_: int) -> HotMapUpdate:
         await self._event(round_).wait()
@@ -307,8 +297,8 @@ def start_coordinator(run_name: str, merge_delay_s: float = 0.0, state_dir: str 
     ``state_dir`` it survives crashes: Ray restarts it and retries the calls in flight."""
     import ray
 
-    cls = ray.remote(num_cpus=0, max_restarts=-1 if state_dir else 0,
-                     max_task_retries=-1 if state_dir else 0)(CoordinatorActor)
+    cls = ray.remote(num_cpus=0, max_restarts=-1 if state_dir else 0, max_task_retries=-1 if state_dir else 0,
+                     max_concurrency=MAX_CALLS)(CoordinatorActor)
     return cls.options(name=actor_name(run_name), namespace=NAMESPACE, get_if_exists=True).remote(
         merge_delay_s, state_dir)
 

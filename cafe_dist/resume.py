@@ -101,8 +101,14 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
     newest, latest_state = scan(run_dir)
     if newest is None:
         return Decision()
-    if latest_state is not None and latest_state.world_size != job.ray.num_workers:
-        raise ConfigError(resize_message(latest_state, job.ray.num_workers))
+    if latest_state is not None:
+        elastic = bool(latest_state.info.get("elastic"))
+        if elastic != job.ray.elastic:  # the data position means something else in the other mode
+            raise ConfigError(f"run {name!r}: its checkpoint {latest_state.path} was written with ray.elastic="
+                              f"{str(elastic).lower()}; resume it with the same setting, or start a new run "
+                              f"(another ray.name)")
+        if latest_state.world_size != job.ray.num_workers and not elastic:
+            raise ConfigError(resize_message(latest_state, job.ray.num_workers))
     mine = result_config(job, meta)
     theirs = newest.info.get("config")
     diff = differing(theirs, mine) if theirs is not None else {}

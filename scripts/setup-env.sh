@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment (.venv) on a fresh CPU machine.
+# The GPU check builds its CUDA venv with the same recipe (scripts/gpu-check.sh): VENV=.venv-gpu,
+# FBGEMM=fbgemm-gpu==1.8.0, TORCH_INDEX=<PyTorch's CUDA wheel index>, WHEELS=<a folder of wheels,
+# for machines without internet>.
 #
 # Why a script and not `pip install -e .`: torchrec's metadata asks for the CUDA fbgemm-gpu,
 # which drags in a CUDA torch and breaks the CPU build. So torchrec goes in with --no-deps,
@@ -12,8 +15,11 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=${VENV:-.venv}
 TORCH="torch==2.13.0"
+FBGEMM=${FBGEMM:-fbgemm-gpu-cpu==1.8.0}
+TORCH_INDEX=${TORCH_INDEX:-}   # step 1 from this index (e.g. https://download.pytorch.org/whl/cu128)
+WHEELS=${WHEELS:-}             # install from this folder only (no index)
 STAMP="$VENV/.cafe-dist-stamp"
-want=$(cat scripts/setup-env.sh pyproject.toml | sha256sum | cut -c1-16)
+want=$( (cat scripts/setup-env.sh pyproject.toml; echo "$FBGEMM $TORCH_INDEX") | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/cafe-dist" ]; then
   exit 0
@@ -26,9 +32,16 @@ pip_install() {
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 PIP=pip_install
-$PIP --upgrade pip setuptools wheel
-# 1. torch (CPU wheel) and the CPU build of fbgemm.
-$PIP "$TORCH" "fbgemm-gpu-cpu==1.8.0"
+FIRST=()
+if [ -n "$WHEELS" ]; then
+  PIP="pip_install --no-index --find-links $WHEELS"
+  FIRST=(--no-index --find-links "$WHEELS")
+elif [ -n "$TORCH_INDEX" ]; then
+  FIRST=(--index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple)
+fi
+[ -n "$WHEELS" ] || $PIP --upgrade pip setuptools wheel
+# 1. torch and fbgemm: the CPU builds by default, the CUDA ones for the GPU check.
+pip_install "${FIRST[@]}" "$TORCH" "$FBGEMM"
 # 2. torchrec without its CUDA-only dependency list.
 $PIP --no-deps "torchrec==1.8.0"
 # 3. torchrec's own deps and the rest of the stack, torch pinned in the same call.

@@ -37,6 +37,7 @@ class SketchBenchSpec:
     precision_k: int = 100_000
     seed: int = 0
     path: str = "numba"  # or "tensor"
+    device: str = "cpu"  # the tensor path runs where its tensors are (cuda: the GPU check)
 
 
 def zipf_stream(spec: SketchBenchSpec) -> np.ndarray:
@@ -52,27 +53,34 @@ def run_sketch_bench(spec: SketchBenchSpec) -> dict:
     top_recall = values[order[: spec.recall_k]]
     top_precision = values[order[: spec.precision_k]]
 
-    stream = torch.from_numpy(ids)
-    HotSketch(spec.buckets, use_numba=spec.path == "numba").insert(stream[:16])  # compile outside the timing
-    sketch = HotSketch(spec.buckets, use_numba=spec.path == "numba")
+    numba = spec.path == "numba"
+    if numba and spec.device != "cpu":
+        raise ValueError("the numba path runs on the CPU; use path='tensor' on a GPU")
+    stream = torch.from_numpy(ids).to(spec.device)
+    HotSketch(spec.buckets, device=spec.device, use_numba=numba).insert(stream[:16])  # compile outside the timing
+    sketch = HotSketch(spec.buckets, device=spec.device, use_numba=numba)
+    sync = torch.cuda.synchronize if stream.is_cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     for i in range(0, spec.num_ids, spec.batch):
         sketch.insert(stream[i:i + spec.batch])
+    sync()
     seconds = time.perf_counter() - start
     top = sketch.top(spec.hot_slots)
-    hot = top[sketch.scores(top) >= spec.threshold].numpy()
+    hot = top[sketch.scores(top) >= spec.threshold].cpu().numpy()
     ours = {
         "insert_mids_per_s": spec.num_ids / seconds / 1e6,
         "recall": float(np.isin(top_recall, hot).mean()),
         "precision": float(np.isin(hot, top_precision).mean()) if hot.size else 0.0,
         "bytes": sketch.memory_bytes(),
     }
-    default = spec == SketchBenchSpec(path=spec.path)  # the reference was measured on the default stream only
+    default = spec == SketchBenchSpec(path=spec.path, device=spec.device)  # the reference was measured on the default stream only
     return {
         **ours,
         **({"reference": REFERENCE, "vs_reference": {k: ours[k] / REFERENCE[k] for k in ours}} if default else {}),
         "hot_ids": int(hot.size),
         "seconds": seconds,
         "spec": asdict(spec),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": (torch.cuda.get_device_name(stream.device) if stream.is_cuda else
+                    f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"),
     }

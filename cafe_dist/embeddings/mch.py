@@ -10,7 +10,8 @@ The remappers are profiled with every rank's ids (all-gathered, in rank order), 
 identical id→slot maps. Evicted slots' rows are zeroed with their optimizer state between steps
 (TorchRec 1.8's unsharded ``evict`` is a no-op). ``embedding_bytes`` counts the table rows and the
 remapper's per-slot state (sorted raw ids, slot mapping, LFU counts: 3 × int64); the history buffer
-of the last ``eviction_interval`` batches of ids is input staging and is not counted.
+of the last ``eviction_interval`` batches of ids is input staging and is not counted. An exported
+model keeps the map alone (2 × int64 a slot): the counts serve eviction, a training-only job.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ class MCHEmbedding(CompressedEmbedding):
             m = self.remappers[f]
             m.load_state_dict(s["buffers"])
             m._current_iter, m._last_eviction_iter = s["iter"], s["last_eviction"]
+
+    def serving_state(self) -> dict:
+        """The id → slot map alone (sorted raw ids and their slots: 16 B a slot): the LFU counts,
+        the iteration counters and the remapper's output-segment scratch serve eviction, which an
+        exported model never does."""
+        return {f: {"ids": m._mch_sorted_raw_ids.clone(), "slots": m._mch_remapped_ids_mapping.clone()}
+                for f, m in self.remappers.items()}
+
+    def load_serving_state(self, state: dict) -> None:
+        for f, s in state.items():
+            m = self.remappers[f]
+            m._mch_sorted_raw_ids.copy_(s["ids"])
+            m._mch_remapped_ids_mapping.copy_(s["slots"])
 
     def train(self, mode: bool = True) -> MCHEmbedding:
         super().train(mode)

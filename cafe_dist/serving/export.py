@@ -58,6 +58,7 @@ class Trained:
     options: Any
     manifest: dict[str, Any]
     path: str
+    coordinator: dict[str, Any] | None = None  # CAFE: the merged hot-set state rank 0 checkpointed
 
 
 def load_trained(checkpoint: str) -> Trained:
@@ -84,7 +85,7 @@ def load_trained(checkpoint: str) -> Trained:
     model.load_state_dict(state["model"])
     rank0 = torch.load(Path(d) / "rank0.pt", weights_only=False)  # every rank holds the same hot map / id maps
     model.embedding.load_local_state(rank0.get("embedding", {}))
-    return Trained(model, info, meta, options, manifest, path)
+    return Trained(model, info, meta, options, manifest, path, rank0.get("coordinator"))
 
 
 def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = None) -> dict[str, Any]:
@@ -128,6 +129,7 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
         doc = {"format": FORMAT, **{k: info[k] for k in ("method", "compression_ratio", "dim", "dense_arch",
                                                          "over_arch", "seed")},
                "options": portable.model_dump(mode="json") if portable is not None else None,
+               "options_set": sorted(portable.model_fields_set) if portable is not None else None,
                "meta": {**meta.__dict__}, "quantize": quantize,
                "source": {"checkpoint": path, "step": manifest["step"], "run_name": manifest.get("run_name"),
                           "mlflow_run_id": manifest.get("mlflow_run_id")},

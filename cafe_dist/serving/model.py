@@ -67,7 +67,13 @@ def dequantize_rows(t: dict[str, torch.Tensor]) -> torch.Tensor:
 def method_options(info: dict[str, Any]) -> Any:
     """The method's settings model from a manifest's or model.json's ``options`` (None: it has none)."""
     cls = method_class(info["method"])
-    return cls.options.model_validate(info["options"]) if cls.options and info["options"] else None
+    if not (cls.options and info["options"]):
+        return None
+    options = cls.options.model_validate(info["options"])
+    if info.get("options_set") is not None:  # the same values, and which of them the job set (cafe_ml
+        # fills the rest with its own defaults: without this every value would count as given)
+        options = cls.options.model_construct(_fields_set=set(info["options_set"]), **dict(options))
+    return options
 
 
 def build_dlrm(info: dict[str, Any], meta: DatasetMeta, options: Any, device: torch.device) -> DLRM:

@@ -40,6 +40,8 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on (skipped on resume)
     samples: int = 0
+    global_batches: int = 0  # elastic runs: batches of this epoch trained by all ranks (a prefix of it)
+    rows_digest: int = 0  # elastic runs: sum of hashes of the epoch row indices this rank trained on
     data_digest: int = 0  # CRC32 chained over every batch this rank trained on, in order
     hot_map_digest: int = 0  # chained over the per-step state checksum (hot map / id maps)
     train_time_s: float = 0.0  # in earlier attempts
@@ -92,9 +94,11 @@ class Checkpointer:
     checkpoint is older)."""
 
     def __init__(self, run_dir: str, rank: int, world_size: int, dcp_state: Callable[[], dict[str, Any]],
-                 parts: dict[str, Part], *, every_steps: int | None, at_end: bool, info: dict[str, Any]) -> None:
+                 parts: dict[str, Part], *, every_steps: int | None, at_end: bool, info: dict[str, Any],
+                 reshard: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> None:
         self.run_dir, self.rank, self.world_size = run_dir, rank, world_size
         self.dcp_state, self.parts = dcp_state, parts
+        self.reshard = reshard  # elastic runs: this rank's state from every old rank's (train.elastic)
         self.every_steps, self.at_end, self.info = every_steps, at_end, info
         self.found: Found | None = None
         self.saved_at = -1  # step of the newest checkpoint with state
@@ -104,9 +108,12 @@ class Checkpointer:
         found = broadcast(find_latest(self.run_dir) if self.rank == 0 else None)
         if found is None:
             return None
-        if found.world_size != self.world_size:
+        if found.world_size == self.world_size:
+            local = load_rank_files(found.path, [self.rank], self.dcp_state())[0]
+        elif self.reshard is not None and found.info.get("elastic"):
+            local = self.reshard(load_rank_files(found.path, list(range(found.world_size)), self.dcp_state()))
+        else:
             raise ConfigError(resize_message(found, self.world_size))
-        local = load_rank_files(found.path, self.rank, self.dcp_state())
         for name, part in self.parts.items():
             if name in local:
                 part.load(local[name])

@@ -236,7 +236,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     """Start the services a run needs (Ray, the coordinator, MLflow), train, collect the result.
     ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cafe_dist.train.spec import MlflowTarget, WorkerSpec
@@ -269,6 +269,8 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
                              failure_config=FailureConfig(max_failures=job.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep)),
         datasets=datasets,
+        # elastic: every worker reads the whole train stream and takes its batches (cafe_dist.train.elastic)
+        dataset_config=DataConfig(datasets_to_split=["test"]) if job.ray.elastic else None,
     )
     t0 = time.perf_counter()
     try:

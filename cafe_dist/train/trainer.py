@@ -31,6 +31,7 @@ from cafe_dist.model import DLRM
 from cafe_dist.result import FINAL
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
+from cafe_dist.train.elastic import MASK, merge_states, owns, rows_digest, steps_left
 from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
@@ -90,7 +91,9 @@ def model_info(spec: WorkerSpec) -> dict[str, Any]:
     return {"method": job.embedding.method, "compression_ratio": job.embedding.compression_ratio,
             "dim": job.embedding.dim, "dense_arch": list(job.model.dense_arch),
             "over_arch": list(job.model.over_arch), "seed": job.train.seed,
-            "options": opts.model_dump(mode="json") if opts is not None else None, "data_dir": spec.data_dir}
+            "options": opts.model_dump(mode="json") if opts is not None else None,
+            # which settings the job gave (a method may derive the others from them, as cafe_ml does)
+            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir}
 
 
 @dataclass(frozen=True)
@@ -151,11 +154,13 @@ class Trainer:
         self._coordinator_state: dict[str, Any] | None = None
         if self.coordinator is not None:
             parts["coordinator"] = Part(self._coordinator_snapshot, self._set_coordinator_state)
+        self.elastic = spec.job.ray.elastic
         self.checkpointer = Checkpointer(
             spec.run_dir, wc.rank, wc.world_size, self.model.dcp_state, parts,
             every_steps=spec.job.checkpoint.every_steps, at_end=spec.job.checkpoint.at_end,
             info={"mlflow_run_id": spec.mlflow.run_id if spec.mlflow else None, "run_name": spec.run_name,
-                  **spec.resume_key, "model": model_info(spec)})
+                  **spec.resume_key, "model": model_info(spec), "elastic": self.elastic},
+            reshard=(lambda states: merge_states(states, wc.rank, wc.world_size, emb)) if self.elastic else None)
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
         self.collate = Collator(spec.meta, emb.input_kind)
@@ -171,8 +176,11 @@ class Trainer:
 
     def _start_coordinator(self) -> None:
         """The coordinator restarts from the checkpointed state, or from nothing; then every rank joins."""
+        state = self._coordinator_state
+        if state and state["config"]["world_size"] != self.wc.world_size:  # elastic: resumed on another count
+            state = {**state, "config": {**state["config"], "world_size": self.wc.world_size}}
         if self.chief:
-            ray.get(self.coordinator.reset.remote(self._coordinator_state))
+            ray.get(self.coordinator.reset.remote(state))
         dist.barrier()
         self.model.emb.connect(self.spec.run_name, self.wc.world_size)
 
@@ -192,8 +200,11 @@ class Trainer:
         mark("method")
         return StepOutput(loss, len(batch.labels), stats)
 
-    def _record(self, out: StepOutput, np_batch: dict[str, np.ndarray]) -> None:
+    def _record(self, out: StepOutput, np_batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> None:
         p, emb = self.progress, self.model.emb
+        if rows is not None:  # elastic: the epoch rows this rank trained on, and every rank's step
+            p.rows_digest = (p.rows_digest + rows_digest(*rows)) & MASK
+            p.global_batches += self.wc.world_size
         for k, val in out.stats.items():
             p.totals[k] = val if k in emb.level_stats else p.totals.get(k, 0.0) + val
         checksum = emb.state_checksum()
@@ -224,17 +235,13 @@ class Trainer:
         for epoch in range(p.epoch, tc.epochs):
             if done:
                 break
-            skip = p.batch_in_epoch if epoch == p.epoch else 0
-            p.epoch, p.batch_in_epoch = epoch, 0
-            for np_batch in run.train_shard.iter_batches(batch_size=tc.batch_size, batch_format="numpy",
-                                                         drop_last=True, prefetch_batches=2):
-                if p.batch_in_epoch < skip:  # trained on before the checkpoint we resumed from
-                    p.batch_in_epoch += 1
-                    continue
+            resuming = epoch == p.epoch
+            p.epoch = epoch
+            for np_batch, rows in self._epoch_batches(run.train_shard, resuming):
                 batch = self._collate(np_batch)
                 phases.add("data")
                 out = self.train_step(batch, run.rows, phases)
-                self._record(out, np_batch)
+                self._record(out, np_batch, rows)
                 metrics.step_done(epoch, out.loss)
                 if evaluator.due(p.step):  # every rank is at this step
                     started = time.perf_counter()
@@ -253,6 +260,29 @@ class Trainer:
                     break
                 phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
         return self._finish(run)
+
+    def _epoch_batches(self, shard, resuming: bool):
+        """This rank's batches of the epoch, with (for elastic runs) their rows in the epoch's stream;
+        a resumed epoch starts after what the checkpoint had trained."""
+        p, bs = self.progress, self.job.train.batch_size
+        batches = shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=True, prefetch_batches=2)
+        if not self.elastic:  # this rank's own split of the stream: skip what it trained before
+            skip, p.batch_in_epoch = (p.batch_in_epoch if resuming else 0), 0
+            for np_batch in batches:
+                if p.batch_in_epoch < skip:
+                    p.batch_in_epoch += 1
+                    continue
+                yield np_batch, None
+            return
+        start = p.global_batches if resuming else 0  # the whole stream: rank r trains batches start + r + k W
+        p.global_batches, p.batch_in_epoch = start, 0
+        rank, world = self.wc.rank, self.wc.world_size
+        left = steps_left(self.spec.meta.rows["train"], bs, start, world)
+        for g, np_batch in enumerate(batches):
+            if p.batch_in_epoch >= left:
+                break
+            if owns(g, start, rank, world):
+                yield np_batch, (g * bs, (g + 1) * bs)
 
     def _start(self) -> _Run:
         """Resume from the newest checkpoint (if any), join the coordinator, open the data shards,
@@ -310,6 +340,7 @@ class Trainer:
             "resumed_hot_map_checksum": run.resume_checksum,
             "time_split_s": speed["time_split_s"],
             "data_digest": all_gather_cat(torch.tensor([[p.data_digest]], dtype=torch.int64)).view(-1).tolist(),
+            **(self._elastic_figures() if self.elastic else {}),
             **({"target_auc_reached_at_step": run.evaluator.reached_at} if self.job.train.target_auc is not None
                else {}),
             **{emb.level_stats.get(k, f"{k}_total"): v for k, v in p.totals.items()},
@@ -325,6 +356,13 @@ class Trainer:
         # (and the full state when checkpoint.at_end and the last periodic one is older).
         self.checkpointer.save(p.step, out, final=True, result=out)
         return out
+
+    def _elastic_figures(self) -> dict[str, Any]:
+        """The data position and the rows digest summed over ranks (cafe_dist.train.elastic)."""
+        p = self.progress
+        halves = torch.tensor([[p.rows_digest & 0xFFFFFFFF, p.rows_digest >> 32]], dtype=torch.int64)
+        total = sum(int(lo) + (int(hi) << 32) for lo, hi in all_gather_cat(halves).tolist()) & MASK
+        return {"elastic": True, "epoch_batches_trained": p.global_batches, "rows_digest": str(total)}
 
     def _run_figures(self, probe: HotSetProbe | None) -> dict[str, Any]:
         """What the run's result says beyond AUC: state consistency across ranks, the method's own

@@ -126,3 +126,22 @@ def test_bench_sketch_tiny(tmp_path):
                  "--buckets", "1500", "--recall-k", "200", "--precision-k", "2000", "--output-json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["insert_mids_per_s"] > 0 and 0.8 < res["recall"] <= 1 and "reference" not in res
+
+
+def test_bench_coordinator_tiny(ray_cluster, tmp_path, capsys):
+    """The real actor, fed by simulated ranks: the figures are measured and add up (bytes in are the
+    ranks' summaries; every round merges; the verdict follows from the step times)."""
+    out = tmp_path / "c.json"
+    rc = main(["bench", "coordinator", "--workers", "2,8", "--slots", "2000", "--rounds", "4",
+               "--output-json", str(out)])
+    assert rc == 0 and "| 8 | 500 |" in capsys.readouterr().out  # summary_factor 2 x 2000 slots / 8 ranks
+    res = json.loads(out.read_text())
+    for row in res["by_workers"]:
+        k, w = row["candidates_per_worker"], row["workers"]
+        assert [r["round"] for r in row["rounds"]] == [0, 1, 2, 3]
+        for r in row["rounds"]:
+            assert r["bytes_in"] == w * k * 12  # int64 key + float32 score per candidate
+            assert 0 < r["merge_s"] and 0 < r["store_s"] and r["merge_s"] <= r["ready_s"] + 1e-3 <= r["e2e_s"] + 2e-3
+            assert 0 < r["hot"] <= 2000
+        for v in row["verdict"].values():
+            assert v["sync_lag_needed"] == max(1, -(-row["e2e_s_median"] * 1000 // v["step_ms"]))

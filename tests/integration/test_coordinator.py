@@ -34,6 +34,11 @@ def test_merge_sums_ranks_keeps_slots_stable_and_respects_the_budget():
     hot.apply(u1)
     hot.apply(u2)
     assert hot.lookup(torch.tensor([2, 5, 7, 1, 6])).tolist() == [slot_of[2], slot_of[5], slot_of[1], -1, -1]
+    # since when each id is hot (what `cafe-dist hot` shows): the version that promoted it, kept by a reload
+    assert dict(zip(m.hot_keys.tolist(), m.hot_since.tolist())) == {2: 1, 5: 1, 7: 2}
+    again = HotSetMerger(m.config)
+    again.load_state_dict(m.state_dict())
+    assert again.hot_since.tolist() == m.hot_since.tolist()
 
 
 def test_medium_set_for_cafe_ml():
@@ -104,3 +109,29 @@ def test_actor_rejects_a_conflicting_configuration(ray_cluster):
     ActorSync("conf-test", MergeConfig(num_slots=8, threshold=1.0, world_size=1))
     with pytest.raises(ray.exceptions.RayTaskError, match="already configured"):
         ActorSync("conf-test", MergeConfig(num_slots=9, threshold=1.0, world_size=1))
+
+
+def test_a_restarted_actor_gets_the_summaries_it_had_not_merged_again(ray_cluster, tmp_path):
+    """The actor saves one state per merged round; a summary of a round not yet merged is still an
+    open call when the actor dies, so Ray delivers it again to the restarted actor."""
+    import ray
+
+    config = MergeConfig(num_slots=4, threshold=1.0, world_size=2, admission="capacity", hysteresis=1.5)
+    rounds = [[{1: 5.0, 2: 3.0}, {1: 4.0, 3: 2.0}], [{4: 9.0, 2: 1.0}, {4: 8.0, 5: 7.0}]]
+    expected = HotSetMerger(config)
+    for r, parts in enumerate(rounds):
+        for rank, part in enumerate(parts):
+            expected.submit(r, rank, *_summary(part))
+    actor = start_coordinator("restart-test", state_dir=str(tmp_path / "coordinator"))
+    ray.get(actor.configure.remote(config))
+    ray.get([actor.submit.remote(0, k, *_summary(p)) for k, p in enumerate(rounds[0])])  # merged and saved
+    pending = actor.submit.remote(1, 0, *_summary(rounds[1][0]))  # open until rank 1's summary arrives
+    assert not ray.wait([pending], timeout=0.5)[0]
+    ray.kill(actor, no_restart=False)
+    late = actor.submit.remote(1, 1, *_summary(rounds[1][1]))
+    ray.get([pending, late], timeout=60)
+    assert ray.get(actor.was_restarted.remote())
+    got = ray.get(actor.wait.remote(1))
+    assert got.version == 2 and torch.equal(got.promoted_keys, expected.update(1).promoted_keys)
+    assert torch.equal(got.promoted_slots, expected.update(1).promoted_slots)
+    assert [p.name for p in (tmp_path / "coordinator").iterdir()] == ["merged-v00000002.pt"]

@@ -65,7 +65,14 @@ def test_demo_job_for_every_method_ratio_and_worker_count(ray_cluster, demo_data
         from cafe_dist.serving.scoring import evaluate
 
         assert main(["export", "--checkpoint", out["checkpoint_path"], "--out", str(tmp_path / "model")]) == 0
-        assert round(evaluate(ServedModel.load(tmp_path / "model"), str(demo_data))["auc"], 4) == round(out["auc"], 4)
+        assert main(["export", "--checkpoint", out["checkpoint_path"], "--out", str(tmp_path / "int8"),
+                     "--quantize", "int8"]) == 0
+        auc32 = evaluate(ServedModel.load(tmp_path / "model"), str(demo_data))["auc"]
+        auc8 = evaluate(ServedModel.load(tmp_path / "int8"), str(demo_data))["auc"]
+        assert round(auc32, 4) == round(out["auc"], 4) and abs(auc8 - auc32) < 0.002
+        b = json.loads((tmp_path / "model" / "model.json").read_text())["bytes"]
+        print(f"\nEXPORT {method} auc32={auc32:.4f} auc8={auc8:.4f} tables={b['tables']} "
+              f"state={b['method_state']} training={b['training_embedding_bytes']}")
     print(f"\nMATRIX {method} {ratio} {workers} auc={out['auc']:.4f} ratio={out['compression_ratio']:.1f} "
           f"bytes={out['embedding_bytes']}")
 

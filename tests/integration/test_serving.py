@@ -133,6 +133,8 @@ def test_hot_lists_cafe_hot_ids_with_the_raw_values_the_data_holds(tracked, caps
             continue
         raw_text, rest = line.split("  id ")
         i = int(rest.split()[0].replace(",", ""))
+        since = int(rest.split("since step ")[1].replace(",", ""))  # a step a version was applied at
+        assert since <= out.steps and (since - 2) % 10 == 0, line  # sync_interval 10, sync_lag 2
         idx = np.asarray(train[f"{feature}_idx"])
         raws = {int(v) for v in np.asarray(train[feature])[idx == i]}  # every row with that id has one raw value
         want = raw_text.strip()

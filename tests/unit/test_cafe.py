@@ -188,3 +188,21 @@ def test_metadata_per_hot_slot_is_at_most_48_bytes(ratio):
     per_slot = (emb.sketch.memory_bytes() + emb.hot_map.memory_bytes(emb.hot_rows)) / emb.hot_rows
     assert per_slot <= 48.0, per_slot
     assert HotSketch(1000).memory_bytes() / 1000 / 4 <= 12.125  # 12 B a cell + its pin bit
+
+
+def test_a_manifest_rebuilds_cafe_ml_with_the_settings_the_job_gave():
+    """cafe_ml derives unset settings (a hash cold tier) from its own defaults: the manifest records
+    which were set, so export rebuilds what trained (recorded as all-set, the rebuild is refused)."""
+    from cafe_dist.embeddings import FeatureSpec, build_embedding
+    from cafe_dist.embeddings.cafe.method import CafeOptions
+    from cafe_dist.serving.model import method_options
+
+    given = CafeOptions.model_validate({"sync_interval": 5})
+    feats = [FeatureSpec(f"C{i}", 3000) for i in range(3)]
+    trained = build_embedding("cafe_ml", feats, 16, 20.0, options=given)
+    info = {"method": "cafe_ml", "options": given.model_dump(mode="json"), "options_set": sorted(given.model_fields_set)}
+    again = build_embedding("cafe_ml", feats, 16, 20.0, options=method_options(info))
+    assert again.params == trained.params and again.params.cold == "hash"
+    assert [t.num_embeddings for t in again.tables] == [t.num_embeddings for t in trained.tables]
+    with pytest.raises(ValueError, match="set cafe.cold=hash"):
+        build_embedding("cafe_ml", feats, 16, 20.0, options=method_options({**info, "options_set": None}))

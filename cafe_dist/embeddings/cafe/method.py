@@ -34,7 +34,7 @@ from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.hotmap import HotMap, HotMapUpdate
-from cafe_dist.sketch import CELL_BYTES
+from cafe_dist.sketch import CELL_BYTES, HotSketch
 
 # The authors' artifact (HugoZHL/CAFE, ArtifactEvaluation, tasks/criteo.json): per compression
 # ratio, the threshold k an id's score must reach and the share of memory for hash rows.
@@ -360,6 +360,29 @@ class CafeEmbedding(CompressedEmbedding):
                 "steps": self.steps, "due": client["due"], "sync_log": client["sync_log"],
                 "overhead_s": self.overhead_s, "used": (self._used_sum, self._used_steps),
                 "coverage": None if self._coverage is None else self._coverage.cpu()}
+
+    def merge_local_states(self, states: list[dict], world_size: int) -> dict:
+        """Elastic resume: every old rank's sketch into this rank's, each score divided by the new
+        world size (the old sketches together hold the global scores; a worker sees 1/world of the
+        traffic), the hot ids' cells pinned again; the rest (hot map, rounds in flight, counters)
+        is the same on every rank, so rank 0's."""
+        if not states[0]:
+            return states[0]
+        merged = dict(states[0])
+        old = HotSketch(self.sketch.w, cells=self.sketch.c)
+        into = HotSketch(self.sketch.w, cells=self.sketch.c)
+        for state in states:
+            old.load_state_dict(state["sketch"])
+            ids, scores = old.candidates(0.0)
+            into.insert(torch.from_numpy(ids), torch.from_numpy(scores) / world_size)
+        hot = state["hot_map"]["keys"].to(torch.int64)
+        if hot.numel():
+            into.pin(hot)
+        merged["sketch"] = into.state_dict()
+        merged["mass"] = sum(s["mass"] for s in states) / world_size
+        counts = [s["coverage"] for s in states if s.get("coverage") is not None]
+        merged["coverage"] = sum(counts) / world_size if counts else None
+        return merged
 
     def hot_ids(self) -> dict[str, np.ndarray]:
         """The current hot set: ``feature`` (name), ``id``, ``slot`` and this rank's sketch ``score``

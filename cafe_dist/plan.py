@@ -1,0 +1,313 @@
+"""``cafe-dist plan``: size a cluster before renting it.
+
+TorchRec's own planner (the one every worker runs at start-up, :mod:`cafe_dist.train.sharding`)
+plans the job's tables over a topology of ``world_size`` devices that need not exist here: the
+model is built on the meta device, so a 96 GB CriteoTB table costs nothing to plan. Per rank the
+plan says which tables (or shards) it holds and what they take:
+
+- ``weights``: the rows of its shards (fp32), exact from the plan's shard sizes;
+- ``optimizer``: RowWiseAdagrad's state of those rows (one fp32 per row), exact;
+- ``io_buffers``: the planner's estimate of the KJT input and pooled output buffers of its shards
+  (its storage estimate less the two above);
+- ``method_state``: what every worker keeps beside the tables (CAFE's HotSketch and hot map, MCH's
+  id maps, LMA's signatures: ``CompressedEmbedding.aux_bytes``), replicated;
+- ``dense``: the MLPs and their Adagrad state, replicated (data parallel).
+
+For each ratio it also finds the smallest world size at which the planner finds a plan (trying
+1, 2, 4 and then multiples of ``gpus_per_node``, starting from what the bytes alone require).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_KAGGLE_CARDINALITIES, CRITEO_SPARSE, DatasetMeta
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+FLOAT_BYTES = 4
+# train rows of the profiles (6/7 of Criteo Kaggle's 45.8 M; CriteoTB days 0-22 of ~4.37 B)
+PROFILE_TRAIN_ROWS = {"criteo-kaggle": 39_291_958, "criteo-tb": 4_195_197_692}
+MAX_WORLD_SIZE = 4096
+
+
+def profile_meta(name: str) -> DatasetMeta:
+    """A dataset description with a profile's published cardinalities (no data needed)."""
+    from cafe_dist.data.profile import CRITEO_TB_CARDINALITIES
+
+    cards = {"criteo-kaggle": CRITEO_KAGGLE_CARDINALITIES, "criteo-tb": CRITEO_TB_CARDINALITIES}.get(name)
+    if cards is None:
+        raise ConfigError(f"unknown profile {name!r}: criteo-kaggle or criteo-tb")
+    rows = PROFILE_TRAIN_ROWS[name]
+    return DatasetMeta(format="criteo", dense_features=list(CRITEO_DENSE), sparse_features=list(CRITEO_SPARSE),
+                       cardinality=dict(zip(CRITEO_SPARSE, cards)), raw_distinct=dict(zip(CRITEO_SPARSE, cards)),
+                       rows={"train": rows, "test": rows // 23}, bad_rows=0, extra={"profile": name})
+
+
+@dataclass(frozen=True)
+class Topo:
+    world_size: int
+    gpus_per_node: int
+    device_gb: float  # memory per device the tables train from (HBM on GPUs, DRAM on CPUs)
+    device: str  # "cuda" or "cpu"
+
+
+@dataclass
+class RankMemory:
+    rank: int
+    tables: list[str] = field(default_factory=list)
+    weights: int = 0
+    optimizer: int = 0
+    io_buffers: int = 0
+    method_state: int = 0
+    dense: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.optimizer + self.io_buffers + self.method_state + self.dense
+
+
+@dataclass
+class RatioPlan:
+    """The plan of one compression ratio (``fits`` False: ``error`` says what does not fit where)."""
+
+    ratio: float
+    method: str
+    table_bytes: int  # every table's rows once (what the ranks' weights must add up to)
+    embedding_bytes: int  # the method's whole budget (tables + method state)
+    tables: list[dict[str, Any]]  # table, rows, dim, sharding_type, ranks
+    ranks: list[RankMemory]
+    fits: bool
+    error: str | None = None
+    min_world_size: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ranks"] = [{**asdict(r), "total": r.total} for r in self.ranks]
+        return out
+
+
+def _build(job: JobConfig, meta: DatasetMeta, method: str, ratio: float):
+    """The job's DLRM with ``method`` at ``ratio`` on the meta device (nothing allocated)."""
+    from torchrec.optim import RowWiseAdagrad
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    from cafe_dist.embeddings import FeatureSpec, build_embedding
+    from cafe_dist.embeddings.registry import section_of
+    from cafe_dist.model import DLRM
+
+    section = section_of(method)
+    options = getattr(job, section, None) if section else None
+    if method == "lma" and options is not None:  # planning needs the array's size, not the signatures
+        options = options.model_copy(update={"signatures": None})
+    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
+    emb = build_embedding(method, features, job.embedding.dim, ratio, torch.device("meta"), options=options)
+    emb.bind_data(meta.rows["train"])
+    model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch,
+                 device=torch.device("meta"))
+    apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.lr})  # as in training
+    return model, emb
+
+
+def _sharding_types(job: JobConfig, device: str) -> list[str] | None:
+    from cafe_dist.train.sharding import CPU_SHARDING
+
+    types = job.ray.sharding_types
+    if types is None:
+        return ["table_wise"] if device == "cpu" else None
+    if device == "cpu" and (bad := [s for s in types if s not in CPU_SHARDING]):
+        raise ConfigError(f"ray.sharding_types {bad} need GPU workers; plan with ray.use_gpu=true or use "
+                          f"{', '.join(CPU_SHARDING)}")
+    return list(types)
+
+
+def _precheck(emb, topo: Topo, types: list[str] | None, fixed: int) -> str | None:
+    """What cannot fit whatever the planner does, in words; None when the bytes alone allow it."""
+    cap = topo.device_gb * GIB - fixed
+    if cap <= 0:
+        return (f"each device's {topo.device_gb:g} GiB is taken by the state every worker keeps "
+                f"({fixed / GIB:.2f} GiB: the method's state and the dense model)")
+    splittable = types is None or any(t in ("row_wise", "column_wise", "table_row_wise", "table_column_wise",
+                                            "grid_shard") for t in types)
+    if not splittable:
+        for t in emb.tables:
+            need = t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES
+            if need > cap:
+                return (f"table {t.name} ({t.num_embeddings:,} x {t.embedding_dim}: {need / GIB:.2f} GiB with its "
+                        f"optimizer state) does not fit one device ({cap / GIB:.2f} GiB free of "
+                        f"{topo.device_gb:g} GiB), and ray.sharding_types {types} cannot split a table: add "
+                        "row_wise (GPU) or column_wise, or compress more")
+    total = sum(t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES for t in emb.tables)
+    if total > cap * topo.world_size:
+        need = math.ceil(total / cap)
+        return (f"the tables take {total / GIB:.2f} GiB with their optimizer state; {topo.world_size} device(s) "
+                f"hold {cap * topo.world_size / GIB:.2f} GiB beside the per-worker state: at least {need} devices")
+    return None
+
+
+def _planner(topo: Topo, types: list[str] | None, table_names: list[str], batch_size: int):
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+
+    kw = {"hbm_cap": int(topo.device_gb * GIB)} if topo.device == "cuda" else {"ddr_cap": int(topo.device_gb * GIB)}
+    topology = Topology(world_size=topo.world_size, local_world_size=min(topo.gpus_per_node, topo.world_size),
+                        compute_device=topo.device, **kw)
+    constraints = {n: ParameterConstraints(sharding_types=list(types)) for n in table_names} if types else None
+    return EmbeddingShardingPlanner(topology=topology, constraints=constraints, batch_size=batch_size)
+
+
+def _try_plan(model, emb, topo: Topo, types: list[str] | None, batch_size: int, fixed: int):
+    """(planner, its plan) or (None, why not)."""
+    from torchrec.distributed.model_parallel import get_default_sharders
+    from torchrec.distributed.planner.types import PlannerError
+
+    why = _precheck(emb, topo, types, fixed)
+    if why is not None:
+        return None, why
+    try:
+        with warnings.catch_warnings():  # "HeuristicalStorageReservation over-estimates dense tensors in dry runs"
+            warnings.simplefilter("ignore")
+            planner = _planner(topo, types, [t.name for t in emb.tables], batch_size)
+            plan = planner.plan(model, get_default_sharders())
+    except PlannerError as e:
+        return None, f"TorchRec's planner found no plan on {topo.world_size} device(s): {str(e).splitlines()[0]}"
+    return planner, plan
+
+
+def _dense_bytes(model) -> int:
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("embedding.ebc."))
+    return params * FLOAT_BYTES * 2  # weights + Adagrad's sum
+
+
+def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find_min: bool = True) -> RatioPlan:
+    """Plan ``ratio`` (1: ``full``) on ``topo``; with ``find_min``, also the smallest world size that fits."""
+    method = "full" if ratio <= 1 else job.embedding.method
+    model, emb = _build(job, meta, method, ratio)
+    types = _sharding_types(job, topo.device)
+    fixed = emb.aux_bytes() + _dense_bytes(model)
+    bs = job.train.batch_size
+    table_bytes = sum(t.num_embeddings * t.embedding_dim * FLOAT_BYTES for t in emb.tables)
+    out = RatioPlan(ratio=ratio, method=method, table_bytes=table_bytes, embedding_bytes=emb.embedding_bytes(),
+                    tables=[], ranks=[RankMemory(r) for r in range(topo.world_size)], fits=False)
+    planner, plan = _try_plan(model, emb, topo, types, bs, fixed)
+    if planner is None:
+        out.error = plan
+    else:
+        out.fits = True
+        _fill(out, planner, plan, emb, fixed - emb.aux_bytes(), topo)
+    if find_min:
+        out.min_world_size = smallest_world_size(model, emb, topo, types, bs, fixed)
+    return out
+
+
+def _fill(out: RatioPlan, planner, plan, emb, dense: int, topo: Topo) -> None:
+    """Per rank: the shards the plan puts there and their bytes."""
+    storage_of = {}  # (table, rank) -> the planner's storage estimate of the shards there
+    for option in planner._best_plan or []:  # noqa: SLF001 (the only place the planner keeps its estimates)
+        for shard in option.shards:
+            s = shard.storage
+            est = (s.hbm if topo.device == "cuda" else s.ddr) if s is not None else 0
+            storage_of[(option.name, shard.rank)] = storage_of.get((option.name, shard.rank), 0) + est
+    for tables in plan.plan.values():
+        for name, ps in tables.items():
+            spec = ps.sharding_spec
+            shards = [(md.shard_sizes, md.placement.rank()) for md in spec.shards] if spec is not None else \
+                [(None, r) for r in (ps.ranks or range(topo.world_size))]
+            table = next(t for t in emb.tables if t.name == name)
+            out.tables.append({"table": name, "rows": table.num_embeddings, "dim": table.embedding_dim,
+                               "sharding_type": ps.sharding_type, "ranks": sorted({r for _, r in shards})})
+            for size, rank in shards:
+                rows, cols = size if size is not None else (table.num_embeddings, table.embedding_dim)
+                rm = out.ranks[rank]
+                if name not in rm.tables:
+                    rm.tables.append(name)
+                rm.weights += rows * cols * FLOAT_BYTES
+                rm.optimizer += rows * FLOAT_BYTES
+            for rank in {r for _, r in shards}:
+                est = storage_of.get((name, rank), 0)
+                rm = out.ranks[rank]
+                here = sum((s[0] * s[1] if s else table.num_embeddings * table.embedding_dim) for s, r in shards
+                           if r == rank) * FLOAT_BYTES
+                rows_here = sum((s[0] if s else table.num_embeddings) for s, r in shards if r == rank)
+                rm.io_buffers += max(est - here - rows_here * FLOAT_BYTES, 0)
+    for rm in out.ranks:
+        rm.method_state, rm.dense = emb.aux_bytes(), dense
+
+
+def _candidates(gpus_per_node: int) -> list[int]:
+    out, n = [1, 2, 4], gpus_per_node
+    while n <= MAX_WORLD_SIZE:
+        out.append(n)
+        n *= 2
+    return sorted(set(out))
+
+
+def smallest_world_size(model, emb, topo: Topo, types, batch_size: int, fixed: int) -> int | None:
+    """The fewest devices (1, 2, 4, then multiples of ``gpus_per_node`` doubling) the planner can place
+    the tables on; None when not even ``MAX_WORLD_SIZE`` will do."""
+    cap = topo.device_gb * GIB - fixed
+    if cap <= 0:
+        return None
+    total = sum(t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES for t in emb.tables)
+    for n in _candidates(topo.gpus_per_node):
+        if n * cap < total:
+            continue
+        planner, _ = _try_plan(model, emb, Topo(n, topo.gpus_per_node, topo.device_gb, topo.device), types,
+                               batch_size, fixed)
+        if planner is not None:
+            return n
+        if _precheck(emb, Topo(MAX_WORLD_SIZE, topo.gpus_per_node, topo.device_gb, topo.device), types, fixed):
+            return None  # a table no number of devices can hold
+    return None
+
+
+def plan_job(job: JobConfig, meta: DatasetMeta, topo: Topo, ratios: list[float],
+             find_min: bool = True) -> list[RatioPlan]:
+    from tqdm import tqdm
+
+    quiet = logging.getLogger("torchrec")  # its dry-run advice ("construct the topology via a factory")
+    level = quiet.level                    # is about real jobs, not this estimate
+    if not job.ray.verbose:
+        quiet.setLevel(logging.ERROR)
+    try:
+        return [plan_ratio(job, meta, topo, ratio, find_min)
+                for ratio in tqdm(ratios, desc="plan", unit="ratio", leave=False, disable=len(ratios) < 2)]
+    finally:
+        quiet.setLevel(level)
+
+
+def _gb(n: float) -> str:
+    return f"{n / GIB:,.2f}"
+
+
+def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8) -> str:
+    lines = [f"plan for {source} on {topo.world_size} {topo.device} device(s) ({topo.gpus_per_node} per node, "
+             f"{topo.device_gb:g} GiB each); GiB per rank"]
+    for p in plans:
+        head = (f"\n{p.ratio:g}x ({p.method}): tables {_gb(p.table_bytes)} GiB, "
+                f"smallest world size that fits: {p.min_world_size if p.min_world_size else 'none up to ' + str(MAX_WORLD_SIZE)}")
+        lines.append(head)
+        if not p.fits:
+            lines.append(f"  does not fit: {p.error}")
+            continue
+        kinds: dict[str, int] = {}
+        for t in p.tables:
+            kinds[t["sharding_type"]] = kinds.get(t["sharding_type"], 0) + 1
+        lines.append("  " + ", ".join(f"{n} table(s) {k}" for k, n in sorted(kinds.items())))
+        lines.append(f"  {'rank':>5s} {'tables':>6s} {'weights':>8s} {'optim':>7s} {'io':>7s} {'method':>7s} "
+                     f"{'dense':>7s} {'total':>8s}")
+        busiest = sorted(p.ranks, key=lambda r: -r.total)
+        for rm in sorted(busiest[:show_ranks], key=lambda r: r.rank):
+            lines.append(f"  {rm.rank:>5d} {len(rm.tables):>6d} {_gb(rm.weights):>8s} {_gb(rm.optimizer):>7s} "
+                         f"{_gb(rm.io_buffers):>7s} {_gb(rm.method_state):>7s} {_gb(rm.dense):>7s} {_gb(rm.total):>8s}")
+        if len(p.ranks) > show_ranks:
+            lines.append(f"  ... {len(p.ranks) - show_ranks} more rank(s) (the busiest shown; --output-json has all); "
+                         f"least loaded {_gb(min(r.total for r in p.ranks))} GiB")
+    return "\n".join(lines)

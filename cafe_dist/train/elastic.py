@@ -1,0 +1,73 @@
+"""Elastic resume (``ray.elastic: true``): a checkpoint of N workers continues on M.
+
+What stands in the way with a split stream is the data position: each worker's place in its own
+shard. So in an elastic run no worker has a shard. Every worker reads the whole train stream, cut
+into batches of ``train.batch_size`` rows, and at each step the W workers train on the next W
+batches, rank r on the r-th. What was trained is then always a prefix of the epoch's stream,
+``global_batches`` batches long, the same number on every rank: the one data position a
+checkpoint needs. Resumed on M workers, rank r takes batches ``global_batches + r + k*M``. The
+price is reading: each worker reads every row (W times the I/O of a split stream), acceptable for
+CPU clusters and small W, not for hundreds of GPUs.
+
+The rest of a checkpoint reshards as follows: the tables through DCP (it reads any sharding into
+any other); state that every rank holds alike (the hot map, the coordinator's state, progress)
+from rank 0; per-rank state through the method's
+:meth:`~cafe_dist.embeddings.base.CompressedEmbedding.merge_local_states` (CAFE: all old sketches
+into each new one, scaled to a worker's share); RNG states by rank modulo the old world size.
+
+Proof of "every sample exactly once": ``rows_digest``, the sum over trained rows of a 64-bit hash
+of the row's index in the epoch, kept per rank and summed, equals the digest of the prefix
+``[0, global_batches * batch_size)`` only if each of those rows was trained exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MASK = (1 << 64) - 1
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    z = (x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def rows_digest(start: int, stop: int) -> int:
+    """Sum (mod 2^64) of the hashes of row indices ``[start, stop)``."""
+    total, chunk = 0, 1 << 22
+    for lo in range(start, stop, chunk):
+        with np.errstate(over="ignore"):
+            total = (total + int(_splitmix(np.arange(lo, min(lo + chunk, stop), dtype=np.uint64)).sum(
+                dtype=np.uint64))) & MASK
+    return total
+
+
+def owns(batch: int, start: int, rank: int, world_size: int) -> bool:
+    """Whether ``rank`` trains the epoch's ``batch``-th batch when training resumed at ``start``."""
+    return batch >= start and (batch - start) % world_size == rank
+
+
+def steps_left(train_rows: int, batch_size: int, start: int, world_size: int) -> int:
+    """Whole steps (every rank a whole batch) left in an epoch that is ``start`` batches in."""
+    return max(train_rows // batch_size - start, 0) // world_size
+
+
+def merge_states(states: list[dict[str, Any]], rank: int, world_size: int, embedding) -> dict[str, Any]:
+    """This rank's local state, from the old ranks' ``states`` (rank order)."""
+    first = states[0]
+    out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("embedding", "progress", "rng")}
+    if "embedding" in first:
+        out["embedding"] = embedding.merge_local_states([s["embedding"] for s in states], world_size)
+    if "progress" in first:
+        progress = dict(first["progress"])
+        # the rows digest is summed over ranks at the end: the old ranks' sum travels with rank 0
+        progress["rows_digest"] = sum(s["progress"].get("rows_digest", 0) for s in states) & MASK if rank == 0 else 0
+        progress["data_digest"] = states[rank]["progress"]["data_digest"] if rank < len(states) else 0
+        out["progress"] = progress
+    if "rng" in first:
+        out["rng"] = states[rank % len(states)]["rng"]
+    return out

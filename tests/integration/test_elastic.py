@@ -51,7 +51,9 @@ def test_a_two_worker_checkpoint_resumes_on_one_and_on_three_workers(ray_cluster
         aucs = {w: round(r.auc, 4) for w, r in plain.items()}
         if workers == 3 and not lo - 0.003 <= out.auc <= hi + 0.003:
             # Known gap (2026-11-29): 2 -> 3 lands at 0.7538 against 0.7669 (2) and 0.7664 (3) while
-            # 2 -> 1 lands between its bounds; every data check above holds, the cause is not found.
+            # 2 -> 1 lands between its bounds; every data check above holds. hash and robe resume
+            # 2 -> 3 fine and CAFE without the sketch merge lands at the same 0.7538: the cause is in
+            # CAFE's other carried state (hot map, coordinator, rounds in flight), not found yet.
             pytest.xfail(f"resumed on 3: auc {out.auc:.4f} outside [{lo:.4f}, {hi:.4f}] +- 0.003; plain {aucs}")
         assert lo - 0.003 <= out.auc <= hi + 0.003, (workers, out.auc, aucs)
 

@@ -9,15 +9,14 @@ is hundreds of GB of Parquet that one machine should not read). Both give the sa
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta, idx_column
+from cafe_dist.progress import row_bar
 
 
 def _file_rows(path: str, columns: list[str], positions: np.ndarray) -> np.ndarray:
@@ -72,8 +71,7 @@ def sample_train_ids(data_dir: str, meta: DatasetMeta, rows: int, seed: int, pro
     if address is not None:
         return _sample_with_ray(plan, columns, address)
     parts = []
-    with tqdm(total=sum(len(p["positions"]) for p in plan), desc="sample train rows", unit="row", unit_scale=True,
-              file=sys.stderr, disable=not progress, leave=False) as bar:
+    with row_bar("sample train rows", sum(len(p["positions"]) for p in plan), enabled=progress, leave=False) as bar:
         for p in plan:
             parts.append(_file_rows(p["path"], columns, p["positions"]))
             bar.update(len(p["positions"]))

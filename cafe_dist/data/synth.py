@@ -13,13 +13,11 @@ Everything is a function of (seed, row index), so output is deterministic by see
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from cafe_dist.data.parsing import dense_transform
 from cafe_dist.data.profile import EMPIRICAL_MAX, QUANTILES, Profile, rank_cdf, sample_ranks
@@ -32,6 +30,7 @@ from cafe_dist.data.schema import (
 )
 from cafe_dist.data.target import staged_dataset
 from cafe_dist.data.writer import DatasetWriter
+from cafe_dist.progress import row_bar
 
 CHUNK = 1 << 18
 CALIBRATION_ROWS = 50_000
@@ -289,8 +288,7 @@ def generate_synthetic(
     with staged_dataset(out_dir, overwrite) as stage:
         writer = DatasetWriter(stage, "synth", CRITEO_DENSE, CRITEO_SPARSE, test_fraction=test_fraction,
                                sources=["synthetic"], extra_meta=extra, progress=progress)
-        with tqdm(total=spec.rows, desc="generate", unit="row", unit_scale=True, file=sys.stderr,
-                  disable=not progress, mininterval=1.0) as bar:
+        with row_bar("generate", spec.rows, enabled=progress) as bar:
             for start in range(0, spec.rows, CHUNK):
                 n = min(CHUNK, spec.rows - start)
                 writer.add_rows(*gen.chunk(start, n))

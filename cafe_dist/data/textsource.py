@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from tqdm import tqdm
 
 from cafe_dist.errors import BadInputError
+from cafe_dist.progress import row_bar
 
 BLOCK_SIZE = 8 << 20
 
@@ -141,8 +140,7 @@ def parse_into(path: str | Path, names: list[str], delimiter: str, sink, convert
                progress: bool = False, skip_header: bool = False) -> None:
     """Stream one file into ``sink``: lines of the wrong width go to ``sink.add_bad``, every other
     block through ``convert`` (which validates it and adds its good rows to the sink)."""
-    bar = tqdm(desc=f"parse {Path(path).name}", unit="row", unit_scale=True, file=sys.stderr,
-               disable=not progress, mininterval=1.0)
+    bar = row_bar(f"parse {Path(path).name}", enabled=progress)
     for tb in read_delimited(path, names, delimiter, skip_header=skip_header):
         if tb.wrong_width:
             sink.add_bad(str(path), *map(list, zip(*tb.wrong_width)))

@@ -8,7 +8,6 @@ final train/test parts with contiguous ids beside the raw ones.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cafe_dist.data.schema import (
     idx_column,
 )
 from cafe_dist.errors import BadInputError
+from cafe_dist.progress import row_bar
 
 ROWS_PER_PART = 1 << 20
 READ_BATCH = 1 << 18
@@ -177,8 +177,7 @@ class DatasetWriter:
         yield from pq.ParquetFile(self._raw_path).iter_batches(batch_size=READ_BATCH, columns=columns)
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        return tqdm(total=total, desc=desc, unit="row", unit_scale=True, file=sys.stderr,
-                    disable=not self.progress, mininterval=1.0)
+        return row_bar(desc, total, enabled=self.progress)
 
     def finalize(self) -> DatasetMeta:
         self.sink.close()

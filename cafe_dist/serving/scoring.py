@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,10 +24,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 from torchmetrics.classification import BinaryAUROC
-from tqdm import tqdm
 
 from cafe_dist.data import storage
 from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, DatasetMeta
+from cafe_dist.progress import row_bar
 from cafe_dist.serving.model import ServedModel
 
 log = logging.getLogger("cafe_dist.serving")
@@ -93,10 +92,6 @@ def open_source(location: str, model_meta: DatasetMeta, split: str = "test") -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _bar(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, file=sys.stderr, leave=False)
-
-
 def _report_bad(src: Source, keep_next_to: Path | None) -> str | None:
     if not src.bad_rows:
         return None
@@ -116,7 +111,7 @@ def evaluate(model: ServedModel, location: str, split: str = "test", batch_size:
     with open_source(location, model.meta, split) as src:
         if not src.meta.labeled:
             raise ValueError(f"{location}: unlabeled rows cannot be evaluated; use `cafe-dist predict`")
-        with _bar(src.meta.rows[src.split], "evaluate") as bar:
+        with row_bar("evaluate", src.meta.rows[src.split], leave=False) as bar:
             for b in src.batches(batch_size, model.meta):
                 logits = model.logits(b.dense, b.raw).cpu()
                 labels = torch.from_numpy(b.labels.astype(np.float32))
@@ -139,7 +134,7 @@ def predict(model: ServedModel, location: str, out: str | Path, split: str = "te
     rows, t0 = 0, time.perf_counter()
     with open_source(location, model.meta, split) as src:
         schema = pa.schema([("score", pa.float32())] + ([("label", pa.int8())] if src.meta.labeled else []))
-        with pq.ParquetWriter(tmp, schema) as writer, _bar(src.meta.rows[src.split], "predict") as bar:
+        with pq.ParquetWriter(tmp, schema) as writer, row_bar("predict", src.meta.rows[src.split], leave=False) as bar:
             for b in src.batches(batch_size, model.meta):
                 cols = [pa.array(model.score(b.dense, b.raw))]
                 if src.meta.labeled:

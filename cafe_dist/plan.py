@@ -129,6 +129,11 @@ def _sharding_types(job: JobConfig, device: str) -> list[str] | None:
     return list(types)
 
 
+def _need(table) -> int:
+    """Bytes of a table's rows with their RowWiseAdagrad state (one fp32 per row)."""
+    return table.num_embeddings * (table.embedding_dim + 1) * FLOAT_BYTES
+
+
 def _precheck(emb, topo: Topo, types: list[str] | None, fixed: int) -> str | None:
     """What cannot fit whatever the planner does, in words; None when the bytes alone allow it."""
     cap = topo.device_gb * GIB - fixed
@@ -139,13 +144,13 @@ def _precheck(emb, topo: Topo, types: list[str] | None, fixed: int) -> str | Non
                                             "grid_shard") for t in types)
     if not splittable:
         for t in emb.tables:
-            need = t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES
+            need = _need(t)
             if need > cap:
                 return (f"table {t.name} ({t.num_embeddings:,} x {t.embedding_dim}: {need / GIB:.2f} GiB with its "
                         f"optimizer state) does not fit one device ({cap / GIB:.2f} GiB free of "
                         f"{topo.device_gb:g} GiB), and ray.sharding_types {types} cannot split a table: add "
                         "row_wise (GPU) or column_wise, or compress more")
-    total = sum(t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES for t in emb.tables)
+    total = sum(_need(t) for t in emb.tables)
     if total > cap * topo.world_size:
         need = math.ceil(total / cap)
         return (f"the tables take {total / GIB:.2f} GiB with their optimizer state; {topo.world_size} device(s) "
@@ -223,6 +228,7 @@ def _fill(out: RatioPlan, planner, plan, emb, dense: int, topo: Topo) -> None:
             table = next(t for t in emb.tables if t.name == name)
             out.tables.append({"table": name, "rows": table.num_embeddings, "dim": table.embedding_dim,
                                "sharding_type": ps.sharding_type, "ranks": sorted({r for _, r in shards})})
+            placed: dict[int, int] = {}  # rank -> bytes of this table's rows and their optimizer state there
             for size, rank in shards:
                 rows, cols = size if size is not None else (table.num_embeddings, table.embedding_dim)
                 rm = out.ranks[rank]
@@ -230,13 +236,9 @@ def _fill(out: RatioPlan, planner, plan, emb, dense: int, topo: Topo) -> None:
                     rm.tables.append(name)
                 rm.weights += rows * cols * FLOAT_BYTES
                 rm.optimizer += rows * FLOAT_BYTES
-            for rank in {r for _, r in shards}:
-                est = storage_of.get((name, rank), 0)
-                rm = out.ranks[rank]
-                here = sum((s[0] * s[1] if s else table.num_embeddings * table.embedding_dim) for s, r in shards
-                           if r == rank) * FLOAT_BYTES
-                rows_here = sum((s[0] if s else table.num_embeddings) for s, r in shards if r == rank)
-                rm.io_buffers += max(est - here - rows_here * FLOAT_BYTES, 0)
+                placed[rank] = placed.get(rank, 0) + rows * (cols + 1) * FLOAT_BYTES
+            for rank, held in placed.items():  # the rest of the planner's estimate: input/output buffers
+                out.ranks[rank].io_buffers += max(storage_of.get((name, rank), 0) - held, 0)
     for rm in out.ranks:
         rm.method_state, rm.dense = emb.aux_bytes(), dense
 
@@ -255,7 +257,9 @@ def smallest_world_size(model, emb, topo: Topo, types, batch_size: int, fixed: i
     cap = topo.device_gb * GIB - fixed
     if cap <= 0:
         return None
-    total = sum(t.num_embeddings * (t.embedding_dim + 1) * FLOAT_BYTES for t in emb.tables)
+    if _precheck(emb, Topo(MAX_WORLD_SIZE, topo.gpus_per_node, topo.device_gb, topo.device), types, fixed):
+        return None  # a table no number of devices can hold
+    total = sum(_need(t) for t in emb.tables)
     for n in _candidates(topo.gpus_per_node):
         if n * cap < total:
             continue
@@ -263,8 +267,6 @@ def smallest_world_size(model, emb, topo: Topo, types, batch_size: int, fixed: i
                                batch_size, fixed)
         if planner is not None:
             return n
-        if _precheck(emb, Topo(MAX_WORLD_SIZE, topo.gpus_per_node, topo.device_gb, topo.device), types, fixed):
-            return None  # a table no number of devices can hold
     return None
 
 

@@ -29,6 +29,7 @@ import torch
 
 from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_KAGGLE_CARDINALITIES, CRITEO_SPARSE, DatasetMeta
+from cafe_dist.logs import quiet
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +275,10 @@ def plan_job(job: JobConfig, meta: DatasetMeta, topo: Topo, ratios: list[float],
              find_min: bool = True) -> list[RatioPlan]:
     from tqdm import tqdm
 
-    quiet = logging.getLogger("torchrec")  # its dry-run advice ("construct the topology via a factory")
-    level = quiet.level                    # is about real jobs, not this estimate
-    if not job.ray.verbose:
-        quiet.setLevel(logging.ERROR)
-    try:
+    # TorchRec's dry-run advice ("construct the topology via a factory") is about real jobs, not this estimate
+    with quiet("torchrec", enabled=not job.ray.verbose):
         return [plan_ratio(job, meta, topo, ratio, find_min)
                 for ratio in tqdm(ratios, desc="plan", unit="ratio", leave=False, disable=len(ratios) < 2)]
-    finally:
-        quiet.setLevel(level)
 
 
 def _gb(n: float) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cafe_dist.data.parsing import dense_transform, parse_hex32
+from cafe_dist.logs import quiet
 from cafe_dist.serving.model import MODEL_FILE, ServedModel
 
 log = logging.getLogger("cafe_dist.serving")
@@ -73,19 +74,14 @@ def log_pyfunc(model_dir: str | Path, registered_name: str | None = None) -> str
 
     example = pd.DataFrame({**{c: [1.0] for c in meta.dense_features}, **{c: ["68fd1e64"] for c in meta.sparse_features}})
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    quiet = logging.getLogger("mlflow")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its notices on pickled models and input examples: nothing to act on here
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=CafeDistModel(), artifacts={ARTIFACT: str(model_dir)},
-                signature=signature, input_example=example, registered_model_name=registered_name,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchrec=={torchrec.__version__}",
-                                  "cafe-dist"])
-    finally:
-        quiet.setLevel(level)
+    # MLflow's notices on pickled models and input examples: nothing to act on here
+    with quiet("mlflow"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=CafeDistModel(), artifacts={ARTIFACT: str(model_dir)},
+            signature=signature, input_example=example, registered_model_name=registered_name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torchrec=={torchrec.__version__}",
+                              "cafe-dist"])
     return info.model_uri
 
 

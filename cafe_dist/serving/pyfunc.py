@@ -4,6 +4,7 @@ the request path beyond this class."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cafe_dist.data.parsing import dense_transform, parse_hex32
+from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.logs import quiet
 from cafe_dist.serving.model import MODEL_FILE, ServedModel
 
@@ -61,11 +63,11 @@ def log_pyfunc(model_dir: str | Path, registered_name: str | None = None) -> str
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    served = ServedModel.load(model_dir)
-    if served.meta.format == "avazu":
+    # the signature needs the features only: model.json has them (export just built and wrote the model)
+    meta = DatasetMeta(**json.loads((Path(model_dir) / MODEL_FILE).read_text())["meta"])
+    if meta.format == "avazu":
         raise ValueError("the pyfunc flavour takes raw Criteo fields; Avazu models are scored with "
                          "`cafe-dist predict`")
-    meta = served.meta
     inputs = Schema([ColSpec("double", c, required=False) for c in meta.dense_features]
                     + [ColSpec("string", c, required=False) for c in meta.sparse_features])
     signature = ModelSignature(inputs=inputs, outputs=Schema([ColSpec("float", "score")]))

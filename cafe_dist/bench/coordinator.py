@@ -2,9 +2,9 @@
 
 The real :class:`~cafe_dist.coordinator.CoordinatorActor` (on the local Ray, with its write-ahead
 store on local disk) is fed by simulated workers: every round each of W ranks submits what a CAFE
-worker sends, its strongest ``summary_factor x slots / W`` ids with their scores (or
-``candidates_per_worker``), drawn from a Zipf popularity over the id space so that, as in training,
-the ranks' candidates overlap mostly but not entirely. The driver plays all ranks: it issues the W
+worker sends, the strongest ``summary_factor x slots / W`` ids of its own part of the id space with
+their scores (or ``candidates_per_worker``), counted from Zipf draws over the id space, each rank
+from a stream of its own. The driver plays all ranks: it issues the W
 submits of a round back to back, as W workers finishing the same step would, then waits for the
 version. Per round it records:
 
@@ -28,6 +28,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+
+from cafe_dist.sketch import part_of
 
 log = logging.getLogger("cafe_dist.bench")
 
@@ -54,8 +57,8 @@ class CoordinatorBenchSpec:
 
 
 def _pool(spec: CoordinatorBenchSpec, k: int, n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n`` different rank summaries of ``k`` ids each: every rank counts ``draws`` Zipf ids and keeps
-    its strongest ``k`` (sorted keys, float32 scores), as HotSketch.top does."""
+    """``n`` different rank views of the stream: the ids a rank counted from ``draws`` Zipf draws
+    and their counts (sorted by id)."""
     perm_a, perm_b = int(rng.integers(1, spec.id_space)) | 1, int(rng.integers(0, spec.id_space))
     out = []
     for _ in range(n):
@@ -63,11 +66,17 @@ def _pool(spec: CoordinatorBenchSpec, k: int, n: int, rng: np.random.Generator) 
         ranks = ranks[ranks < spec.id_space]
         ids = (ranks.astype(np.int64) * perm_a + perm_b) % spec.id_space  # popular ids spread over the space
         u, c = np.unique(ids, return_counts=True)
-        top = np.argsort(-c, kind="stable")[:k]
-        keys = u[np.sort(top)]
-        scores = c[np.sort(top)].astype(np.float32) * rng.uniform(0.9, 1.1, size=keys.size).astype(np.float32)
-        out.append((keys, scores))
+        out.append((u, c.astype(np.float32) * rng.uniform(0.9, 1.1, size=u.size).astype(np.float32)))
     return out
+
+
+def _summary(view: tuple[np.ndarray, np.ndarray], k: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """What rank ``rank`` sends: its strongest ``k`` ids of its own part of the id space (as CAFE's
+    scorer does, cafe_dist.sketch.part_of), sorted by id, scores times ``world``."""
+    ids, counts = view
+    mine = np.nonzero(part_of(torch.from_numpy(ids), world).numpy() == rank)[0]
+    top = np.sort(mine[np.argsort(-counts[mine], kind="stable")[:k]])
+    return ids[top], counts[top] * world
 
 
 def _drifted(keys: np.ndarray, scores: np.ndarray, round_: int, id_space: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +97,9 @@ def _one(spec: CoordinatorBenchSpec, world: int) -> dict:
 
     k = spec.candidates_per_worker or math.ceil(spec.summary_factor * spec.slots / world)
     rng = np.random.default_rng(spec.seed + world)
-    pool = _pool(spec, k, 16, rng)  # ranks cycle through 16 distinct summaries, shifted every round
+    views = _pool(spec, k, 16, rng)  # ranks cycle through 16 distinct views of the stream, shifted every round
+    pool = {(rank, v): _summary(views[v], k, rank, world) for rank in range(world) for v in range(len(views))
+            if (v - rank) % len(views) < spec.rounds}  # the (rank, view) pairs the rounds use
     with tempfile.TemporaryDirectory(prefix="coord-bench-") as tmp:
         name = f"bench-{world}-{time.time_ns()}"
         actor = start_coordinator(name, state_dir=tmp if spec.store else None)
@@ -98,7 +109,7 @@ def _one(spec: CoordinatorBenchSpec, world: int) -> dict:
         for r in range(spec.rounds):
             sent, t0 = 0, time.perf_counter()
             for rank in range(world):
-                keys, scores = _drifted(*pool[(rank + r) % len(pool)], r, spec.id_space)
+                keys, scores = _drifted(*pool[rank, (rank + r) % len(views)], r, spec.id_space)
                 calls.append(actor.submit.remote(r, rank, keys, scores))
                 sent += keys.nbytes + scores.nbytes
             t_last = time.time()

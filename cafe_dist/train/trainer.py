@@ -310,8 +310,14 @@ class Trainer:
         log.info("%s on %d worker(s) (%s): %s", self.job.embedding.method, wc.world_size, wc.device.type,
                  _plan_summary(self.model.plan))
         log.debug("sharding plan:\n%s", self.model.plan)
-        per_epoch = spec.meta.rows["train"] // wc.world_size // tc.batch_size  # equal shards, whole batches
-        total = min(s for s in (per_epoch * tc.epochs, tc.max_steps) if s is not None)
+        train_rows = spec.meta.rows["train"]
+        per_epoch = train_rows // wc.world_size // tc.batch_size  # equal shards, whole batches
+        total = per_epoch * tc.epochs
+        if self.elastic and found is not None:  # the checkpoint's steps, then the rest at this worker count
+            p = self.progress
+            total = (p.step + steps_left(train_rows, tc.batch_size, p.global_batches, wc.world_size)
+                     + per_epoch * max(tc.epochs - p.epoch - 1, 0))
+        total = min(s for s in (total, tc.max_steps) if s is not None)
         metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=tc.batch_size * wc.world_size,
                           log_every=tc.log_every, sinks=sinks, total_steps=total or None, probe=probe)
         return _Run(found, restarts, resume_checksum, rows, ray.train.get_dataset_shard("train"), evaluator,

@@ -142,6 +142,6 @@ def test_bench_coordinator_tiny(ray_cluster, tmp_path, capsys):
         for r in row["rounds"]:
             assert r["bytes_in"] == w * k * 12  # int64 key + float32 score per candidate
             assert 0 < r["merge_s"] and 0 < r["store_s"] and r["merge_s"] <= r["ready_s"] + 1e-3 <= r["e2e_s"] + 2e-3
-            assert 0 < r["hot"] <= 2000
+            assert r["hot"] == 2000  # the ranks send disjoint parts of the id space: together they fill every slot
         for v in row["verdict"].values():
             assert v["sync_lag_needed"] == max(1, -(-row["e2e_s_median"] * 1000 // v["step_ms"]))

@@ -1,6 +1,6 @@
 """Elastic resume: a 2-worker CAFE run checkpointed at step 20 continues on 1 and on 3 workers, every
-row of the epoch trained exactly once (the rows digest says so), its AUC between the uninterrupted
-runs on 2 workers and on the new count."""
+row of the epoch trained exactly once (the rows digest says so), its AUC (mean over seeds) between
+the uninterrupted runs on 2 workers and on the new count."""
 
 from __future__ import annotations
 
@@ -22,40 +22,51 @@ def _job(tmp_path, tiny_synth, name: str, workers: int, *extra: str):
                              *extra])
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.mark.slow
 def test_a_two_worker_checkpoint_resumes_on_one_and_on_three_workers(ray_cluster, tiny_synth, tmp_path):
+    """The data checks hold for every run. The AUC check compares means over three seeds
+    (``train.seed``: the model's initialisation): on this 34k-row stream one epoch's AUC moves by
+    about 0.01 with the seed alone (uninterrupted on 2 workers: 0.7669 at seed 0, 0.7801 at seed 1),
+    so one seed cannot tell a 0.003 gap from noise (~20 runs, ~20 min)."""
     from cafe_dist.data.schema import DatasetMeta
 
     batches = DatasetMeta.load(tiny_synth).rows["train"] // BATCH  # whole batches in the epoch
-    plain = {w: run_training(_job(tmp_path, tiny_synth, f"plain-{w}", w)) for w in (1, 2, 3)}
-    for w, out in plain.items():
-        assert out.stats["epoch_batches_trained"] == batches // w * w
+    aucs: dict[tuple[str, int], list[float]] = {}
+    for seed in SEEDS:
+        s = f"train.seed={seed}"
+        for w in (1, 2, 3):
+            out = run_training(_job(tmp_path, tiny_synth, f"plain-{w}-{seed}", w, s))
+            assert out.stats["epoch_batches_trained"] == batches // w * w
+            aucs.setdefault(("plain", w), []).append(out.auc)
+        for workers in (1, 3):
+            name = f"two-then-{workers}-{seed}"
+            first = run_training(_job(tmp_path, tiny_synth, name, 2, s, "train.max_steps=20"))
+            assert first.steps == 20 and first.stats["epoch_batches_trained"] == 40
+            if seed == SEEDS[0]:  # the data position means something else without it
+                with pytest.raises(ConfigError, match="elastic"):
+                    run_training(_job(tmp_path, tiny_synth, name, workers, s, "ray.elastic=false"))
+            out = run_training(_job(tmp_path, tiny_synth, name, workers, s, "train.max_steps=null",
+                                    "ray.resume=force"))
+            assert out.world_size == workers and out.stats["resumed_from_step"] == 20
+            left = (batches - 40) // workers
+            trained = 40 + left * workers
+            assert out.steps == 20 + left and out.stats["epoch_batches_trained"] == trained
+            assert out.train_samples == trained * BATCH  # 2 x 20 batches, then the rest on the new count
+            # each row of the trained prefix of the epoch exactly once, over both attempts and all ranks
+            assert int(out.stats["rows_digest"]) == rows_digest(0, trained * BATCH)
+            assert out.stats["state_consistent_across_ranks"] is True
+            # the hot set fills on the new count too (on 3 workers it once stayed part empty)
+            assert out.stats["hot_slots_used"] == out.stats["hot_slots"]
+            aucs.setdefault(("resumed", workers), []).append(out.auc)
+    mean = {k: sum(v) / len(v) for k, v in aucs.items()}
     for workers in (1, 3):
         # between the uninterrupted runs on the old and the new count: on this small stream the AUC
-        # still climbs with the number of steps, and W workers take 1/W as many (1: 0.784, 2: 0.767)
-        lo, hi = sorted((plain[2].auc, plain[workers].auc))
-        name = f"two-then-{workers}"
-        first = run_training(_job(tmp_path, tiny_synth, name, 2, "train.max_steps=20"))
-        assert first.steps == 20 and first.stats["epoch_batches_trained"] == 40
-        with pytest.raises(ConfigError, match="elastic"):  # the data position means something else without it
-            run_training(_job(tmp_path, tiny_synth, name, workers, "ray.elastic=false"))
-        out = run_training(_job(tmp_path, tiny_synth, name, workers, "train.max_steps=null", "ray.resume=force"))
-        assert out.world_size == workers and out.stats["resumed_from_step"] == 20
-        left = (batches - 40) // workers
-        trained = 40 + left * workers
-        assert out.steps == 20 + left and out.stats["epoch_batches_trained"] == trained
-        assert out.train_samples == trained * BATCH  # 2 x 20 batches, then the rest on the new count
-        # each row of the trained prefix of the epoch exactly once, over both attempts and all ranks
-        assert int(out.stats["rows_digest"]) == rows_digest(0, trained * BATCH)
-        assert out.stats["state_consistent_across_ranks"] is True
-        aucs = {w: round(r.auc, 4) for w, r in plain.items()}
-        if workers == 3 and not lo - 0.003 <= out.auc <= hi + 0.003:
-            # Known gap (2026-11-29): 2 -> 3 lands at 0.7538 against 0.7669 (2) and 0.7664 (3) while
-            # 2 -> 1 lands between its bounds; every data check above holds. hash and robe resume
-            # 2 -> 3 fine and CAFE without the sketch merge lands at the same 0.7538: the cause is in
-            # CAFE's other carried state (hot map, coordinator, rounds in flight), not found yet.
-            pytest.xfail(f"resumed on 3: auc {out.auc:.4f} outside [{lo:.4f}, {hi:.4f}] +- 0.003; plain {aucs}")
-        assert lo - 0.003 <= out.auc <= hi + 0.003, (workers, out.auc, aucs)
+        # still climbs with the number of steps, and W workers take 1/W as many
+        lo, hi = sorted((mean["plain", 2], mean["plain", workers]))
+        assert lo - 0.003 <= mean["resumed", workers] <= hi + 0.003, (workers, aucs)
 
 
 def test_a_split_stream_checkpoint_refuses_another_worker_count(ray_cluster, tiny_synth, tmp_path):

@@ -88,6 +88,33 @@ def test_capacity_fills_every_slot_with_the_strongest_ids():
     assert sorted(u.promoted_slots.tolist()) == list(range(10))
 
 
+@pytest.mark.parametrize("world", [3, 8])
+def test_ranks_that_saw_the_same_ids_still_fill_every_slot_together(world):
+    """Every rank sees every popular id, so each rank's overall top 2 x slots / W would be nearly the
+    same list and W >= 3 ranks would name fewer ids than there are slots. Each rank reports its own
+    part of the id space: the summaries are disjoint, fill every slot, and their scores (a rank's
+    count times W) estimate the global counts."""
+    slots = 60
+    ids = torch.from_numpy(np.random.default_rng(0).zipf(1.2, 200_000) % 5_000)
+    scorer = ImportanceScorer(2048, "frequency", "global", ("step", 1.0, 0.0))
+    scorer.sketch.insert(ids)
+    parts = [scorer.top(int(np.ceil(2 * slots / world)), r, world) for r in range(world)]
+    keys = np.concatenate([k for k, _ in parts])
+    assert len(np.unique(keys)) == len(keys)  # disjoint
+    m = HotSetMerger(MergeConfig(num_slots=slots, threshold=1.0, world_size=world, admission="capacity",
+                                 hysteresis=1.5))
+    for r, (k, sc) in enumerate(parts):
+        m.submit(0, r, k, sc)
+    assert m.update(0).stats["hot"] == slots
+    counts = np.bincount(ids.numpy(), minlength=5_000)
+    best = np.argsort(-counts)[:slots]
+    assert len(set(m.hot_keys.tolist()) & set(best.tolist())) >= 0.9 * slots  # the right ids
+    k0, s0 = parts[0]
+    np.testing.assert_allclose(s0, counts[k0] * world, rtol=0.05)  # the whole stream on one rank: x W
+    overall = scorer.sketch.strongest(int(np.ceil(2 * slots / world)))[0]
+    assert len(np.unique(np.tile(overall, world))) < slots  # what each rank's overall top list would name
+
+
 def test_a_stronger_newcomer_displaces_the_weakest_incumbent_and_a_slightly_stronger_one_does_not():
     m = _merger(4, h=1.5)
     _round(m, 0, {1: 10.0, 2: 9.0, 3: 8.0, 4: 7.0})

@@ -237,12 +237,16 @@ class CafeEmbedding(CompressedEmbedding):
                            max_medium=self.hot_rows if self.multi_level else 0,
                            admission=p.admission, hysteresis=p.hysteresis)
 
-    def summary(self, world_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """What this rank sends each round: its strongest ``summary_factor`` x slots / world ids
-        (capacity), or every cell scoring at least a share of the threshold."""
+    def summary(self, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """What this rank sends each round. Capacity admission: the strongest ``summary_factor`` x
+        slots / world ids of the rank's own part of the id space. Every rank sees every popular id,
+        so their overall top lists would nearly coincide and, with 3 or more ranks, together name
+        fewer ids than there are slots (the hot set would stay part empty); parts are disjoint, so
+        the lists together name ``summary_factor`` x slots ids. Threshold admission: every cell
+        scoring at least a share of the threshold."""
         if self.params.admission == "capacity":  # cafe_ml: room for as many medium ids as hot ones
             wanted = self.hot_rows * (2 if self.multi_level else 1)
-            return self.scorer.top(math.ceil(self.params.summary_factor * wanted / world_size))
+            return self.scorer.top(math.ceil(self.params.summary_factor * wanted / world_size), rank, world_size)
         floor = min(self.threshold, self.params.ml_threshold if self.multi_level else math.inf)
         return self.scorer.candidates(floor / (2 * world_size))
 
@@ -326,7 +330,7 @@ class CafeEmbedding(CompressedEmbedding):
         self.steps += 1
         t1 = time.perf_counter()
         stats, migration = self.client.step(self.steps, rank, self.merge_config(world_size),
-                                            summary=lambda: self.summary(world_size),
+                                            summary=lambda: self.summary(rank, world_size),
                                             apply=lambda update: self.apply_update(update, rows))
         stats["hot"] = float(len(self.hot_map))
         if self.warmed_up():

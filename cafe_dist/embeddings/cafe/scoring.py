@@ -96,9 +96,12 @@ class ImportanceScorer:
     def candidates(self, min_score: float) -> tuple[np.ndarray, np.ndarray]:
         return self.sketch.candidates(min_score)
 
-    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` strongest ids by their own (error-corrected) score."""
-        return self.sketch.strongest(n)
+    def top(self, n: int, rank: int = 0, world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` strongest ids by their own (error-corrected) score among the ids this rank
+        reports (its part of the id space), each score times ``world_size``: this rank sees
+        1/world of every id's traffic, so that estimates the id's global score."""
+        ids, scores = self.sketch.strongest(n, (rank, world_size))
+        return ids, scores * world_size
 
     def protect(self, hot_keys: torch.Tensor) -> None:
         """Pin the cells of the ids the global hot set holds (and only those)."""

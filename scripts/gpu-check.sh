@@ -10,7 +10,8 @@
 # tensor path on the GPU, and runs the quality bench on the real 100k Criteo sample for those three
 # at 100x. Everything lands in DIR/gpu-check.json (default gpu-check-out/), written after each part.
 # Without internet, pass --wheels DIR holding every wheel the venv needs (pip download them elsewhere).
-# --dry-run uses the CPU venv (.venv) and the CPU: the same code path at toy sizes.
+# --dry-run uses the CPU venv (.venv) and the CPU: the same code path at toy sizes (CI runs it).
+# LIMIT_S=N caps the python part (default 480 s; CI gives the dry run 1800 on its shared cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ DATA=""
 WHEELS=""
 CUDA_INDEX=${CUDA_INDEX:-https://download.pytorch.org/whl/cu128}
 LIMIT_S=${LIMIT_S:-480}
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;

@@ -9,8 +9,8 @@ On one GPU, under the 8 minutes a borrowed machine gives it:
 3. ``quality``: the quality bench on the real 100k Criteo sample, ``full``, ``hash``, ``cafe`` at
    100x (skipped, and said so, when the sample is not there).
 
-``--dry-run`` runs the same code on the CPU at toy sizes (20 steps, 1 M sketch ids, 20,000 sample
-rows): what CI can check of a script nobody can run here.
+``--dry-run`` runs the same code on the CPU at toy sizes (20 steps on 20,000 synthetic rows, 1 M
+sketch ids, 20,000 sample rows): what CI (``.ci/run``) can check of a script nobody can run here.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def _environment(device: str) -> dict[str, Any]:
     return env
 
 
+# the dry run's training data: 20,000 demo rows, batch 256 (20 steps fit one epoch), so CI runs it in minutes
+DRY_DATA = ("data.synthetic.rows=20000", "train.batch_size=256")
+
+
 def _gpu_overrides(dry: bool) -> list[str]:
     if dry:
         return ["ray.use_gpu=false", "train.max_steps=20"]
@@ -60,7 +64,7 @@ def _train(out: Path, dry: bool) -> list[dict[str, Any]]:
             f"embedding.method={method}", f"embedding.compression_ratio={ratio}", "ray.num_workers=1",
             f"ray.name=gpu-check-{method}-{time.strftime('%H%M%S')}", f"ray.storage_path={(out / 'runs').resolve()}",
             f"data.path={(out / 'data' / 'synth_demo').resolve()}", "mlflow.enabled=false",
-            *_gpu_overrides(dry)])
+            *_gpu_overrides(dry), *(DRY_DATA if dry else ())])
         log.info("gpu-check train: %s at %gx", method, ratio)
         t0 = time.perf_counter()
         try:

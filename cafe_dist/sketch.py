@@ -37,14 +37,7 @@ MAX_ID = 2**31 - 2
 CELL_BYTES = 12  # id, score, error (+ 1 bit: pinned)
 _ID, _SCORE, _ERR = 0, 1, 2
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-_PART_MIX = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64: unrelated to the bucket hash
 _NO_WEIGHTS = np.zeros(1, np.float32)
-
-
-def part_of(ids: torch.Tensor, parts: int) -> torch.Tensor:
-    """Which of ``parts`` disjoint parts of the id space each id falls in: a multiplicative hash, so
-    popular ids (often small, often of one feature's key range) spread evenly over the parts."""
-    return torch.remainder((ids.to(torch.int64) * _PART_MIX) >> 24, parts)
 
 
 @numba.njit(cache=True, boundscheck=False)
@@ -183,14 +176,13 @@ class HotSketch:
         held = (self.cell_id.reshape(-1) != EMPTY).nonzero().squeeze(1)
         return held[torch.topk(value.reshape(-1)[held], min(k, held.numel())).indices]
 
-    def strongest(self, k: int, part: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    def strongest(self, k: int, among: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, lower bounds) of the (at most) ``k`` ids with the highest score minus inherited
         error, i.e. the mass the id itself is known to have brought (Space-Saving's lower bound);
-        with ``part`` = (i, n), among the ids of the i-th of n parts (:func:`part_of`) only."""
+        ``among``: a bool per cell (flat, as ``cell_id.reshape(-1)``), only those cells compete."""
         bound = (self.cell_score - self.cell_err).reshape(-1)
-        if part[1] > 1:
-            mine = part_of(self.cell_id.reshape(-1), part[1]) == part[0]
-            bound = torch.where(mine, bound, torch.zeros_like(bound))
+        if among is not None:
+            bound = torch.where(among, bound, torch.zeros_like(bound))
         best = self._best(bound, k)
         keep = best[bound[best] > 0]
         return self.cell_id.reshape(-1)[keep].to(torch.int64).cpu().numpy(), bound[keep].cpu().numpy()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cafe_dist.sketch import part_of
+from cafe_dist.embeddings.cafe.scoring import part_of
 
 log = logging.getLogger("cafe_dist.bench")
 
@@ -72,7 +72,7 @@ def _pool(spec: CoordinatorBenchSpec, k: int, n: int, rng: np.random.Generator) 
 
 def _summary(view: tuple[np.ndarray, np.ndarray], k: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
     """What rank ``rank`` sends: its strongest ``k`` ids of its own part of the id space (as CAFE's
-    scorer does, cafe_dist.sketch.part_of), sorted by id, scores times ``world``."""
+    scorer does, ImportanceScorer.top), sorted by id, scores times ``world``."""
     ids, counts = view
     mine = np.nonzero(part_of(torch.from_numpy(ids), world).numpy() == rank)[0]
     top = np.sort(mine[np.argsort(-counts[mine], kind="stable")[:k]])

@@ -14,7 +14,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.sketch import HotSketch
+
+PART_SEED = 1 << 21  # hash seed of the parts ranks report (apart from every table's seeds)
+
+
+def part_of(keys: torch.Tensor, parts: int) -> torch.Tensor:
+    """Which of ``parts`` disjoint parts of the key space each key falls in: rank r reports part r."""
+    return hash_mod(keys, parts, seed=PART_SEED)
 
 SKETCH_CELLS = 4  # cells per sketch bucket
 
@@ -100,7 +108,8 @@ class ImportanceScorer:
         """The ``n`` strongest ids by their own (error-corrected) score among the ids this rank
         reports (its part of the id space), each score times ``world_size``: this rank sees
         1/world of every id's traffic, so that estimates the id's global score."""
-        ids, scores = self.sketch.strongest(n, (rank, world_size))
+        among = part_of(self.sketch.cell_id.reshape(-1), world_size) == rank if world_size > 1 else None
+        ids, scores = self.sketch.strongest(n, among)
         return ids, scores * world_size
 
     def protect(self, hot_keys: torch.Tensor) -> None:

@@ -107,6 +107,10 @@ class RayConfig(_Section):
     # data position is one global count and a checkpoint resumes on any number of workers (see
     # cafe_dist.train.elastic); the price: each worker reads all rows, not 1/num_workers of them
     elastic: bool = False
+    # an elastic run resumed on another number of workers: "global" keeps its rows per step over all
+    # workers (each takes global / num_workers, rounded), so the run goes on with the same steps and
+    # optimiser dynamics; "per_worker" keeps train.batch_size per worker (larger or smaller steps)
+    elastic_batch: Literal["global", "per_worker"] = "global"
     # show the libraries' own logs (Ray Data and Train, TorchRec's planner, fbgemm) and warnings
     verbose: bool = False
 

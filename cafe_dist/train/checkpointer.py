@@ -40,7 +40,9 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of ``epoch`` already trained on (skipped on resume)
     samples: int = 0
-    global_batches: int = 0  # elastic runs: batches of this epoch trained by all ranks (a prefix of it)
+    epoch_rows: int = 0  # elastic runs: rows of this epoch trained by all ranks (a prefix of it)
+    global_batch: int = 0  # elastic runs: rows per step over all workers, kept when resumed on another count
+    global_batch_from: int = 0  # ... and the train.batch_size it came from (changing that sets a new one)
     rows_digest: int = 0  # elastic runs: sum of hashes of the epoch row indices this rank trained on
     data_digest: int = 0  # CRC32 chained over every batch this rank trained on, in order
     hot_map_digest: int = 0  # chained over the per-step state checksum (hot map / id maps)

@@ -2,12 +2,19 @@
 
 What stands in the way with a split stream is the data position: each worker's place in its own
 shard. So in an elastic run no worker has a shard. Every worker reads the whole train stream, cut
-into batches of ``train.batch_size`` rows, and at each step the W workers train on the next W
+into batches of the per-worker batch size, and at each step the W workers train on the next W
 batches, rank r on the r-th. What was trained is then always a prefix of the epoch's stream,
-``global_batches`` batches long, the same number on every rank: the one data position a
-checkpoint needs. Resumed on M workers, rank r takes batches ``global_batches + r + k*M``. The
-price is reading: each worker reads every row (W times the I/O of a split stream), acceptable for
-CPU clusters and small W, not for hundreds of GPUs.
+``epoch_rows`` rows long, the same number on every rank: the one data position a checkpoint needs.
+Resumed on M workers, the rest of the epoch (from row ``epoch_rows``) is cut again and rank r
+takes its batches ``r + k*M``. The price is reading: each worker reads every row (W times the I/O
+of a split stream), acceptable for CPU clusters and small W, not for hundreds of GPUs.
+
+The batch: by default (``ray.elastic_batch: global``) a resumed run keeps the rows per step over
+all workers that it started with, so each worker takes ``global / M`` rows (rounded): the run goes
+on with the same number of steps and the same optimiser dynamics as had it never been resized
+(otherwise 3 workers of 256 rows would take a third fewer, larger steps than the 2 workers before
+them, and on a short stream land visibly lower). ``per_worker`` keeps ``train.batch_size`` per
+worker instead: more throughput per step, other dynamics.
 
 The rest of a checkpoint reshards as follows: the tables through DCP (it reads any sharding into
 any other); state that every rank holds alike (the hot map, the coordinator's state, progress)
@@ -17,11 +24,12 @@ into each new one, scaled to a worker's share); RNG states by rank modulo the ol
 
 Proof of "every sample exactly once": ``rows_digest``, the sum over trained rows of a 64-bit hash
 of the row's index in the epoch, kept per rank and summed, equals the digest of the prefix
-``[0, global_batches * batch_size)`` only if each of those rows was trained exactly once.
+``[0, epoch_rows)`` only if each of those rows was trained exactly once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -46,14 +54,45 @@ def rows_digest(start: int, stop: int) -> int:
     return total
 
 
-def owns(batch: int, start: int, rank: int, world_size: int) -> bool:
-    """Whether ``rank`` trains the epoch's ``batch``-th batch when training resumed at ``start``."""
-    return batch >= start and (batch - start) % world_size == rank
+def owns(batch: int, rank: int, world_size: int) -> bool:
+    """Whether ``rank`` trains the ``batch``-th batch after the point where training (re)started."""
+    return batch % world_size == rank
 
 
-def steps_left(train_rows: int, batch_size: int, start: int, world_size: int) -> int:
-    """Whole steps (every rank a whole batch) left in an epoch that is ``start`` batches in."""
-    return max(train_rows // batch_size - start, 0) // world_size
+def steps_left(train_rows: int, batch_size: int, start_row: int, world_size: int) -> int:
+    """Whole steps (every rank a whole batch) left in an epoch that is ``start_row`` rows in."""
+    return max(train_rows - start_row, 0) // batch_size // world_size
+
+
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    """Rows per worker that keep ``global_batch`` rows per step on ``world_size`` workers: the
+    nearest whole number (the step then holds at most ``world_size / 2`` rows more or fewer)."""
+    return max(1, round(global_batch / world_size))
+
+
+def rebatch(batches: Iterable[dict[str, np.ndarray]], size: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
+    """The stream of column batches ``batches`` from row ``skip`` on, cut again into whole batches
+    of ``size`` rows (a partial last one is dropped): a resumed elastic run's position is a row
+    count, not necessarily a multiple of its new batch size. Slices and concatenations per batch."""
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for batch in batches:
+        n = len(next(iter(batch.values())))
+        if skip >= n:
+            skip -= n
+            continue
+        if skip:
+            batch, n, skip = {k: v[skip:] for k, v in batch.items()}, n - skip, 0
+        pending.append(batch)
+        held += n
+        if held < size:
+            continue
+        joined = pending[0] if len(pending) == 1 else {k: np.concatenate([b[k] for b in pending]) for k in batch}
+        cut = held - held % size
+        for lo in range(0, cut, size):
+            yield {k: v[lo:lo + size] for k, v in joined.items()}
+        held -= cut
+        pending = [{k: v[cut:] for k, v in joined.items()}] if held else []
 
 
 def merge_states(states: list[dict[str, Any]], rank: int, world_size: int, embedding) -> dict[str, Any]:

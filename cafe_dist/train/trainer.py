@@ -29,9 +29,10 @@ from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
 from cafe_dist.result import FINAL
+from cafe_dist.train import elastic
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
-from cafe_dist.train.elastic import MASK, merge_states, owns, rows_digest, steps_left
+from cafe_dist.train.elastic import MASK, merge_states, rows_digest, steps_left
 from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
@@ -164,6 +165,7 @@ class Trainer:
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
         self.collate = Collator(spec.meta, emb.input_kind)
+        self.batch_size = spec.job.train.batch_size  # rows per worker per step (an elastic resume may change it)
 
     # ---- state of the coordinator (rank 0 speaks for it) -------------------------------------
     def _coordinator_snapshot(self) -> dict[str, Any] | None:
@@ -204,7 +206,7 @@ class Trainer:
         p, emb = self.progress, self.model.emb
         if rows is not None:  # elastic: the epoch rows this rank trained on, and every rank's step
             p.rows_digest = (p.rows_digest + rows_digest(*rows)) & MASK
-            p.global_batches += self.wc.world_size
+            p.epoch_rows += self.wc.world_size * self.batch_size
         for k, val in out.stats.items():
             p.totals[k] = val if k in emb.level_stats else p.totals.get(k, 0.0) + val
         checksum = emb.state_checksum()
@@ -217,7 +219,7 @@ class Trainer:
         p.samples += out.rows * self.wc.world_size
 
     def _collate(self, np_batch: dict[str, np.ndarray]):
-        step, bs = self.progress.step, self.job.train.batch_size
+        step, bs = self.progress.step, self.batch_size
         try:
             return self.collate(np_batch).to(self.wc.device)
         except BadInputError as e:  # say where: this rank's shard, this step's batch
@@ -264,8 +266,9 @@ class Trainer:
     def _epoch_batches(self, shard, resuming: bool):
         """This rank's batches of the epoch, with (for elastic runs) their rows in the epoch's stream;
         a resumed epoch starts after what the checkpoint had trained."""
-        p, bs = self.progress, self.job.train.batch_size
-        batches = shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=True, prefetch_batches=2)
+        p, bs = self.progress, self.batch_size
+        batches = shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=not self.elastic,
+                                     prefetch_batches=2)
         if not self.elastic:  # this rank's own split of the stream: skip what it trained before
             skip, p.batch_in_epoch = (p.batch_in_epoch if resuming else 0), 0
             for np_batch in batches:
@@ -274,15 +277,15 @@ class Trainer:
                     continue
                 yield np_batch, None
             return
-        start = p.global_batches if resuming else 0  # the whole stream: rank r trains batches start + r + k W
-        p.global_batches, p.batch_in_epoch = start, 0
+        start = p.epoch_rows if resuming else 0  # the whole stream from row start: rank r trains batches r + k W
+        p.epoch_rows, p.batch_in_epoch = start, 0
         rank, world = self.wc.rank, self.wc.world_size
         left = steps_left(self.spec.meta.rows["train"], bs, start, world)
-        for g, np_batch in enumerate(batches):
+        for g, np_batch in enumerate(elastic.rebatch(batches, bs, start)):
             if p.batch_in_epoch >= left:
                 break
-            if owns(g, start, rank, world):
-                yield np_batch, (g * bs, (g + 1) * bs)
+            if elastic.owns(g, rank, world):
+                yield np_batch, (start + g * bs, start + (g + 1) * bs)
 
     def _start(self) -> _Run:
         """Resume from the newest checkpoint (if any), join the coordinator, open the data shards,
@@ -310,18 +313,36 @@ class Trainer:
         log.info("%s on %d worker(s) (%s): %s", self.job.embedding.method, wc.world_size, wc.device.type,
                  _plan_summary(self.model.plan))
         log.debug("sharding plan:\n%s", self.model.plan)
-        train_rows = spec.meta.rows["train"]
-        per_epoch = train_rows // wc.world_size // tc.batch_size  # equal shards, whole batches
+        if self.elastic:
+            self.batch_size = self._elastic_batch_size()
+        train_rows, bs = spec.meta.rows["train"], self.batch_size
+        per_epoch = train_rows // wc.world_size // bs  # equal shards, whole batches
         total = per_epoch * tc.epochs
         if self.elastic and found is not None:  # the checkpoint's steps, then the rest at this worker count
             p = self.progress
-            total = (p.step + steps_left(train_rows, tc.batch_size, p.global_batches, wc.world_size)
+            total = (p.step + steps_left(train_rows, bs, p.epoch_rows, wc.world_size)
                      + per_epoch * max(tc.epochs - p.epoch - 1, 0))
         total = min(s for s in (total, tc.max_steps) if s is not None)
-        metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=tc.batch_size * wc.world_size,
+        metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=bs * wc.world_size,
                           log_every=tc.log_every, sinks=sinks, total_steps=total or None, probe=probe)
         return _Run(found, restarts, resume_checksum, rows, ray.train.get_dataset_shard("train"), evaluator,
                     metrics, probe)
+
+    def _elastic_batch_size(self) -> int:
+        """Rows per worker per step in an elastic run: with ``ray.elastic_batch: global`` (default)
+        the run keeps the rows per step over all workers it started with (cafe_dist.train.elastic);
+        a first start, ``per_worker``, or a changed ``train.batch_size`` (``--resume force``) sets
+        them anew from ``train.batch_size``."""
+        p, configured, world = self.progress, self.job.train.batch_size, self.wc.world_size
+        if self.job.ray.elastic_batch == "global" and p.global_batch and p.global_batch_from == configured:
+            bs = elastic.per_worker_batch(p.global_batch, world)
+            if bs != configured and self.chief:
+                log.info("elastic resume on %d worker(s): %d rows per worker per step keep the run's %d per step "
+                         "(train.batch_size %d; ray.elastic_batch=per_worker keeps that instead)",
+                         world, bs, p.global_batch, configured)
+            return bs
+        p.global_batch, p.global_batch_from = configured * world, configured
+        return configured
 
     def _finish(self, run: _Run) -> dict[str, Any]:
         """The final evaluation and result (every rank: some figures are reduced), reported with the
@@ -368,7 +389,8 @@ class Trainer:
         p = self.progress
         halves = torch.tensor([[p.rows_digest & 0xFFFFFFFF, p.rows_digest >> 32]], dtype=torch.int64)
         total = sum(int(lo) + (int(hi) << 32) for lo, hi in all_gather_cat(halves).tolist()) & MASK
-        return {"elastic": True, "epoch_batches_trained": p.global_batches, "rows_digest": str(total)}
+        return {"elastic": True, "epoch_rows_trained": p.epoch_rows, "batch_size_per_worker": self.batch_size,
+                "rows_digest": str(total)}
 
     def _run_figures(self, probe: HotSetProbe | None) -> dict[str, Any]:
         """What the run's result says beyond AUC: state consistency across ranks, the method's own

@@ -32,7 +32,6 @@ from cafe_dist.result import FINAL
 from cafe_dist.train import elastic
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
-from cafe_dist.train.elastic import MASK, merge_states, rows_digest, steps_left
 from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
@@ -161,7 +160,7 @@ class Trainer:
             every_steps=spec.job.checkpoint.every_steps, at_end=spec.job.checkpoint.at_end,
             info={"mlflow_run_id": spec.mlflow.run_id if spec.mlflow else None, "run_name": spec.run_name,
                   **spec.resume_key, "model": model_info(spec), "elastic": self.elastic},
-            reshard=(lambda states: merge_states(states, wc.rank, wc.world_size, emb)) if self.elastic else None)
+            reshard=(lambda states: elastic.merge_states(states, wc.rank, wc.world_size, emb)) if self.elastic else None)
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
         self.collate = Collator(spec.meta, emb.input_kind)
@@ -205,7 +204,7 @@ class Trainer:
     def _record(self, out: StepOutput, np_batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> None:
         p, emb = self.progress, self.model.emb
         if rows is not None:  # elastic: the epoch rows this rank trained on, and every rank's step
-            p.rows_digest = (p.rows_digest + rows_digest(*rows)) & MASK
+            p.rows_digest = (p.rows_digest + elastic.rows_digest(*rows)) & elastic.MASK
             p.epoch_rows += self.wc.world_size * self.batch_size
         for k, val in out.stats.items():
             p.totals[k] = val if k in emb.level_stats else p.totals.get(k, 0.0) + val
@@ -280,7 +279,7 @@ class Trainer:
         start = p.epoch_rows if resuming else 0  # the whole stream from row start: rank r trains batches r + k W
         p.epoch_rows, p.batch_in_epoch = start, 0
         rank, world = self.wc.rank, self.wc.world_size
-        left = steps_left(self.spec.meta.rows["train"], bs, start, world)
+        left = elastic.steps_left(self.spec.meta.rows["train"], bs, start, world)
         for g, np_batch in enumerate(elastic.rebatch(batches, bs, start)):
             if p.batch_in_epoch >= left:
                 break
@@ -320,7 +319,7 @@ class Trainer:
         total = per_epoch * tc.epochs
         if self.elastic and found is not None:  # the checkpoint's steps, then the rest at this worker count
             p = self.progress
-            total = (p.step + steps_left(train_rows, bs, p.epoch_rows, wc.world_size)
+            total = (p.step + elastic.steps_left(train_rows, bs, p.epoch_rows, wc.world_size)
                      + per_epoch * max(tc.epochs - p.epoch - 1, 0))
         total = min(s for s in (total, tc.max_steps) if s is not None)
         metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=bs * wc.world_size,
@@ -388,7 +387,7 @@ class Trainer:
         """The data position and the rows digest summed over ranks (cafe_dist.train.elastic)."""
         p = self.progress
         halves = torch.tensor([[p.rows_digest & 0xFFFFFFFF, p.rows_digest >> 32]], dtype=torch.int64)
-        total = sum(int(lo) + (int(hi) << 32) for lo, hi in all_gather_cat(halves).tolist()) & MASK
+        total = sum(int(lo) + (int(hi) << 32) for lo, hi in all_gather_cat(halves).tolist()) & elastic.MASK
         return {"elastic": True, "epoch_rows_trained": p.epoch_rows, "batch_size_per_worker": self.batch_size,
                 "rows_digest": str(total)}
 

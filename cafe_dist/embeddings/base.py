@@ -140,7 +140,7 @@ class CompressedEmbedding(nn.Module):
                        for f in features if f.name in full]
         self.tables += self.method_tables()
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
-        self._columns: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+        self._layouts: dict[tuple[str, ...], list[tuple[str, int, int | None]]] = {}
 
     @classmethod
     def build(cls, features: list[FeatureSpec], dim: int, ratio: float, device: torch.device | None,
@@ -246,37 +246,53 @@ class CompressedEmbedding(nn.Module):
                 values.append(r.values)
                 lengths.append(v.lengths.reshape(-1).to(torch.int32))
                 continue
-            keep = r.features[v.feature] if r.mask is None else (r.features[v.feature] & r.mask)
-            counts = torch.zeros(nf * b, dtype=torch.int32, device=v.ids.device)
-            counts.index_add_(0, v.segment[keep], torch.ones_like(v.segment[keep], dtype=torch.int32))
-            values.append(r.values[keep])
+            keep = r.features.index_select(0, v.feature)
+            if r.mask is not None:
+                keep &= r.mask
+            at = keep.nonzero().squeeze(1)  # once: index_select by it beats a boolean mask per tensor
+            counts = torch.bincount(v.segment.index_select(0, at), minlength=nf * b).to(torch.int32)
+            values.append(r.values.index_select(0, at))
             lengths.append(counts.view(nf, b)[r.features].reshape(-1))
         kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=b)
         return kjt, v, routes
 
-    def _group_columns(self, pooled: KeyedTensor) -> dict[str, torch.Tensor]:
-        """For each route, column indices into [pooled values | zero column] laid out (F, dim)."""
+    def _group_layout(self, pooled: KeyedTensor) -> list[tuple[str, int, int | None]]:
+        """For each route, (suffix, dim, first column) when its keys lie side by side in feature
+        order in the pooled values (the group is then a view), else (suffix, dim, None)."""
         keys = tuple(pooled.keys())
-        cols = self._columns.get(keys)
-        if cols is None:
+        layout = self._layouts.get(keys)
+        if layout is None:
             offsets, off = {}, 0
             for k, n in zip(keys, pooled.length_per_key()):
                 offsets[k] = off
                 off += n
-            cols = {}
+            layout = []
             for suffix, d in self.route_dims().items():
-                idx = [list(range(offsets[n + suffix], offsets[n + suffix] + d)) if n + suffix in offsets
-                       else [off] * d for n in self.names]
-                cols[suffix] = torch.tensor(idx, dtype=torch.int64).reshape(-1)
-            self._columns[keys] = cols
-        return cols
+                starts = [offsets.get(n + suffix) for n in self.names]
+                first = starts[0]
+                in_order = first is not None and starts == [first + i * d for i in range(len(starts))]
+                layout.append((suffix, d, first if in_order else None))
+            self._layouts[keys] = layout
+        return layout
 
     def combine(self, pooled: KeyedTensor, v: Values, routes: list[Route]) -> torch.Tensor:
-        batch_size = v.batch_size
+        """The pooled lookups as one (B, F, dim) group per route (zeros where a feature has no key
+        on it), handed to :meth:`merge`. A group is a view where it can be, else a stack of the
+        keys' column slices: its backward is one concatenation of gradients, where a column gather
+        per route would cost, per route, a scatter into a zero-filled gradient of all pooled values."""
+        b = v.batch_size
         vals = pooled.values()
-        padded = torch.cat([vals, vals.new_zeros(batch_size, 1)], dim=1)
-        groups = {s: padded.index_select(1, c.to(vals.device)).view(batch_size, len(self.names), -1)
-                  for s, c in self._group_columns(pooled).items()}
+        layout = self._group_layout(pooled)
+        parts = (dict(zip(pooled.keys(), vals.split(pooled.length_per_key(), dim=1)))
+                 if any(first is None for _, _, first in layout) else {})
+        groups, zeros = {}, {}
+        for suffix, d, first in layout:
+            if first is not None:
+                groups[suffix] = vals[:, first:first + len(self.names) * d].view(b, len(self.names), d)
+                continue
+            if d not in zeros:
+                zeros[d] = vals.new_zeros(b, d)
+            groups[suffix] = torch.stack([parts.get(n + suffix, zeros[d]) for n in self.names], dim=1)
         return self.merge(groups, v, routes)
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:

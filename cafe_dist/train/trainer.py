@@ -217,13 +217,15 @@ class Trainer:
         p.batch_in_epoch += 1
         p.samples += out.rows * self.wc.world_size
 
-    def _collate(self, np_batch: dict[str, np.ndarray]):
-        step, bs = self.progress.step, self.batch_size
+    def _collate(self, np_batch: dict[str, np.ndarray], rows: tuple[int, int] | None):
+        p, bs = self.progress, self.batch_size
         try:
             return self.collate(np_batch).to(self.wc.device)
-        except BadInputError as e:  # say where: this rank's shard, this step's batch
-            raise BadInputError(f"train split, rank {self.wc.rank}, step {step + 1} (rows {step * bs:,}"
-                                f"–{(step + 1) * bs - 1:,} of this rank's shard): {e}") from None
+        except BadInputError as e:  # say where: the rows of this epoch's stream (elastic) or of this rank's shard
+            lo, hi = rows if rows is not None else (p.batch_in_epoch * bs, (p.batch_in_epoch + 1) * bs)
+            where = "the epoch's train stream" if rows is not None else "this rank's shard"
+            raise BadInputError(f"train split, rank {self.wc.rank}, epoch {p.epoch + 1}, step {p.step + 1} "
+                                f"(rows {lo:,}–{hi - 1:,} of {where}): {e}") from None
 
     # ---- the run ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -239,7 +241,7 @@ class Trainer:
             resuming = epoch == p.epoch
             p.epoch = epoch
             for np_batch, rows in self._epoch_batches(run.train_shard, resuming):
-                batch = self._collate(np_batch)
+                batch = self._collate(np_batch, rows)
                 phases.add("data")
                 out = self.train_step(batch, run.rows, phases)
                 self._record(out, np_batch, rows)

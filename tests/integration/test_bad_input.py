@@ -126,8 +126,13 @@ def test_a_label_that_is_not_0_or_1_is_named(tiny_synth):
         collate(batch)
 
 
-@pytest.mark.slow  # a training run that fails mid-way (~50 s)
-def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cluster, data_copy, tmp_path):
+@pytest.mark.slow  # a training run that fails mid-way (~50 s each)
+@pytest.mark.parametrize("elastic, where", [
+    (False, r"rows 0–255 of this rank's shard"),  # each rank reads its own split from its row 0
+    (True, r"rows (0–255|256–511) of the epoch's train stream"),  # rank r trains the stream's batch r
+])
+def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cluster, data_copy, tmp_path,
+                                                                          elastic, where):
     """In a real 2-worker run the worker that meets the row stops the run; the message says where."""
     def poison(t):
         col = t["I2"].to_numpy().astype(np.float32)
@@ -135,6 +140,7 @@ def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cl
         return t.set_column(t.schema.get_field_index("I2"), "I2", pa.array(col))
 
     _rewrite(data_copy / "train", poison)
-    with pytest.raises(Exception, match=r"train split, rank \d, step 1 \(rows 0–255 of this rank's shard\): "
+    overrides = ["ray.num_workers=2"] + (["ray.elastic=true"] if elastic else [])
+    with pytest.raises(Exception, match=rf"train split, rank \d, epoch 1, step 1 \({where}\): "
                                         r"row 0: dense column 'I2' is nan"):
-        run_training(_job(tmp_path, data_copy, "ray.num_workers=2"))
+        run_training(_job(tmp_path, data_copy, *overrides))

@@ -3,7 +3,7 @@ row management. Runs the real TorchRec EBC on CPU (unsharded; DMP runs are in te
 
 import pytest
 import torch
-from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor, KeyedTensor
 
 from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
 from cafe_dist.embeddings import REGISTRY, FeatureSpec, build_embedding
@@ -78,6 +78,29 @@ def test_gradient_reaches_every_table_the_batch_uses(method):
     for t in emb.tables:
         grad = emb.ebc.embedding_bags[t.name].weight.grad
         assert grad is not None and grad.abs().sum() > 0, f"{method}: no gradient reached {t.name}"
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_combine_finds_each_key_wherever_the_pooled_output_puts_it(method):
+    """DMP returns the pooled keys table by table (full tables first), not in the order the
+    transform made them: combine must give the same output and route gradients to the same keys."""
+    emb = _emb(method, 100, CRITEO)
+    lookups, v, routes = emb.transform(_kjt(CRITEO, 16))
+    pooled = emb.ebc(lookups)
+    keys, dims = list(pooled.keys()), pooled.length_per_key()
+    per_key = dict(zip(keys, pooled.values().detach().split(dims, dim=1)))
+    order = sorted(range(len(keys)), key=lambda i: (keys[i].split("@")[0] not in emb.budget.full, -i))
+    results = []
+    for ks in (keys, [keys[i] for i in order]):
+        values = torch.cat([per_key[k] for k in ks], dim=1).requires_grad_(True)
+        out = emb.combine(KeyedTensor(keys=ks, length_per_key=[per_key[k].shape[1] for k in ks], values=values),
+                          v, routes)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).view_as(out))
+        results.append((out.detach(), dict(zip(ks, values.grad.split([per_key[k].shape[1] for k in ks], dim=1)))))
+    (out_a, grad_a), (out_b, grad_b) = results
+    assert order != list(range(len(keys))) and torch.equal(out_a, out_b)
+    assert all(torch.equal(grad_a[k], grad_b[k]) for k in keys)
+    assert any(g.abs().sum() > 0 for g in grad_a.values())
 
 
 def test_qr_pairs_are_unique_and_mult_differs_from_add():

@@ -317,7 +317,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out = run_throughput_bench(ThroughputSpec(
             methods=tuple(args.methods or REGISTRY), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
             batch_size=args.batch_size, data=args.data, storage_path=args.storage_path,
-            extra=tuple(args.set or ())), output_json=args.output_json)
+            extra=tuple(args.set or ()), repeats=args.repeats), output_json=args.output_json)
         for m, r in out["methods"].items():
             print(f"{m:8s} " + "  ".join(f"{w}w {b['samples_per_sec']:>9,.0f}/s" for w, b in r["by_workers"].items()
                                          if "samples_per_sec" in b)
@@ -530,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--num-workers", type=lambda t: _csv(t, int), default=[1, 2], metavar="N1,N2")
     bt.add_argument("--ratio", type=float, default=100.0, help="compression ratio of every method but full")
     bt.add_argument("--steps", type=int, default=120)
+    bt.add_argument("--repeats", type=lambda t: max(1, int(t)), default=1,
+                    help="rounds of every method in turn; report the median round (ratios paired within a round)")
     bt.add_argument("--batch-size", type=int, default=1024)
     bt.add_argument("--data", help="dataset directory or Criteo TSV (default: synthetic, generated once)")
     bt.add_argument("--storage-path", default="runs/bench")

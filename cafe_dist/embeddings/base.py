@@ -9,6 +9,11 @@ The rewrite is expressed as *routes*: each route sends some of the input values 
 (new row numbers), to output keys ``<feature><suffix>`` for a subset of features. The main route
 (suffix ``""``) keeps the original key names. Features the budget leaves uncompressed always travel
 unchanged on the main route to their own full table ``t_<feature>``.
+
+Routes that each read one block of a value's vector (ROBE's D/Z blocks) are named by
+:meth:`CompressedEmbedding.block_suffixes`: ``combine`` hands them to ``merge`` side by side, as one
+group of the compressed features (a view of the pooled output when the table lists each feature's
+block keys together, as ROBE's and CAFE's arrays do).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class Route:
     features: torch.Tensor  # (F,) bool: which features have a key on this route
     values: torch.Tensor  # (N,) row of each input value on this route
     mask: torch.Tensor | None = None  # (N,) bool: which values take this route (None: all)
+    # positions of the values on this route, ascending; ``values`` then holds their rows alone and
+    # ``mask`` is not read. Routes that share one ``at`` tensor share its bag counts: a method that
+    # knows its values computes their rows for them only (and the transform selects nothing)
+    at: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,11 @@ class Values:
     segment: torch.Tensor  # (N,) bag index f * B + b of each value
     lengths: torch.Tensor  # (F, B)
     batch_size: int
+
+    def take(self, at: torch.Tensor) -> Values:
+        """The values at positions ``at`` (``lengths`` stays the whole batch's)."""
+        return Values(self.ids.index_select(0, at), self.feature.index_select(0, at),
+                      self.segment.index_select(0, at), self.lengths, self.batch_size)
 
 
 def seeded_uniform(weight: torch.Tensor, bound: float, seed: int) -> torch.Tensor:
@@ -95,6 +109,10 @@ def segmented_table(name: str, segment_rows: list[int], dim: int, features: list
                               init_fn=partial(segmented_uniform, segments=segments, seed=_seed(name)))
 
 
+BLOCKS = "@blocks"  # the group of the block routes (see CompressedEmbedding.block_suffixes)
+GROUP = "group"  # combine's piece of the pooled values that is a whole group: (GROUP, suffix or BLOCKS)
+
+
 class MethodOptions(BaseModel):
     """A method's own settings: the YAML section named after it (see ``CompressedEmbedding.options``)."""
 
@@ -140,7 +158,8 @@ class CompressedEmbedding(nn.Module):
                        for f in features if f.name in full]
         self.tables += self.method_tables()
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
-        self._layouts: dict[tuple[str, ...], list[tuple[str, int, int | None]]] = {}
+        self.register_buffer("compressed_index", (~self.is_full).nonzero().squeeze(1), persistent=False)
+        self._layouts: dict[tuple[str, ...], tuple[list[int], list[Any]]] = {}
 
     @classmethod
     def build(cls, features: list[FeatureSpec], dim: int, ratio: float, device: torch.device | None,
@@ -162,6 +181,12 @@ class CompressedEmbedding(nn.Module):
 
     def route_dims(self) -> dict[str, int]:
         return {"": self.dim}
+
+    def block_suffixes(self) -> tuple[str, ...]:
+        """Routes whose lookups are consecutive blocks of one vector (on the compressed features):
+        :meth:`merge` gets them as one group ``groups[BLOCKS]`` of (B, compressed features, their
+        dims summed) instead of one group each."""
+        return ()
 
     def after_step(self, rows: Any = None) -> dict[str, float]:
         """Between steps (after the optimizer): apply state changes to the tables; returns stats."""
@@ -239,60 +264,103 @@ class CompressedEmbedding(nn.Module):
         routes = self.routes(v)
         keys, values, lengths = [], [], []
         nf, b = len(self.names), v.batch_size
+        counted: dict[tuple[int, int], torch.Tensor] = {}  # lengths of the routes that share `at`
         for r in routes:
             on = r.features.tolist()
             keys += [n + r.suffix for n, o in zip(self.names, on) if o]
-            if r.mask is None and all(on):  # every value, as it came: the input's lengths hold
+            if r.at is None and r.mask is None and all(on):  # every value, as it came: the input's lengths hold
                 values.append(r.values)
                 lengths.append(v.lengths.reshape(-1).to(torch.int32))
                 continue
-            keep = r.features.index_select(0, v.feature)
-            if r.mask is not None:
-                keep &= r.mask
-            at = keep.nonzero().squeeze(1)  # once: index_select by it beats a boolean mask per tensor
-            counts = torch.bincount(v.segment.index_select(0, at), minlength=nf * b).to(torch.int32)
-            values.append(r.values.index_select(0, at))
-            lengths.append(counts.view(nf, b)[r.features].reshape(-1))
+            if r.at is not None:
+                at = r.at
+                values.append(r.values)
+            else:
+                keep = r.features.index_select(0, v.feature)
+                if r.mask is not None:
+                    keep &= r.mask
+                at = keep.nonzero().squeeze(1)  # once: index_select by it beats a boolean mask per tensor
+                values.append(r.values.index_select(0, at))
+            shared = (id(at), id(r.features))
+            if shared not in counted:
+                counts = torch.bincount(v.segment.index_select(0, at), minlength=nf * b).to(torch.int32)
+                counted[shared] = counts.view(nf, b)[r.features].reshape(-1)
+            lengths.append(counted[shared])
         kjt = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=b)
         return kjt, v, routes
 
-    def _group_layout(self, pooled: KeyedTensor) -> list[tuple[str, int, int | None]]:
-        """For each route, (suffix, dim, first column) when its keys lie side by side in feature
-        order in the pooled values (the group is then a view), else (suffix, dim, None)."""
+    def _pieces(self, pooled: KeyedTensor) -> tuple[list[int], list[Any]]:
+        """How :meth:`combine` splits the pooled values: (widths, names) of consecutive column
+        pieces. A group whose keys lie side by side (a route's in feature order, the block routes'
+        feature by feature) is one piece named ``(GROUP, suffix)`` (or ``(GROUP, BLOCKS)``); every
+        other key is a piece of its own, named by the key. Cached per pooled key order."""
         keys = tuple(pooled.keys())
-        layout = self._layouts.get(keys)
-        if layout is None:
-            offsets, off = {}, 0
-            for k, n in zip(keys, pooled.length_per_key()):
-                offsets[k] = off
-                off += n
-            layout = []
-            for suffix, d in self.route_dims().items():
-                starts = [offsets.get(n + suffix) for n in self.names]
-                first = starts[0]
-                in_order = first is not None and starts == [first + i * d for i in range(len(starts))]
-                layout.append((suffix, d, first if in_order else None))
-            self._layouts[keys] = layout
-        return layout
+        found = self._layouts.get(keys)
+        if found is not None:
+            return found
+        offsets, off = {}, 0
+        for k, n in zip(keys, pooled.length_per_key()):
+            offsets[k] = off
+            off += n
+
+        def side_by_side(order: list[tuple[str, int]]) -> int | None:
+            """First column of the keys of ``order`` (key, width) when they lie side by side."""
+            first = offsets.get(order[0][0]) if order else None
+            col = first
+            for k, d in order:
+                if col is None or offsets.get(k) != col:
+                    return None
+                col += d
+            return first
+
+        dims, blocks = self.route_dims(), self.block_suffixes()
+        wanted = {(GROUP, suffix): [(n + suffix, d) for n in self.names]
+                  for suffix, d in dims.items() if suffix not in blocks}
+        if blocks:
+            wanted[(GROUP, BLOCKS)] = [(f.name + s, dims[s]) for f in self.compressed for s in blocks]
+        runs = {}  # first column → (group, width) of each group that lies side by side
+        for group, order in wanted.items():
+            first = side_by_side(order)
+            if first is not None:
+                runs[first] = (group, sum(d for _, d in order))
+        sizes, names, col, end = [], [], 0, 0
+        for k, n in zip(keys, pooled.length_per_key()):
+            if col >= end:  # not inside a group's run
+                group, width = runs.get(col, (k, n))
+                names.append(group)
+                sizes.append(width)
+                end = col + width
+            col += n
+        found = self._layouts[keys] = (sizes, names)
+        return found
 
     def combine(self, pooled: KeyedTensor, v: Values, routes: list[Route]) -> torch.Tensor:
         """The pooled lookups as one (B, F, dim) group per route (zeros where a feature has no key
-        on it), handed to :meth:`merge`. A group is a view where it can be, else a stack of the
-        keys' column slices: its backward is one concatenation of gradients, where a column gather
-        per route would cost, per route, a scatter into a zero-filled gradient of all pooled values."""
-        b = v.batch_size
-        vals = pooled.values()
-        layout = self._group_layout(pooled)
-        parts = (dict(zip(pooled.keys(), vals.split(pooled.length_per_key(), dim=1)))
-                 if any(first is None for _, _, first in layout) else {})
+        on it), and the block routes as one group of the compressed features, handed to
+        :meth:`merge`. The pooled values are split once (its backward is one concatenation of
+        gradients): a group is a piece of that split where its keys lie side by side, else a stack
+        of its keys' pieces. (Slicing the pooled values per group would zero-fill a gradient of all
+        of them per group in backward.)"""
+        b, nf = v.batch_size, len(self.names)
+        sizes, names = self._pieces(pooled)
+        pieces = dict(zip(names, pooled.values().split(sizes, dim=1)))
         groups, zeros = {}, {}
-        for suffix, d, first in layout:
-            if first is not None:
-                groups[suffix] = vals[:, first:first + len(self.names) * d].view(b, len(self.names), d)
+        blocks = self.block_suffixes()
+        for suffix, d in self.route_dims().items():
+            if suffix in blocks:
+                continue
+            run = pieces.get((GROUP, suffix))
+            if run is not None:
+                groups[suffix] = run.view(b, nf, d)
                 continue
             if d not in zeros:
-                zeros[d] = vals.new_zeros(b, d)
-            groups[suffix] = torch.stack([parts.get(n + suffix, zeros[d]) for n in self.names], dim=1)
+                zeros[d] = pooled.values().new_zeros(b, d)
+            groups[suffix] = torch.stack([pieces.get(n + suffix, zeros[d]) for n in self.names], dim=1)
+        if blocks:
+            run = pieces.get((GROUP, BLOCKS))
+            if run is None:
+                run = torch.cat([pieces[f.name + s] for f in self.compressed for s in blocks], dim=1)
+            groups[BLOCKS] = run.view(b, len(self.compressed), -1)
         return self.merge(groups, v, routes)
 
     def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
+from cafe_dist.embeddings.base import BLOCKS, CompressedEmbedding, MethodOptions, Route, Values, table
 from cafe_dist.embeddings.hashing import hash_mod
 
 
@@ -54,18 +54,18 @@ class ROBEEmbedding(CompressedEmbedding):
         routes = [Route("", self.is_full, v.ids)]
         if not self.compressed:
             return routes
-        full = self.is_full[v.feature]
-        for j, rows in enumerate(self.block_rows(v)):
-            routes.append(Route(f"@z{j}", ~self.is_full, rows, mask=~full))
-        return routes
+        at = (~self.is_full).index_select(0, v.feature).nonzero().squeeze(1)  # hashed for these alone
+        return routes + [Route(f"@z{j}", ~self.is_full, rows, at=at) for j, rows in enumerate(self.block_rows(v.take(at)))]
 
     def route_dims(self) -> dict[str, int]:
         if not self.compressed:
             return {"": self.dim}
         return {"": self.dim, **{f"@z{j}": self.z for j in range(self.nblocks)}}
 
+    def block_suffixes(self) -> tuple[str, ...]:
+        return tuple(f"@z{j}" for j in range(self.nblocks)) if self.compressed else ()
+
     def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         if not self.compressed:
             return groups[""]
-        blocks = torch.cat([groups[f"@z{j}"] for j in range(self.nblocks)], dim=2)
-        return groups[""] + blocks  # each feature is on exactly one of the two
+        return groups[""].index_add(1, self.compressed_index, groups[BLOCKS])  # a feature is on one of the two

@@ -60,8 +60,9 @@ def test_export_fp32_and_int8_bytes_and_auc(tracked, tmp_path):
     emb = ServedModel.load(tmp_path / "fp32").model.embedding
     # the tables as trained; of the method's state only the hot map (the sketch is training-only)
     assert fp32["tables"] == emb.table_bytes()
-    hot = len(emb.hot_map)  # 4 B key + 4 B slot per hot id, its version, and the per-feature flags
-    assert hot > 0 and fp32["method_state"] == 8 * hot + 8 + len(emb.names)
+    # 4 B key + 4 B slot per hot id, its version, the per-feature flags and the compressed features' indices
+    hot = len(emb.hot_map)
+    assert hot > 0 and fp32["method_state"] == 8 * hot + 8 + len(emb.names) + 8 * len(emb.compressed)
     assert 8 * hot <= emb.aux_bytes() - emb.sketch.memory_bytes()  # what training accounts for the map
     assert fp32["training_embedding_bytes"] == out.embedding_bytes
     assert int8["tables"] < 0.4 * fp32["tables"]  # 16 + 4 bytes per row of 64

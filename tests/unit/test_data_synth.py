@@ -1,3 +1,6 @@
+import dataclasses
+import math
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -106,7 +109,19 @@ def test_the_shipped_profile_is_what_fit_profile_makes_of_the_real_sample(tmp_pa
     sample = need(SHARED_DATA / "criteo_kaggle_sample0.003_first100k_w261.tsv")
     assert main(["data", "fit-profile", "--input", str(sample), "--out", str(tmp_path / "p.json")]) == 0
     fitted, shipped = Profile.load(tmp_path / "p.json"), Profile.load("criteo-kaggle")
-    assert fitted == shipped
+    # equal but for the last bits of fitted floats (a least-squares slope differs in its 15th digit
+    # between CPUs: the shipped file came from another host than some that run this test)
+    assert _close(dataclasses.asdict(fitted), dataclasses.asdict(shipped)), "re-run data fit-profile and ship it"
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 
 def test_the_criteo_tb_profile_has_mlperfs_cardinalities():

@@ -103,6 +103,22 @@ def test_combine_finds_each_key_wherever_the_pooled_output_puts_it(method):
     assert any(g.abs().sum() > 0 for g in grad_a.values())
 
 
+def test_robe_vector_is_its_blocks_side_by_side_and_full_features_read_their_own_row():
+    emb = _emb("robe", 100, CRITEO)
+    assert emb.budget.full and emb.compressed  # both kinds of feature in one batch
+    kjt = _kjt(CRITEO, 8)
+    out = emb(kjt).detach()
+    ids = kjt.values().view(len(CRITEO), 8)
+    array = emb.ebc.embedding_bags["robe"].weight.detach()
+    for i, f in enumerate(CRITEO):
+        if f.name in emb.budget.full:
+            expected = emb.ebc.embedding_bags[f"t_{f.name}"].weight.detach()[ids[i]]
+        else:
+            key = ids[i] * len(CRITEO) + i
+            expected = torch.cat([array[hash_mod(key, emb.array_rows, seed=j)] for j in range(emb.nblocks)], dim=1)
+        assert torch.equal(out[:, i], expected), f.name
+
+
 def test_qr_pairs_are_unique_and_mult_differs_from_add():
     emb_m, emb_a = _emb("qr", 100), _emb("qr", 100, combine="add")
     space, m, q = emb_m.shape["d"]

@@ -19,6 +19,7 @@ from torchrec import EmbeddingBagConfig
 from cafe_dist.collectives import all_reduce_sum, world
 from cafe_dist.coordinator import ActorSync, MergeConfig
 from cafe_dist.embeddings.base import (
+    BLOCKS,
     CompressedEmbedding,
     MethodOptions,
     Route,
@@ -275,8 +276,9 @@ class CafeEmbedding(CompressedEmbedding):
         lay = self.layout
         if lay.robe:  # hot and full values on the main route, cold ones read their blocks
             routes = [Route("", torch.ones_like(self.is_full), torch.where(hot, slot, v.ids), mask=hot | ~compressed)]
-            cold = compressed & ~hot
-            routes += [Route(f"@z{j}", ~self.is_full, lay.robe_row(keys, j), mask=cold)
+            cold = (compressed & ~hot).nonzero().squeeze(1)  # their blocks are hashed for them alone
+            cold_keys = keys.index_select(0, cold)
+            routes += [Route(f"@z{j}", ~self.is_full, lay.robe_row(cold_keys, j), at=cold)
                        for j in range(lay.blocks(self.dim))]
             return routes
         cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
@@ -300,17 +302,20 @@ class CafeEmbedding(CompressedEmbedding):
             dims.update({f"@z{j}": self.layout.z for j in range(self.layout.blocks(self.dim))})
         return dims
 
+    def block_suffixes(self) -> tuple[str, ...]:
+        return tuple(f"@z{j}" for j in range(self.layout.blocks(self.dim))) if self.compressed else ()
+
     def merge(self, groups: dict[str, torch.Tensor], v: Values, routes: list[Route]) -> torch.Tensor:
         out = groups[""]
         if self.multi_level:
             out = out + groups["@m"]  # medium ids: 2nd row summed in
         if self.compressed and self.layout.robe:  # a compressed value is on the main route or its blocks
-            out = out + torch.cat([groups[f"@z{j}"] for j in range(self.layout.blocks(self.dim))], dim=2)
+            out = out.index_add(1, self.compressed_index, groups[BLOCKS])
         if self.training and torch.is_grad_enabled() and out.requires_grad and self.compressed:
             compressed = ~self.is_full.index_select(0, v.feature)
+            cv = v.take(compressed.nonzero().squeeze(1))
             # scored in backward, so only occurrences that were actually trained on count
-            self.scorer.capture(out, self.keys_of(v)[compressed], v.feature[compressed], v.segment[compressed],
-                                v.batch_size)
+            self.scorer.capture(out, self.keys_of(cv), cv.feature, cv.segment, v.batch_size)
             if self.warmed_up():
                 main = routes[0]
                 on_hot = main.mask if main.mask is not None else main.values < self.hot_rows

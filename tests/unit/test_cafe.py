@@ -10,7 +10,7 @@ from torchrec import KeyedJaggedTensor
 from cafe_dist.coordinator import HotSetMerger, MergeConfig
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE
-from cafe_dist.embeddings.cafe.method import PAPER_RULES
+from cafe_dist.embeddings.cafe.method import PAPER_RULES, hash_fraction_for
 from cafe_dist.embeddings.cafe.scoring import ImportanceScorer
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.sketch import HotSketch
@@ -233,3 +233,12 @@ def test_a_manifest_rebuilds_cafe_ml_with_the_settings_the_job_gave():
     assert [t.num_embeddings for t in again.tables] == [t.num_embeddings for t in trained.tables]
     with pytest.raises(ValueError, match="set cafe.cold=hash"):
         build_embedding("cafe_ml", feats, 16, 20.0, options=method_options({**info, "options_set": None}))
+
+
+def test_robe_cold_share_follows_the_measured_schedule():
+    """The points BENCHMARKS.md measured ("The cold share at 10x", the sweep at 1000x), and
+    log-linear between them."""
+    assert [hash_fraction_for(r) for r in (10, 100, 1000, 10_000)] == pytest.approx([0.9, 0.7, 0.85, 0.9])
+    assert hash_fraction_for(2) == pytest.approx(0.9) and 0.7 < hash_fraction_for(30) < 0.9
+    emb = _emb(10, SMALL)  # the default's hot rows get a tenth of the budget at 10x, not three tenths
+    assert emb.hf == pytest.approx(0.9) and emb.layout.robe

@@ -264,7 +264,7 @@ class CompressedEmbedding(nn.Module):
         routes = self.routes(v)
         keys, values, lengths = [], [], []
         nf, b = len(self.names), v.batch_size
-        counted: dict[tuple[int, int], torch.Tensor] = {}  # lengths of the routes that share `at`
+        counted: dict[tuple[int, tuple[bool, ...]], torch.Tensor] = {}  # lengths, per `at` and features on
         for r in routes:
             on = r.features.tolist()
             keys += [n + r.suffix for n, o in zip(self.names, on) if o]
@@ -281,7 +281,7 @@ class CompressedEmbedding(nn.Module):
                     keep &= r.mask
                 at = keep.nonzero().squeeze(1)  # once: index_select by it beats a boolean mask per tensor
                 values.append(r.values.index_select(0, at))
-            shared = (id(at), id(r.features))
+            shared = (id(at), tuple(on))  # by value: each route may build its own features mask
             if shared not in counted:
                 counts = torch.bincount(v.segment.index_select(0, at), minlength=nf * b).to(torch.int32)
                 counted[shared] = counts.view(nf, b)[r.features].reshape(-1)

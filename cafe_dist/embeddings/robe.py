@@ -55,12 +55,13 @@ class ROBEEmbedding(CompressedEmbedding):
         if not self.compressed:
             return routes
         at = (~self.is_full).index_select(0, v.feature).nonzero().squeeze(1)  # hashed for these alone
-        return routes + [Route(f"@z{j}", ~self.is_full, rows, at=at) for j, rows in enumerate(self.block_rows(v.take(at)))]
+        on = ~self.is_full
+        return routes + [Route(s, on, rows, at=at) for s, rows in zip(self.block_suffixes(), self.block_rows(v.take(at)))]
 
     def route_dims(self) -> dict[str, int]:
         if not self.compressed:
             return {"": self.dim}
-        return {"": self.dim, **{f"@z{j}": self.z for j in range(self.nblocks)}}
+        return {"": self.dim, **dict.fromkeys(self.block_suffixes(), self.z)}
 
     def block_suffixes(self) -> tuple[str, ...]:
         return tuple(f"@z{j}" for j in range(self.nblocks)) if self.compressed else ()

@@ -281,8 +281,8 @@ class CafeEmbedding(CompressedEmbedding):
             routes = [Route("", torch.ones_like(self.is_full), torch.where(hot, slot, v.ids), mask=hot | ~compressed)]
             cold = (compressed & ~hot).nonzero().squeeze(1)  # their blocks are hashed for them alone
             cold_keys = keys.index_select(0, cold)
-            routes += [Route(f"@z{j}", ~self.is_full, lay.robe_row(cold_keys, j), at=cold)
-                       for j in range(lay.blocks(self.dim))]
+            on = ~self.is_full
+            routes += [Route(s, on, lay.robe_row(cold_keys, j), at=cold) for j, s in enumerate(self.block_suffixes())]
             return routes
         cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
         main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
@@ -301,8 +301,7 @@ class CafeEmbedding(CompressedEmbedding):
         dims = {"": self.dim}
         if self.multi_level:
             dims["@m"] = self.dim
-        if self.compressed and self.layout.robe:
-            dims.update({f"@z{j}": self.layout.z for j in range(self.layout.blocks(self.dim))})
+        dims.update(dict.fromkeys(self.block_suffixes(), self.layout.z))  # none unless the cold tier is robe
         return dims
 
     def block_suffixes(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import sys
 
 from cafe_dist.checkpoint import CheckpointError
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.errors import BadInputError
+from cafe_dist.errors import USER_ERRORS, os_error_message
 
 
 def _summary(meta, out: str) -> None:
@@ -105,6 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from cafe_dist.data import storage
     from cafe_dist.data.schema import DatasetMeta
+    from cafe_dist.outputs import write_text
     from cafe_dist.plan import Topo, plan_job, profile_meta, render
 
     job = load_config(args.config, list(args.set or []))
@@ -116,15 +117,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"{job.data.path} holds no dataset here (no meta.json): plan for a profile's published "
                           "cardinalities with --profile criteo-tb (or criteo-kaggle), or set data.profile")
-    topo = Topo(args.world_size or job.ray.num_workers, args.gpus_per_node, args.hbm_gb,
-                "cuda" if job.ray.use_gpu else "cpu")
+    topo = Topo(args.world_size if args.world_size is not None else job.ray.num_workers, args.gpus_per_node,
+                args.hbm_gb, "cuda" if job.ray.use_gpu else "cpu")
     ratios = args.ratios or [1.0, 10.0, 100.0, 1000.0]
+    if any(r < 1 for r in ratios):
+        raise ConfigError(f"--ratios: every compression ratio must be at least 1, got {', '.join(map(str, ratios))}")
     plans = plan_job(job, meta, topo, ratios, find_min=not args.no_min)
-    print(render(plans, topo, f"{args.config} ({source}, {job.embedding.method}, dim {job.embedding.dim})"))
+    print(render(plans, topo, f"{args.config} ({source}, {job.embedding.method}, dim {job.embedding.dim})",
+                 find_min=not args.no_min))
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump({"config": args.config, "source": source, "topology": topo.__dict__,
-                       "plans": [p.to_json() for p in plans]}, f, indent=1)
+        write_text(args.output_json, json.dumps({"config": args.config, "source": source, "topology": topo.__dict__,
+                                                 "plans": [p.to_json() for p in plans]}, indent=1))
     return 0 if all(p.fits for p in plans) else 1
 
 
@@ -150,40 +153,56 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _run_checkpoint(run_id: str) -> str:
     """The checkpoint an MLflow run finished with (from its result.json)."""
-    import mlflow
+    from cafe_dist.tracking import finished_run
 
-    from cafe_dist.tracking import resolve_uri
-
-    mlflow.set_tracking_uri(resolve_uri(None))
-    result = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/result.json"))
+    run, client = finished_run(run_id)
+    try:
+        result = json.loads(client.download_artifacts(run_id, "result.json", _scratch()))
+    except Exception:  # noqa: BLE001 - MLflow raises its own types (and OSError) for an absent artifact
+        result = {}
     if not result.get("checkpoint_path"):
         raise ConfigError(f"MLflow run {run_id} recorded no checkpoint; export with --checkpoint RUN_DIR")
     return result["checkpoint_path"]
+
+
+def _scratch() -> str:
+    """A temporary folder removed when the command ends (MLflow downloads land here, not in /tmp for good)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="cafe-dist-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def _load_model(location: str):
     from cafe_dist.serving.model import ServedModel
     from cafe_dist.serving.pyfunc import resolve_model
 
-    return ServedModel.load(resolve_model(location))
+    return ServedModel.load(resolve_model(location, _scratch()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cafe_dist.outputs import check_file, write_text
     from cafe_dist.serving.scoring import evaluate
 
+    if args.output_json:  # before the model loads and the rows are scored, not after
+        check_file(args.output_json, flag="--output-json", overwrite=args.overwrite, inputs=[args.input])
     out = evaluate(_load_model(args.model), args.input, split=args.split, batch_size=args.batch_size)
     print(f"{args.input}: AUC {out['auc']:.4f}, logloss {out['logloss']:.4f} over {out['rows']:,} rows "
           f"({out['rows_per_s']:,.0f} rows/s)")
     if args.output_json:
-        from pathlib import Path
-
-        Path(args.output_json).write_text(json.dumps(out, indent=2) + "\n")
+        write_text(args.output_json, json.dumps(out, indent=2) + "\n")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cafe_dist.serving.scoring import predict
+    from cafe_dist.outputs import check_file
+    from cafe_dist.serving.scoring import bad_rows_path, predict
 
+    check_file(args.out, flag="--out", overwrite=args.overwrite, inputs=[args.input])
+    check_file(bad_rows_path(args.out), flag="--out's list of malformed lines", inputs=[args.input])
     out = predict(_load_model(args.model), args.input, args.out, split=args.split, batch_size=args.batch_size)
     print(f"wrote {out['out']}: {out['rows']:,} scores ({out['rows_per_s']:,.0f} rows/s)"
           + (f"; {out['bad_rows']:,} malformed line(s) skipped, listed in {out['bad_rows_file']}"
@@ -218,6 +237,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. sweep=grid), got {text!r}")
+    return key, value
+
+
 def _csv(text: str, kind=str) -> list:
     try:
         return [kind(x.strip()) for x in text.split(",") if x.strip()]
@@ -228,7 +274,7 @@ def _csv(text: str, kind=str) -> list:
 def cmd_compare(args: argparse.Namespace) -> int:
     from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, runs_elsewhere, to_json
 
-    tags = dict(t.split("=", 1) for t in args.tag or [])
+    tags = dict(args.tag or [])
     experiment = None if args.all_experiments else args.experiment
     rows = collect_runs(args.tracking_uri, experiment, tags=tags)
     where = "every experiment" if experiment is None else f"experiment {experiment!r}"
@@ -258,7 +304,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from cafe_dist import submit as jobs
 
-    env = dict(e.split("=", 1) for e in args.env or [])
+    env = dict(args.env or [])
     job_id = jobs.submit(args.job, args.address, args.num_workers, args.set, env, tracking_uri=args.tracking_uri,
                          submission_id=args.job_id)
     print(f"submitted {job_id} to {jobs.address_or_default(args.address)}", file=sys.stderr, flush=True)
@@ -362,8 +408,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             seed=args.seed, path=args.path))
     text = json.dumps(out, indent=2)
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            f.write(text + "\n")
+        from cafe_dist.outputs import write_text
+
+        write_text(args.output_json, text + "\n")
     print(text)
     return 0
 
@@ -387,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(ray://HEAD:10001, auto, or 'local'); --out must be shared storage")
     s = dsub.add_parser("synth", help="Criteo-shaped synthetic data with skew and drift")
     s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--rows", type=_positive, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cardinality-scale", type=float, default=0.01,
                    help="multiplies Criteo Kaggle's per-feature cardinalities")
@@ -405,9 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--name", default="criteo-kaggle")
     sg = dsub.add_parser("signatures", help="LMA's min-hash signatures of a converted dataset's values")
     sg.add_argument("dir", metavar="DIR", help="a converted dataset (local path or URI); written to DIR/lma/")
-    sg.add_argument("--sample-rows", type=int, default=125_000,
+    sg.add_argument("--sample-rows", type=_positive, default=125_000,
                     help="train rows drawn uniformly to define each value's row set (the authors use 125,000)")
-    sg.add_argument("--min-count", type=int, default=2, help="sampled rows a value needs for a signature")
+    sg.add_argument("--min-count", type=_positive, default=2, help="sampled rows a value needs for a signature")
     sg.add_argument("--seed", type=int, default=0, help="the row sample and the min-hash functions")
     sg.add_argument("--address", help="read the sample as a Ray Data job on this cluster (ray://HEAD:10001, "
                                       "auto, or 'local'); the same sample as without")
@@ -425,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--experiment", default="cafe-dist", help="MLflow experiment (default cafe-dist)")
     c.add_argument("--all-experiments", action="store_true", help="the runs of every experiment")
     c.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    c.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag, e.g. sweep=NAME")
+    c.add_argument("--tag", action="append", type=_key_value, metavar="KEY=VALUE", help="only runs with this tag, e.g. sweep=NAME")
     c.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     c.add_argument("--plot", metavar="PATH", help="write AUC versus compression ratio per method (PNG)")
     sw = sub.add_parser("sweep", help="train every (method, ratio) of a grid, each a tracked run; then compare")
@@ -449,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--address", help="Ray dashboard address (default $RAY_JOBS_ADDRESS, else http://127.0.0.1:8265)")
     sj.add_argument("--num-workers", type=int)
     sj.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    sj.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable for the job")
+    sj.add_argument("--env", action="append", type=_key_value, metavar="KEY=VALUE", help="environment variable for the job")
     sj.add_argument("--tracking-uri", help="MLflow store the job logs to (default $MLFLOW_TRACKING_URI, "
                                            "else the job's mlflow.tracking_uri)")
     sj.add_argument("--job-id", help="submission id (default: Ray picks one)")
@@ -463,9 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
             j.add_argument("--follow", action="store_true", help="stream until the job ends")
     pl = sub.add_parser("plan", help="the sharding plan and per-rank memory of a job on N devices (none needed here)")
     pl.add_argument("--config", required=True, metavar="FILE")
-    pl.add_argument("--world-size", type=int, help="devices (default: the job's ray.num_workers)")
-    pl.add_argument("--gpus-per-node", type=int, default=8)
-    pl.add_argument("--hbm-gb", type=float, default=80.0,
+    pl.add_argument("--world-size", type=_positive, help="devices (default: the job's ray.num_workers)")
+    pl.add_argument("--gpus-per-node", type=_positive, default=8, help="devices per node (default 8)")
+    pl.add_argument("--hbm-gb", type=_positive_float, default=80.0,
                     help="memory per device in GiB (HBM for GPU jobs, RAM per worker for CPU jobs)")
     pl.add_argument("--ratios", type=lambda t: _csv(t, float), metavar="R1,R2", help="default 1,10,100,1000")
     pl.add_argument("--profile", choices=["criteo-kaggle", "criteo-tb"],
@@ -498,11 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--input", required=True, metavar="FILE_OR_DATASET",
                         help="a raw Criteo TSV (.gz ok) / Avazu CSV, or a converted dataset (its --split)")
         sp.add_argument("--split", default="test", help="of a converted dataset (default: test)")
-        sp.add_argument("--batch-size", type=int, default=4096)
+        sp.add_argument("--batch-size", type=_positive, default=4096)
         if name == "evaluate":
             sp.add_argument("--output-json", metavar="PATH")
         else:
             sp.add_argument("--out", required=True, metavar="PARQUET", help="score (and label) per row")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (never the input)")
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
@@ -606,11 +655,22 @@ def main(argv: list[str] | None = None) -> int:
                 "submit": cmd_submit, "status": cmd_jobs, "logs": cmd_jobs, "stop": cmd_jobs, "bench": cmd_bench,
                 "export": cmd_export, "demo": cmd_demo, "hot": cmd_hot, "plan": cmd_plan, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
+        if getattr(args, "output_json", None) and args.command != "evaluate":  # (evaluate: with --overwrite)
+            from cafe_dist.outputs import check_file
+
+            check_file(args.output_json, flag="--output-json")  # a bad path is said now, not after the run
         return handlers[args.command](args)
-    except (ConfigError, BadInputError, CheckpointError, FileNotFoundError, FileExistsError, LookupError,
-            ConnectionError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, LookupError, ConnectionError,
+            *USER_ERRORS) as e:
         print(f"cafe-dist: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a disk that is full or read-only, a path under a file: the path and what to do
+        print(f"cafe-dist: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cafe-dist: interrupted; nothing half-written was kept (a named run resumes from its newest "
+              "checkpoint when run again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

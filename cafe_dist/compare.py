@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cafe_dist.tracking import open_store, resolve_uri
+from cafe_dist.tracking import existing_store, open_store, resolve_uri
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def collect_runs(tracking_uri: str | None, experiment: str | None,
     """Every run of ``experiment`` (None: of every experiment, each run named ``experiment/run``),
     optionally only those carrying ``tags``, by method then ratio."""
     uri = resolve_uri(tracking_uri)
-    client, _ = open_store(uri)
+    client, _ = existing_store(uri)
     if experiment is None:
         exps = client.search_experiments()
     else:

@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan pass ``gt=0`` (inf > 0): a learning rate of inf trained a NaN model to the end
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SynthConfig(_Section):
@@ -154,7 +155,7 @@ class JobConfig(_Section):
     ``qr``, ``robe``, ``mch``, ...), declared by the method itself (``CompressedEmbedding.options``)
     and filled with its defaults when absent; they are read as attributes (``job.cafe.threshold``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # the extras are exactly the method sections
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)  # the extras are exactly the method sections
 
     data: DataConfig
     embedding: EmbeddingConfig = EmbeddingConfig()

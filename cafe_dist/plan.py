@@ -285,12 +285,13 @@ def _gb(n: float) -> str:
     return f"{n / GIB:,.2f}"
 
 
-def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8) -> str:
+def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8, find_min: bool = True) -> str:
     lines = [f"plan for {source} on {topo.world_size} {topo.device} device(s) ({topo.gpus_per_node} per node, "
              f"{topo.device_gb:g} GiB each); GiB per rank"]
     for p in plans:
-        head = (f"\n{p.ratio:g}x ({p.method}): tables {_gb(p.table_bytes)} GiB, "
-                f"smallest world size that fits: {p.min_world_size if p.min_world_size else 'none up to ' + str(MAX_WORLD_SIZE)}")
+        smallest = ("not searched (--no-min)" if not find_min else p.min_world_size if p.min_world_size
+                    else f"none up to {MAX_WORLD_SIZE}")
+        head = f"\n{p.ratio:g}x ({p.method}): tables {_gb(p.table_bytes)} GiB, smallest world size that fits: {smallest}"
         lines.append(head)
         if not p.fits:
             lines.append(f"  does not fit: {p.error}")

@@ -53,8 +53,13 @@ def result_config(job: JobConfig, meta: DatasetMeta) -> dict[str, Any]:
     active = section_of(job.embedding.method)
     skip = {*RUN_CONTROL_SECTIONS, *(s for s in sections() if s != active)}
     flat = {k: v for k, v in job.flat().items() if k.split(".")[0] not in skip and k not in RUN_CONTROL_KEYS}
-    flat["data.digest"] = hashlib.sha256(json.dumps(asdict(meta), sort_keys=True).encode()).hexdigest()[:16]
+    flat["data.digest"] = data_digest(meta)
     return flat
+
+
+def data_digest(meta: DatasetMeta) -> str:
+    """What identifies a dataset's content for a checkpoint: the digest of its ``meta.json``."""
+    return hashlib.sha256(json.dumps(asdict(meta), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -116,10 +121,25 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
         structural = [k for k in diff if _structural(k)]
         if job.ray.resume != "force" or structural:
             raise ConfigError(_refusal(name, newest, diff, structural))
+        if newest.final and planned_steps(job, meta) <= newest.step:
+            # nothing would train: a rewrite of the final checkpoint could only lose what it holds
+            log.warning("%s: --resume force changes nothing: the run finished at step %d and these settings train "
+                        "no further step (%s); its checkpoint and MLflow run are left as they are. Raise "
+                        "train.max_steps or train.epochs to train on, or start a new run (another ray.name) to "
+                        "train with the new settings from scratch.", name, newest.step,
+                        ", ".join(f"{k} {b!r} (was {a!r})" for k, (a, b) in diff.items()) or "settings unknown")
+            return Decision(finished=newest)
         log.warning("%s: resuming despite changed settings (--resume force): %s", name, ", ".join(diff) or "unknown")
     elif newest.final and job.ray.resume != "force":
         return Decision(finished=newest)
     return Decision(resume_from=latest_state)
+
+
+def planned_steps(job: JobConfig, meta: DatasetMeta) -> int:
+    """Steps a run of ``job`` takes in all (every rank trains equal whole batches of its shard)."""
+    per_epoch = meta.rows["train"] // job.ray.num_workers // job.train.batch_size
+    total = per_epoch * job.train.epochs
+    return min(total, job.train.max_steps) if job.train.max_steps is not None else total
 
 
 def finished_result(found: Found) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
 from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.outputs import write_text
 from cafe_dist.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -98,5 +99,5 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
     log.info("plot: %s; MLflow UI filter: tags.sweep = '%s'", plot_path, name)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(output_json, json.dumps(result, indent=2) + "\n")
     return result

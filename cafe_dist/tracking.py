@@ -92,6 +92,40 @@ def open_store(uri: str, experiment: str | None = None) -> tuple[MlflowClient, s
         return client, client.create_experiment(experiment, artifact_location=location)
 
 
+def existing_store(uri: str) -> tuple[MlflowClient, str | None]:
+    """:func:`open_store` for a command that only reads (``compare``): a local store that is not
+    there is refused, not created empty beside a typo."""
+    from cafe_dist.errors import BadInputError
+
+    local = (uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri[len("file://"):]
+             if uri.startswith("file://") else uri if "://" not in uri else None)
+    if local is not None and not Path(local).exists():
+        raise BadInputError(f"no MLflow store at {uri} ({local} does not exist); give the store runs were "
+                            "logged to (--tracking-uri, or $MLFLOW_TRACKING_URI)")
+    return open_store(uri)
+
+
+def finished_run(run_id: str, uri: str | None = None) -> tuple[Any, MlflowClient]:
+    """The MLflow run ``run_id`` if it finished (``export --run``, ``hot --run``, ``runs:/`` models);
+    a sentence naming the store and the run's state otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    from cafe_dist.errors import BadInputError
+
+    uri = resolve_uri(uri)
+    client, _ = existing_store(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise BadInputError(f"no MLflow run {run_id!r} in {uri}; list runs with `cafe-dist compare` (or pass "
+                            "--tracking-uri / $MLFLOW_TRACKING_URI for another store)") from None
+    if run.info.status != "FINISHED":
+        why = run.data.tags.get("error")
+        raise BadInputError(f"MLflow run {run_id} ({run.info.run_name}) is {run.info.status}, not FINISHED"
+                            + (f" ({why})" if why else "") + "; it has no finished model to use")
+    return run, client
+
+
 class RunTracker:
     """Driver side: open, annotate and close the run."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ def need(path: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"real sample {path} not present (it lives in ../shared/data)")
     return path
+
+
+@contextmanager
+def tmpfs(where: Path, size: str, *options: str):
+    """A real small (``size``) or read-only (``"ro"``) file system at ``where`` for the test's time."""
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from cafe_dist.bench.runs import prepare_data, train_once
 from cafe_dist.embeddings.registry import REGISTRY
+from cafe_dist.outputs import write_text
 from cafe_dist.result import RunResult
 
 log = logging.getLogger(__name__)
@@ -121,5 +122,5 @@ def run_throughput_bench(spec: ThroughputSpec, output_json: str | Path | None = 
                              if "samples_per_sec" in by_workers[hi][m] and "samples_per_sec" in by_workers[lo][m]}
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(output_json, json.dumps(result, indent=2) + "\n")
     return result

@@ -39,7 +39,7 @@ from cafe_dist.data.schema import (
     idx_column,
 )
 from cafe_dist.data.target import staged_dataset
-from cafe_dist.data.writer import RawSink, contiguous_ids, raw_schema, vocab_table
+from cafe_dist.data.writer import RawSink, check_split, contiguous_ids, raw_schema, vocab_table
 from cafe_dist.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, 
                             + ". Check that the input is in criteo format.")
     n_test = int(round(good * test_fraction))
     n_train = good - n_test
+    check_split(good, n_train, test_fraction)
     items = _slices(raw_rows, n_train)
     for item in items:
         item["path"] = str(out / "_raw" / f"part-{item['index']:05d}.parquet")

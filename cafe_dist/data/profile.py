@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cafe_dist.errors import BadInputError
+
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 QUANTILES = np.linspace(0.0, 1.0, 101)
 EMPIRICAL_MAX = 1024  # features up to this cardinality keep the sample's own value shares
@@ -112,10 +114,14 @@ class Profile:
             shipped = sorted(p.stem.replace("_", "-") for p in PROFILE_DIR.glob("*.json"))
             raise FileNotFoundError(f"no profile {name_or_path!r}; shipped profiles: {', '.join(shipped)}, "
                                     "or give a JSON file written by `cafe-dist data fit-profile`")
-        raw = json.loads(path.read_text())
-        return cls(name=raw["name"], source=raw["source"], rows=raw["rows"], click_rate=raw["click_rate"],
-                   categorical=[CategoricalProfile(**c) for c in raw["categorical"]],
-                   dense=[DenseProfile(**d) for d in raw["dense"]])
+        try:
+            raw = json.loads(path.read_text())
+            return cls(name=raw["name"], source=raw["source"], rows=raw["rows"], click_rate=raw["click_rate"],
+                       categorical=[CategoricalProfile(**c) for c in raw["categorical"]],
+                       dense=[DenseProfile(**d) for d in raw["dense"]])
+        except (ValueError, KeyError, TypeError) as e:  # JSON, but not a profile (or not JSON at all)
+            raise BadInputError(f"{path} is not a generator profile ({type(e).__name__}: {e}); give criteo-kaggle, "
+                                "criteo-tb, or a JSON file written by `cafe-dist data fit-profile`") from None
 
 
 # ---- the law ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ META_FILE = "meta.json"
 VOCAB_FILE = "vocab.parquet"
 BAD_ROWS_FILE = "bad_rows.tsv"
 SPLITS = ("train", "test")
+SIGNATURES_DIR = "lma"  # LMA's signatures of the dataset's values (cafe-dist data signatures), kept inside it
 
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
 CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]

@@ -28,7 +28,7 @@ from cafe_dist.data.schema import (
     MISSING_ID,
     DatasetMeta,
 )
-from cafe_dist.data.target import staged_dataset
+from cafe_dist.data.target import check_free_space, staged_dataset
 from cafe_dist.data.writer import DatasetWriter
 from cafe_dist.progress import row_bar
 
@@ -274,6 +274,11 @@ class SynthGenerator:
         return label, dense, sparse
 
 
+# disk a generated row takes at the peak of writing (the staged raw rows, then the splits, ~64 B a
+# row once written), measured on the default spec with a margin
+PEAK_BYTES_PER_ROW = 200
+
+
 def generate_synthetic(
     out_dir: str | Path,
     spec: SynthSpec,
@@ -283,6 +288,7 @@ def generate_synthetic(
     overwrite: bool = False,
 ) -> DatasetMeta:
     """Generate into ``out_dir`` (staged, swapped in when complete; see :mod:`cafe_dist.data.target`)."""
+    check_free_space(out_dir, spec.rows * PEAK_BYTES_PER_ROW, f"{spec.rows:,} synthetic rows")
     gen = SynthGenerator(spec)
     extra = {"synth": spec.record(test_fraction)}
     with staged_dataset(out_dir, overwrite) as stage:

@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, SPLITS, VOCAB_FILE
-from cafe_dist.errors import BadInputError
+from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, SIGNATURES_DIR, SPLITS, VOCAB_FILE
+from cafe_dist.errors import BadInputError, disk_full
 
 log = logging.getLogger(__name__)
 
-# what a dataset directory holds (schema.py); anything else in it was not written by cafe-dist
-DATASET_ENTRIES = frozenset({META_FILE, VOCAB_FILE, BAD_ROWS_FILE, *SPLITS})
+# what a dataset directory holds (schema.py); anything else in it was not written by cafe-dist. LMA's
+# signatures describe the dataset's values: a replaced dataset takes them along (they would be stale)
+DATASET_ENTRIES = frozenset({META_FILE, VOCAB_FILE, BAD_ROWS_FILE, SIGNATURES_DIR, *SPLITS})
 _PARTIAL = ".partial-"
 _RENAME_EXCHANGE = 2
 
@@ -135,8 +136,16 @@ def _make_parent(out: Path) -> None:
         raise BadInputError(f"--out {out}: cannot create {out.parent}: {e.strerror or e}") from None
 
 
-def _is_disk_full(e: BaseException) -> bool:
-    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+def check_free_space(out: str | Path, need: int, what: str) -> None:
+    """Refuse at once a write that cannot fit the file system of ``out`` (``need``: bytes, an
+    estimate), rather than failing with a full disk after hours."""
+    probe = Path(out).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise BadInputError(f"{what} needs about {need / 1e9:,.1f} GB while writing and {probe} has {free / 1e9:,.1f} "
+                            "GB free; ask for fewer rows or choose another --out")
 
 
 @contextmanager
@@ -162,7 +171,7 @@ def staged_dataset(out_dir: str | Path, overwrite: bool = False) -> Iterator[Pat
         _commit(stage, out, replace)
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
-        if _is_disk_full(e):
+        if disk_full(e):
             raise BadInputError(f"disk full while writing the dataset for {out} (in {stage.name}): {e}. The "
                                 f"partial output was removed and {kept}; free space or choose another --out."
                                 ) from None

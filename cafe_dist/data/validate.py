@@ -24,12 +24,14 @@ def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) 
         if not files:
             raise BadInputError(f"{storage.join(data_dir, split)} holds no Parquet files (meta.json lists {meta.rows.get(split, 0):,} "
                                 f"{split} rows); re-create {data_dir} with `cafe-dist data ... --out {data_dir}`")
+        rows = 0
         for path in files:
             try:
                 with storage.open_input_file(path) as f:
-                    schema = pq.read_schema(f)
+                    footer = pq.read_metadata(f)
             except (pa.ArrowInvalid, OSError) as e:
                 raise BadInputError(f"{path}: not a readable Parquet file ({e})") from None
+            schema, rows = footer.schema.to_arrow_schema(), rows + footer.num_rows
             missing = [c for c in ["label", *meta.dense_features, *ids] if c not in schema.names]
             if missing:
                 raise BadInputError(f"{path}: missing column(s) {', '.join(missing[:8])}"
@@ -45,6 +47,11 @@ def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) 
                 if not pa.types.is_integer(t):
                     raise BadInputError(f"{path}: id column {col!r} has type {t}, expected integers "
                                         f"(ids are mapped to integers by `cafe-dist data`)")
+        if rows != meta.rows.get(split, 0):  # steps, epochs and shards are planned from meta.json's count
+            raise BadInputError(
+                f"{storage.join(data_dir, split)}: its Parquet files hold {rows:,} rows but meta.json says "
+                f"{meta.rows.get(split, 0):,}; files were removed, added or truncated since conversion. Convert "
+                f"again into {data_dir} (`cafe-dist data ... --out {data_dir} --overwrite`)")
 
 
 class BatchValidator:

@@ -126,6 +126,19 @@ def raw_schema(dense: list[str], sparse: list[str], extra_columns: dict[str, pa.
     return pa.schema(fields)
 
 
+def check_split(rows: int, n_train: int, test_fraction: float) -> None:
+    """Refuse a split a run could not use: no training rows, or a test split asked for that holds
+    no rows (training would fail later, in a worker, or report no AUC)."""
+    if n_train <= 0:
+        raise BadInputError(f"--test-fraction {test_fraction:g} leaves none of the {rows:,} rows for training (the "
+                            f"test split takes them all); choose a fraction below {1 - 1 / max(rows, 1):.6g}, e.g. "
+                            "the default 1/7")
+    if test_fraction > 0 and n_train == rows:
+        raise BadInputError(f"--test-fraction {test_fraction:g} of {rows:,} row(s) rounds to no test rows; give "
+                            f"at least {int(np.ceil(0.5 / test_fraction)):,} rows, or --test-fraction 0 for a dataset "
+                            "without a test split")
+
+
 class DatasetWriter:
     """Collects good rows and bad-line records; ``finalize`` writes the dataset layout."""
 
@@ -188,6 +201,7 @@ class DatasetWriter:
             raise BadInputError(f"no usable rows: {detail}. Check that the input is in {self.fmt} format.")
         n_test = int(round(self.good * self.test_fraction))
         n_train = self.good - n_test
+        check_split(self.good, n_train, self.test_fraction)
         vocab = self._build_vocab(n_train)
         self._write_splits(n_train, vocab)
         self._raw_path.unlink()

@@ -116,7 +116,7 @@ GROUP = "group"  # combine's piece of the pooled values that is a whole group: (
 class MethodOptions(BaseModel):
     """A method's own settings: the YAML section named after it (see ``CompressedEmbedding.options``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CompressedEmbedding(nn.Module):

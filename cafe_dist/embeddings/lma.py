@@ -39,7 +39,7 @@ import torch
 from pydantic import Field
 
 from cafe_dist.data import storage
-from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.schema import SIGNATURES_DIR, DatasetMeta
 from cafe_dist.embeddings.base import MethodOptions, Values
 from cafe_dist.embeddings.hashing import hash64, hash_mod
 from cafe_dist.embeddings.robe import ROBEEmbedding, ROBEOptions
@@ -79,7 +79,7 @@ def minhash_signatures(ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def signature_path(data_dir: str, sample_rows: int, seed: int, min_count: int) -> str:
-    return storage.join(data_dir, "lma", f"signatures_r{sample_rows}_s{seed}_c{min_count}.parquet")
+    return storage.join(data_dir, SIGNATURES_DIR, f"signatures_r{sample_rows}_s{seed}_c{min_count}.parquet")
 
 
 def write_signatures(data_dir: str, meta: DatasetMeta, sample_rows: int = 125_000, seed: int = 0,

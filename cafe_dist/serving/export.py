@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -19,6 +21,8 @@ from cafe_dist.data import storage
 from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings.registry import method_class
+from cafe_dist.errors import BadInputError, disk_full
+from cafe_dist.outputs import check_new_dir
 from cafe_dist.serving.model import (
     FILES_DIR,
     FORMAT,
@@ -61,6 +65,27 @@ class Trained:
     coordinator: dict[str, Any] | None = None  # CAFE: the merged hot-set state rank 0 checkpointed
 
 
+def _run_meta(info: dict[str, Any], manifest: dict[str, Any], path: str) -> DatasetMeta:
+    """The dataset description the run trained with (recorded in the manifest; older checkpoints:
+    ``data_dir``'s). The vocabulary still comes from ``data_dir``, so a dataset regenerated or
+    converted again since (another ``meta.json`` digest) is refused rather than mapping raw values
+    to ids the tables never learned."""
+    from cafe_dist.resume import data_digest
+
+    try:
+        current = DatasetMeta.load(info["data_dir"])
+    except (FileNotFoundError, BadInputError, OSError):
+        current = None
+    recorded = manifest.get("config", {}).get("data.digest")
+    if current is None or (recorded is not None and data_digest(current) != recorded):
+        what = "is gone" if current is None else "was regenerated or converted again since the run trained"
+        raise CheckpointError(
+            f"{path}: the run's dataset {info['data_dir']} {what}, so its vocabulary (raw value -> id) is not the "
+            "one the tables were trained with. Restore that dataset (convert the same files, or keep the same "
+            "data.synthetic settings) and export again; nothing was written.")
+    return DatasetMeta(**info["meta"]) if info.get("meta") else current
+
+
 def load_trained(checkpoint: str) -> Trained:
     """``checkpoint``: a checkpoint directory, or a run directory (its newest one with state)."""
     path = resolve_checkpoint(checkpoint)
@@ -71,7 +96,7 @@ def load_trained(checkpoint: str) -> Trained:
                               "manifest); train again to export")
     if not manifest.get("state", True):
         raise CheckpointError(f"{path}: holds a result only, no tables")
-    meta = DatasetMeta.load(info["data_dir"])
+    meta = _run_meta(info, manifest, path)
     options = method_options(info)
     model = build_dlrm(info, meta, options, torch.device("cpu"))
     d = local_dir(path)
@@ -88,14 +113,26 @@ def load_trained(checkpoint: str) -> Trained:
     return Trained(model, info, meta, options, manifest, path, rank0.get("coordinator"))
 
 
+def _publish(stage: Path, out: Path) -> None:
+    """One rename makes the export appear whole; never onto another export that appeared meanwhile
+    (two exports to one ``--out``: the second is refused, the first stays)."""
+    if not out.exists():
+        try:
+            os.rename(stage, out)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    raise BadInputError(f"--out {out} appeared while this export ran (another export to the same place?); it is "
+                        "left as it is and this export was discarded: choose another --out")
+
+
 def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = None) -> dict[str, Any]:
     """Write the model of ``checkpoint`` (or of a run directory's newest checkpoint) to ``out``,
     which must not exist yet (it appears complete or not at all). Returns ``model.json``'s content."""
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; export writes a new directory (remove it or choose another)")
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be int8 or absent, got {quantize!r}")
+    out = check_new_dir(out, flag="--out")  # before the checkpoint is read: a bad --out is said at once
     trained = load_trained(checkpoint)
     model, info, meta, manifest, path = trained.model, trained.info, trained.meta, trained.manifest, trained.path
     cls, options = method_class(info["method"]), trained.options
@@ -120,8 +157,9 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
             return name
 
         portable = cls.portable_options(options, move)
-        torch.save(weights, stage / WEIGHTS_FILE)
-        torch.save(serving, stage / STATE_FILE)
+        for name, obj in ((WEIGHTS_FILE, weights), (STATE_FILE, serving)):
+            with open(stage / name, "wb") as f:  # Python's writes, so a full disk says ENOSPC (torch's own
+                torch.save(obj, f)               # file writer only says "iostream error")
         (stage / VOCAB_FILE).write_bytes(storage.read_bytes(storage.join(info["data_dir"], DATA_VOCAB)))
         dense_bytes = sum(tensor_bytes(v) for k, v in weights.items() if not k.startswith(TABLE_PREFIX))
         state_bytes = tensor_bytes(serving) + tensor_bytes(dict(model.embedding.named_buffers()))
@@ -138,9 +176,12 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
                          "full_embedding_bytes": emb.full_embedding_bytes(),
                          "vocab": (stage / VOCAB_FILE).stat().st_size}}
         (stage / MODEL_FILE).write_text(json.dumps(doc, indent=1, default=str))
-        stage.replace(out)
-    except BaseException:
+        _publish(stage, out)
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
+        if disk_full(e):
+            raise BadInputError(f"disk full while exporting to {out}; the partial export was removed and nothing "
+                                "was written there (free space, or choose another --out)") from None
         raise
     log.info("exported %s (step %d, %s at %gx%s) to %s: embeddings %s bytes, dense %s bytes", path, manifest["step"],
              info["method"], info["compression_ratio"], ", int8" if quantize else "", out,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.writer import contiguous_ids
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.registry import method_class
+from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
 
 FORMAT = "cafe-dist-model/1"
@@ -100,19 +102,29 @@ class ServedModel:
         d = Path(directory)
         if not (d / MODEL_FILE).is_file():
             raise FileNotFoundError(f"{d}: no {MODEL_FILE}; not a model written by `cafe-dist export`")
-        info = json.loads((d / MODEL_FILE).read_text())
-        if info.get("format") != FORMAT:
-            raise ValueError(f"{d}: model format {info.get('format')!r}, this cafe-dist reads {FORMAT}")
-        meta = DatasetMeta(**info["meta"])
-        options = method_class(info["method"]).portable_options(method_options(info), lambda name: str(d / name))
-        device = torch.device(device)
-        model = build_dlrm(info, meta, options, device)
-        weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)
-        model.load_state_dict({k: dequantize_rows(v) if isinstance(v, dict) else v for k, v in weights.items()})
-        model.embedding.load_serving_state(torch.load(d / STATE_FILE, map_location="cpu", weights_only=False))
-        model.eval()
-        vocab_t = pq.read_table(d / VOCAB_FILE)
-        feature, value = vocab_t.column("feature").to_numpy(), vocab_t.column("value").to_numpy()
+        name = MODEL_FILE
+        try:  # each file read names itself if it is damaged (truncated copy, hand edit, disk error)
+            info = json.loads((d / MODEL_FILE).read_text())
+            if info.get("format") != FORMAT:
+                raise BadInputError(f"{d}: model format {info.get('format')!r}, this cafe-dist reads {FORMAT}")
+            meta = DatasetMeta(**info["meta"])
+            options = method_class(info["method"]).portable_options(method_options(info), lambda n: str(d / n))
+            device = torch.device(device)
+            model = build_dlrm(info, meta, options, device)
+            name = WEIGHTS_FILE
+            weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)
+            model.load_state_dict({k: dequantize_rows(v) if isinstance(v, dict) else v for k, v in weights.items()})
+            name = STATE_FILE
+            model.embedding.load_serving_state(torch.load(d / STATE_FILE, map_location="cpu", weights_only=False))
+            model.eval()
+            name = VOCAB_FILE
+            vocab_t = pq.read_table(d / VOCAB_FILE)
+            feature, value = vocab_t.column("feature").to_numpy(), vocab_t.column("value").to_numpy()
+        except BadInputError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
+            raise BadInputError(f"{d / name} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                                "the exported model is damaged or incomplete: export the run again") from None
         order = np.argsort(feature, kind="stable")
         bounds = np.searchsorted(feature[order], np.arange(len(meta.sparse_features) + 1))
         vocab = [value[order[bounds[j]:bounds[j + 1]]] for j in range(len(meta.sparse_features))]

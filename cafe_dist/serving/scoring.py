@@ -27,6 +27,8 @@ from torchmetrics.classification import BinaryAUROC
 
 from cafe_dist.data import storage
 from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, DatasetMeta
+from cafe_dist.errors import BadInputError
+from cafe_dist.outputs import replaced_on_success
 from cafe_dist.progress import row_bar
 from cafe_dist.serving.model import ServedModel
 
@@ -55,7 +57,7 @@ class Source:
         missing = [c for c in (*meta.dense_features, *meta.sparse_features)
                    if c not in (*self.meta.dense_features, *self.meta.sparse_features)]
         if missing:
-            raise ValueError(f"{self.data_dir}: lacks the model's features {', '.join(missing)} "
+            raise BadInputError(f"{self.data_dir}: lacks the model's features {', '.join(missing)} "
                              f"(a {self.meta.format} dataset; the model was trained on {meta.format})")
         columns = ["label", *meta.dense_features, *meta.sparse_features]
         for path in storage.list_files(storage.join(self.data_dir, self.split), ".parquet"):
@@ -75,7 +77,10 @@ def open_source(location: str, model_meta: DatasetMeta, split: str = "test") -> 
     if storage.is_file(storage.join(location, META_FILE)):
         meta = DatasetMeta.load(location)
         if meta.rows.get(split, 0) == 0:
-            raise ValueError(f"{location}: its {split} split is empty; choose another with --split")
+            have = ", ".join(f"{k} ({n:,} rows)" for k, n in meta.rows.items() if n) or "none"
+            state = "is empty" if split in meta.rows else "does not exist"
+            raise BadInputError(f"{location}: its {split!r} split {state}; splits with rows: {have}. Choose one "
+                                "with --split")
         yield Source(location, split, meta, 0, None)
         return
     if not Path(location).is_file():
@@ -92,13 +97,22 @@ def open_source(location: str, model_meta: DatasetMeta, split: str = "test") -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bad_rows_path(out: str | Path) -> Path:
+    """Where ``predict`` lists the malformed lines of its input, beside its output."""
+    out = Path(out)
+    return out.with_name(out.stem + ".bad_rows.tsv")
+
+
 def _report_bad(src: Source, keep_next_to: Path | None) -> str | None:
+    if keep_next_to is not None and not src.bad_rows:  # an earlier run's list would describe other input
+        bad_rows_path(keep_next_to).unlink(missing_ok=True)
     if not src.bad_rows:
         return None
     kept = None
     if keep_next_to is not None and src.bad_rows_file:
-        kept = str(keep_next_to.with_name(keep_next_to.stem + ".bad_rows.tsv"))
-        shutil.copyfile(src.bad_rows_file, kept)
+        kept = str(bad_rows_path(keep_next_to))
+        with replaced_on_success(kept) as tmp:
+            shutil.copyfile(src.bad_rows_file, tmp)
     log.warning("%s malformed line(s) skipped%s", f"{src.bad_rows:,}",
                 f"; line numbers and reasons in {kept}" if kept else "")
     return kept
@@ -110,7 +124,8 @@ def evaluate(model: ServedModel, location: str, split: str = "test", batch_size:
     loss, rows, t0 = 0.0, 0, time.perf_counter()
     with open_source(location, model.meta, split) as src:
         if not src.meta.labeled:
-            raise ValueError(f"{location}: unlabeled rows cannot be evaluated; use `cafe-dist predict`")
+            raise BadInputError(f"{location}: its rows have no click labels, so AUC and logloss cannot be computed; "
+                                "`cafe-dist predict` scores unlabeled rows")
         with row_bar("evaluate", src.meta.rows[src.split], leave=False) as bar:
             for b in src.batches(batch_size, model.meta):
                 logits = model.logits(b.dense, b.raw).cpu()
@@ -127,14 +142,15 @@ def evaluate(model: ServedModel, location: str, split: str = "test", batch_size:
 
 def predict(model: ServedModel, location: str, out: str | Path, split: str = "test",
             batch_size: int = 4096) -> dict[str, Any]:
-    """Scores of every row into Parquet ``out``: ``score``, plus ``label`` when the rows have one."""
+    """Scores of every row into Parquet ``out``: ``score``, plus ``label`` when the rows have one.
+    ``out`` appears whole when every row is scored (written beside it, then renamed), or not at all;
+    the caller checked it (:func:`cafe_dist.outputs.check_file`: never the input)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     rows, t0 = 0, time.perf_counter()
     with open_source(location, model.meta, split) as src:
         schema = pa.schema([("score", pa.float32())] + ([("label", pa.int8())] if src.meta.labeled else []))
-        with pq.ParquetWriter(tmp, schema) as writer, row_bar("predict", src.meta.rows[src.split], leave=False) as bar:
+        with replaced_on_success(out) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
+                row_bar("predict", src.meta.rows[src.split], leave=False) as bar:
             for b in src.batches(batch_size, model.meta):
                 cols = [pa.array(model.score(b.dense, b.raw))]
                 if src.meta.labeled:
@@ -142,7 +158,6 @@ def predict(model: ServedModel, location: str, out: str | Path, split: str = "te
                 writer.write_table(pa.Table.from_arrays(cols, schema=schema))
                 rows += len(b.labels)
                 bar.update(len(b.labels))
-        tmp.replace(out)
         bad = _report_bad(src, out)
     return {"rows": rows, "out": str(out), "bad_rows": src.bad_rows, "bad_rows_file": bad,
             "rows_per_s": rows / (time.perf_counter() - t0)}

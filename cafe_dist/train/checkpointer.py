@@ -119,7 +119,9 @@ class Checkpointer:
         for name, part in self.parts.items():
             if name in local:
                 part.load(local[name])
-        self.found, self.saved_at = found, found.step
+        # a run's final checkpoint is replaced by the next final one at the same step (same directory
+        # name): that one must then carry the state again, or the run would lose its tables
+        self.found, self.saved_at = found, (-1 if found.final else found.step)
         return found
 
     def due(self, step: int) -> bool:

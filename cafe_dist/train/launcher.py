@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +19,8 @@ from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import REGISTRY, input_kind
-from cafe_dist.errors import BadInputError
+from cafe_dist.errors import BadInputError, user_error
+from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
 from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
@@ -130,25 +133,32 @@ def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None) -> None:
         raise ConfigError(str(e)) from None
 
 
+READ_CPUS = 1  # what Ray Data's read tasks need beside the workers on a cluster (one task at a time)
+
+
 def check_resources(job: JobConfig, local: bool) -> None:
     """Fail with the numbers, not a hang, when the workers Ray Train asks for cannot all start: on a
-    local cluster (checked before it starts) against this machine's CPUs, else against the cluster's."""
-    need_cpu = job.ray.num_workers * job.ray.cpus_per_worker
+    local cluster (checked before it starts) against this machine's CPUs (its read tasks get
+    DATA_CPUS logical ones on top), else against the cluster's, where a CPU must stay free for Ray
+    Data's read tasks: workers holding every CPU leave the reads waiting forever."""
+    workers_cpu = job.ray.num_workers * job.ray.cpus_per_worker
     if not local:
         import ray
 
         have = ray.cluster_resources()
-        cpus, gpus, where = have.get("CPU", 0), have.get("GPU", 0), "the Ray cluster has"
+        cpus, gpus, where, reads = have.get("CPU", 0), have.get("GPU", 0), "the Ray cluster has", READ_CPUS
     else:
         import torch
 
-        cpus, gpus, where = os.cpu_count() or 1, torch.cuda.device_count(), "this machine has"
-    if cpus < need_cpu:
+        cpus, gpus, where, reads = os.cpu_count() or 1, torch.cuda.device_count(), "this machine has", 0
+    if cpus < workers_cpu + reads:
+        need = f"{workers_cpu + reads:g} CPUs ({workers_cpu:g} for the workers at ray.cpus_per_worker=" \
+               f"{job.ray.cpus_per_worker:g}" + (f", {reads} for Ray Data's read tasks)" if reads else ")")
+        fit = max(cpus - reads, 0)
         raise ConfigError(
-            f"ray.num_workers={job.ray.num_workers} needs {need_cpu:g} CPUs (ray.cpus_per_worker="
-            f"{job.ray.cpus_per_worker:g} each) but {where} {cpus:g}; lower ray.num_workers, add nodes, or set "
-            f"ray.cpus_per_worker below 1 (e.g. {cpus / job.ray.num_workers:.2g}) if oversubscribing the CPUs "
-            "is really wanted")
+            f"ray.num_workers={job.ray.num_workers} needs {need} but {where} {cpus:g}; lower ray.num_workers (at "
+            f"most {int(fit // job.ray.cpus_per_worker)} fit), add nodes, or set ray.cpus_per_worker below 1 (e.g. "
+            f"{max(fit, 0.1) / job.ray.num_workers:.2g}) if oversubscribing the CPUs is really wanted")
     if job.ray.use_gpu and gpus < job.ray.num_workers:
         raise ConfigError(
             f"ray.use_gpu=true with ray.num_workers={job.ray.num_workers} needs {job.ray.num_workers} GPUs but "
@@ -158,7 +168,7 @@ def check_resources(job: JobConfig, local: bool) -> None:
 def _write_json(out: RunResult, output_json: str | Path | None) -> None:
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(output_json).write_text(json.dumps(out.to_dict(), indent=2) + "\n")
+        write_text(output_json, json.dumps(out.to_dict(), indent=2) + "\n")
 
 
 def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunResult:
@@ -171,6 +181,8 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path = storage.resolve(job.ray.storage_path)
+    if not storage.is_uri(storage_path):  # a file there, or a read-only disk: said now, not at the first checkpoint
+        check_dir(storage_path, flag="ray.storage_path")
     run_dir = storage.join(storage_path, name)
     decision = decide(job, meta, name, run_dir)
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
@@ -182,8 +194,9 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
 
 
 def _already_finished(job: JobConfig, name: str, done: Found, data_dir: str) -> RunResult:
-    log.info("%s already finished (step %d, %s) with these settings: reporting its result, training "
-             "nothing. For a new run use another ray.name.", name, done.step, done.path)
+    if job.ray.resume != "force":  # (a forced resume with nothing to train said so in resume.decide)
+        log.info("%s already finished (step %d, %s) with these settings: reporting its result, training "
+                 "nothing. For a new run use another ray.name.", name, done.step, done.path)
     return RunResult.from_report(job.embedding.method, job.embedding.compression_ratio,
                                  {**finished_result(done), FINAL: True}, data_path=str(data_dir),
                                  checkpoint_path=done.path, already_finished=True,
@@ -240,7 +253,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cafe_dist.train.spec import MlflowTarget, WorkerSpec
-    from cafe_dist.train.worker import train_loop_per_worker
+    from cafe_dist.train.worker import train_loop_per_worker, worker_tmp
 
     config = result_config(job, meta)
     resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
@@ -258,7 +271,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
                       data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
                       resume_key=resume_key, coordinator=coordinator is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
-    trainer = TorchTrainer(
+    trainer = _interruptible(TorchTrainer)(
         train_loop_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=job.ray.num_workers, use_gpu=job.ray.use_gpu,
@@ -276,11 +289,20 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     try:
         try:
             result = trainer.fit()
+        except Exception as e:  # a worker's own error (bad data, divergence) as it said it, not Ray's wrapper
+            raise user_error(e) or e from None
+        except SystemExit:  # Ray's SIGINT handler exits from inside fit once the run is aborted
+            if not trainer.interrupted:
+                raise
         finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray's points at the ended run
             if coordinator is not None:
                 ray.kill(coordinator)
+            shutil.rmtree(worker_tmp(spec.fit_id), ignore_errors=True)  # what stopped workers left there
+        if trainer.interrupted:  # Ctrl-C: the run's checkpoints stay; the CLI says so (exit 130)
+            raise KeyboardInterrupt(f"run {name} interrupted; its checkpoints are in {run_dir}")
         if result.error:
-            raise result.error
+            raise user_error(result.error) or result.error
     except BaseException as e:
         if tracker:
             tracker.fail(e)
@@ -293,6 +315,27 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
         _log_model(job, tracker, run_dir, out)
         tracker.finish(out)
     return out
+
+
+def _interruptible(trainer_cls: type) -> type:
+    """``trainer_cls`` noting a Ctrl-C: Ray Train's own SIGINT handler aborts the run and then
+    leaves ``fit`` returning, raising, or calling ``sys.exit(0)`` from inside it, so the caller
+    cannot tell an interrupted run from a finished or failed one without this flag."""
+
+    class Interruptible(trainer_cls):
+        interrupted = False
+
+        def _register_sigint_handler(self, controller) -> None:
+            super()._register_sigint_handler(controller)
+            ray_handler = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame) -> None:
+                self.interrupted = True
+                ray_handler(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+    return Interruptible
 
 
 def _log_model(job: JobConfig, tracker: RunTracker, run_dir: str, out: RunResult) -> None:

@@ -26,7 +26,7 @@ from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
 from cafe_dist.embeddings import CompressedEmbedding, FeatureSpec, build_embedding
 from cafe_dist.embeddings.table_rows import TableRows
-from cafe_dist.errors import BadInputError
+from cafe_dist.errors import BadInputError, DivergedError
 from cafe_dist.model import DLRM
 from cafe_dist.result import FINAL
 from cafe_dist.train import elastic
@@ -93,7 +93,8 @@ def model_info(spec: WorkerSpec) -> dict[str, Any]:
             "over_arch": list(job.model.over_arch), "seed": job.train.seed,
             "options": opts.model_dump(mode="json") if opts is not None else None,
             # which settings the job gave (a method may derive the others from them, as cafe_ml does)
-            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir}
+            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir,
+            "meta": dict(spec.meta.__dict__)}  # the tables' sizes as trained, whatever data_dir holds later
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class Trainer:
                 out = self.train_step(batch, run.rows, phases)
                 self._record(out, np_batch, rows)
                 metrics.step_done(epoch, out.loss)
+                self._check_finite(out.loss)
                 if evaluator.due(p.step):  # every rank is at this step
                     started = time.perf_counter()
                     metrics.evaluation(p.step, evaluator.run(p.step))
@@ -263,6 +265,18 @@ class Trainer:
                     break
                 phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
         return self._finish(run)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """A non-finite loss means non-finite weights from here on: stop before anything is saved
+        (the checkpoint below, the final one, the logged model). ``loss`` was synced by the metrics."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        p, tc = self.progress, self.job.train
+        raise DivergedError(
+            f"training diverged: the loss is {float(loss.detach()):g} at step {p.step} (rank {self.wc.rank}, epoch "
+            f"{p.epoch + 1}), so the weights are no longer finite numbers; the run stops here and saves nothing "
+            f"from this point. Lower train.lr ({tc.lr:g}) or train.embedding_lr ({tc.embedding_lr or tc.lr:g}), "
+            "or look for extreme dense values in the data")
 
     def _epoch_batches(self, shard, resuming: bool):
         """This rank's batches of the epoch, with (for elastic runs) their rows in the epoch's stream;
@@ -352,6 +366,9 @@ class Trainer:
         end = time.perf_counter()
         p.train_time_s = run.metrics.trained_s(end)  # what the final checkpoint records
         result, fresh = run.evaluator.final(p.step)
+        if result.get("eval_rows") and not np.isfinite(result["logloss"]):  # the weights went non-finite without a non-finite loss
+            raise DivergedError(f"training diverged: the test logloss after step {p.step} is {result['logloss']:g}; "
+                                "the model is not saved or logged. Lower train.lr or train.embedding_lr")
         if fresh:
             run.metrics.evaluation(p.step, result)
         result = {**result, **self._run_figures(run.probe)}

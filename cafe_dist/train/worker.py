@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import warnings
 from typing import Any
 
 import ray.train
 import torch
 
+from cafe_dist.errors import USER_ERRORS
 from cafe_dist.train.spec import WorkerSpec
 from cafe_dist.train.trainer import Trainer, WorkerContext
 
@@ -44,10 +47,29 @@ def _logging(rank: int, verbose: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False
+    if not verbose:
+        logging.getLogger("ray.train.v2._internal.util").addFilter(_NoUserErrorTracebacks())
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+    """Ray Train logs every training-function error with its traceback on the worker; for our own
+    errors (bad data, divergence) the driver prints the message as the first line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f"cafe_dist.errors.{cls.__name__}:" in record.getMessage() for cls in USER_ERRORS)
+
+
+def worker_tmp(fit_id: str) -> str:
+    """The temporary folder of one ``fit``'s workers on this machine (checkpoint staging,
+    multiprocessing's sockets): a worker stopped by Ctrl-C or a crash cannot clean up after itself,
+    so the driver removes the whole folder when ``fit`` ends, however it ends."""
+    return os.path.join(tempfile.gettempdir(), f"cafe-dist-{fit_id}")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec: WorkerSpec = config["spec"]
+    tempfile.tempdir = worker_tmp(spec.fit_id)
+    os.makedirs(tempfile.tempdir, exist_ok=True)
     wc = _context(spec)
     _logging(wc.rank, spec.job.ray.verbose)
     Trainer(spec, wc).train()

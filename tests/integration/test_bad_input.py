@@ -72,9 +72,10 @@ def test_a_compression_ratio_that_cannot_be_met_is_refused_with_the_limit(data_c
 
 
 def test_more_workers_than_the_cluster_has_is_refused_not_hung(ray_cluster, data_copy, tmp_path):
-    # the session's cluster has 4 CPUs
-    with pytest.raises(ConfigError, match=r"ray.num_workers=8 needs 8 CPUs .* has 4"):
-        run_training(_job(tmp_path, data_copy, "ray.num_workers=8"))
+    # the session's cluster has 4 CPUs: 4 workers would leave none for Ray Data's reads (was: a hang)
+    with pytest.raises(ConfigError, match=r"ray.num_workers=4 needs 5 CPUs \(4 for the workers at ray.cpus_per_worker=1, "
+                                          r"1 for Ray Data's read tasks\) but the Ray cluster has 4; .*at most 3 fit"):
+        run_training(_job(tmp_path, data_copy, "ray.num_workers=4"))
     with pytest.raises(ConfigError, match=r"ray.use_gpu=true .* needs 1 GPUs but the Ray cluster has 0"):
         run_training(_job(tmp_path, data_copy, "ray.use_gpu=true"))
 
@@ -144,3 +145,18 @@ def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cl
     with pytest.raises(Exception, match=rf"train split, rank \d, epoch 1, step 1 \({where}\): "
                                         r"row 0: dense column 'I2' is nan"):
         run_training(_job(tmp_path, data_copy, *overrides))
+
+
+def test_nan_in_the_data_is_the_first_line_of_the_error_not_a_ray_wrapper(ray_cluster, data_copy, tmp_path):
+    """Was: a 30-line WorkerGroupError with the row and column somewhere inside."""
+    def poison(t):
+        col = t["I4"].to_numpy().astype(np.float32)
+        col[5] = np.nan
+        return t.set_column(t.schema.get_field_index("I4"), "I4", pa.array(col))
+
+    _rewrite(data_copy / "train", poison)
+    with pytest.raises(BadInputError) as e:
+        run_training(_job(tmp_path, data_copy))
+    first = str(e.value).splitlines()[0]
+    assert first.startswith("train split, rank 0, epoch 1, step 1 (rows 0–255 of this rank's shard): row 5: "
+                            "dense column 'I4' is nan"), first

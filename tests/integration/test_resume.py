@@ -108,6 +108,28 @@ def test_a_sweep_reuses_matching_cells_and_refuses_changed_ones(finished, store,
     assert run.info.run_id == finished["mlflow_run_id"] and run.data.params["train.lr"] == "0.05"
 
 
+def test_resume_force_that_trains_no_step_changes_nothing(finished, store, tmp_path, capsys):
+    """Was: the finished run's final checkpoint rewritten without its tables ("state": false), export
+    and hot broken, the old AUC reported as new, MLflow's final_samples_per_sec set to 0.0."""
+    import hashlib
+    from pathlib import Path
+
+    run_dir = store[0] / "runs" / NAME
+
+    def tree():
+        return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run_dir.rglob("*")) if p.is_file() and "coordinator" not in p.parts}
+    (before_run,) = _runs(store[1])
+    before = tree()
+    out = run_training(_job(store, NAME, "train.lr=0.2", "ray.resume=force")[1])
+    assert out.already_finished and out.auc == finished["auc"] and out.steps == 10
+    assert tree() == before  # the checkpoints, manifests included, byte for byte
+    (run,) = _runs(store[1])
+    assert run.data.metrics == before_run.data.metrics and run.data.params["train.lr"] == "0.05"
+    assert main(["export", "--checkpoint", out.checkpoint_path, "--out", str(tmp_path / "m")]) == 0
+    assert Path(tmp_path / "m" / "weights.pt").is_file()
+
+
 @pytest.mark.slow
 def test_resume_force_continues_under_new_train_settings(finished, store):
     out = run_training(_job(store, NAME, "train.max_steps=20", "ray.resume=force")[1])

@@ -12,11 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, need
+from conftest import SHARED_DATA, need, tmpfs
 
 from cafe_dist.cli import main
 from cafe_dist.config import load_config
@@ -130,21 +129,8 @@ def test_an_out_under_a_file_is_refused_clearly(tmp_path, capsys):
     assert rc == 2 and "is a file, not a directory" in err
 
 
-@contextmanager
-def _tmpfs(where: Path, size: str, *options: str):
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def test_disk_full_says_so_and_keeps_the_old_dataset(tmp_path, capsys):
-    with _tmpfs(tmp_path / "small-disk", "1200k") as disk:
+    with tmpfs(tmp_path / "small-disk", "1200k") as disk:
         out = disk / "ds"
         assert _convert(capsys, "criteo", "--input", str(need(SMALL)), "--out", str(out))[0] == 0
         before = _tree(out)
@@ -155,7 +141,7 @@ def test_disk_full_says_so_and_keeps_the_old_dataset(tmp_path, capsys):
 
 
 def test_an_unwritable_out_is_refused_clearly(tmp_path, capsys):
-    with _tmpfs(tmp_path / "ro", "1m", "ro") as ro:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
         rc, err = _convert(capsys, "criteo", "--input", str(need(SMALL)), "--out", str(ro / "ds"))
         assert rc == 2 and f"--out {ro / 'ds'}: cannot write in {ro}" in err
 
@@ -216,7 +202,7 @@ def test_more_workers_than_this_machine_has_fails_at_once_with_the_numbers(tiny_
                        capture_output=True, text=True, env=env, timeout=120)
     cpus = os.cpu_count()
     assert r.returncode == 2, r.stderr[-2000:]
-    assert f"ray.num_workers=64 needs 64 CPUs (ray.cpus_per_worker=1 each) but this machine has {cpus}" in r.stderr
+    assert f"ray.num_workers=64 needs 64 CPUs (64 for the workers at ray.cpus_per_worker=1) but this machine has {cpus}" in r.stderr
     assert "ray.cpus_per_worker below 1" in r.stderr and "Traceback" not in r.stderr
     assert "Started a local Ray instance" not in r.stderr and time.time() - t0 < 90
 

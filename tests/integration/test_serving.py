@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def test_mlflow_models_serve_answers_invocations_like_predict(tracked, tmp_path)
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             served = [p["score"] for p in json.loads(r.read())["predictions"]]
+        # what the model cannot score is a 400 whose message names the column and row (was: 200 {"score": NaN},
+        # and the JSON number 12345 read as hex 0x12345)
+        d1, c3 = columns.index("I2"), columns.index("C3")
+        for change, said in (((0, d1, "Infinity"), "column I2, row 0"), ((1, c3, 12345), "column C3, row 1")):
+            bad = [list(r) for r in data[:2]]
+            bad[change[0]][change[1]] = change[2]
+            body = json.dumps({"dataframe_split": {"columns": columns, "data": bad}}).replace('"Infinity"', "Infinity")
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                    headers={"Content-Type": "application/json"}), timeout=60)
+            assert e.value.code == 400 and said in json.loads(e.value.read())["message"]
     model = ServedModel.load(_export(out, tmp_path))
     dense = np.stack([rows[c] for c in meta.dense_features], axis=1).astype(np.float32)
     raw = np.stack([rows[c] for c in meta.sparse_features]).astype(np.int64)

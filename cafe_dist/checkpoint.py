@@ -159,6 +159,21 @@ def load_rank_files(path: str, ranks: list[int], dcp_state: dict[str, Any] | Non
     return [torch.load(Path(d) / f"rank{r}.pt", weights_only=False) for r in ranks]
 
 
+RUN_DATASET = "dataset"  # <run dir>/dataset/: meta.json and vocab.parquet as the run trained with them
+
+
+def keep_run_dataset(run_dir: str, data_dir: str) -> None:
+    """Copy the dataset's description and vocabulary beside the run's checkpoints (once), so its
+    model can be exported and served after the data folder is regenerated or converted again."""
+    from cafe_dist.data.schema import META_FILE, VOCAB_FILE
+
+    own = storage.join(run_dir, RUN_DATASET)
+    if storage.is_file(storage.join(own, VOCAB_FILE)):
+        return
+    for name in (META_FILE, VOCAB_FILE):  # the vocabulary last: its presence says the copy is whole
+        storage.write_bytes(storage.join(own, name), storage.read_bytes(storage.join(data_dir, name)))
+
+
 def resize_message(found: Found, world_size: int) -> str:
     return (f"the checkpoint {found.path} (step {found.step}) was written by {found.world_size} workers and this "
             f"run has {world_size}. Its tables would reshard (DCP can), but the data position is per worker "

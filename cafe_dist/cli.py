@@ -153,12 +153,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _run_checkpoint(run_id: str) -> str:
     """The checkpoint an MLflow run finished with (from its result.json)."""
+    from mlflow.exceptions import MlflowException
+
     from cafe_dist.tracking import finished_run
 
-    run, client = finished_run(run_id)
+    _, client = finished_run(run_id)  # unknown or not FINISHED: said so
     try:
-        result = json.loads(client.download_artifacts(run_id, "result.json", _scratch()))
-    except Exception:  # noqa: BLE001 - MLflow raises its own types (and OSError) for an absent artifact
+        with open(client.download_artifacts(run_id, "result.json", _scratch())) as f:
+            result = json.load(f)
+    except (MlflowException, OSError, ValueError):  # no result.json: a run from before checkpoints recorded it
         result = {}
     if not result.get("checkpoint_path"):
         raise ConfigError(f"MLflow run {run_id} recorded no checkpoint; export with --checkpoint RUN_DIR")

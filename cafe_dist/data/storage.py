@@ -24,6 +24,11 @@ def join(location: str | Path, *parts: str) -> str:
     return "/".join([loc.rstrip("/"), *parts]) if is_uri(loc) else str(Path(loc, *parts))
 
 
+def parent(location: str | Path) -> str:
+    loc = str(location).rstrip("/")
+    return loc.rsplit("/", 1)[0] if is_uri(loc) else str(Path(loc).parent)
+
+
 def _fs(location: str) -> tuple[pafs.FileSystem, str]:
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)

@@ -65,6 +65,7 @@ def read_delimited(
     delimiter: str,
     *,
     skip_header: bool = False,
+    quote: bool = False,
 ) -> Iterator[TextBatch]:
     """Yield string-typed blocks; lines with the wrong field count are reported, not raised."""
     pending: list[tuple[int | None, str, str]] = []
@@ -92,7 +93,7 @@ def read_delimited(
                 block_size=BLOCK_SIZE, use_threads=False,
             ),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, quote_char=False, ignore_empty_lines=False,
+                delimiter=delimiter, quote_char='"' if quote else False, ignore_empty_lines=False,
                 invalid_row_handler=on_invalid,
             ),
             convert_options=pacsv.ConvertOptions(
@@ -137,11 +138,11 @@ def bad_row_text(table: pa.Table, rows: np.ndarray, delimiter: str) -> list[str]
 
 
 def parse_into(path: str | Path, names: list[str], delimiter: str, sink, convert: Callable[[TextBatch], None],
-               progress: bool = False, skip_header: bool = False) -> None:
+               progress: bool = False, skip_header: bool = False, quote: bool = False) -> None:
     """Stream one file into ``sink``: lines of the wrong width go to ``sink.add_bad``, every other
     block through ``convert`` (which validates it and adds its good rows to the sink)."""
     bar = row_bar(f"parse {Path(path).name}", enabled=progress)
-    for tb in read_delimited(path, names, delimiter, skip_header=skip_header):
+    for tb in read_delimited(path, names, delimiter, skip_header=skip_header, quote=quote):
         if tb.wrong_width:
             sink.add_bad(str(path), *map(list, zip(*tb.wrong_width)))
         if tb.table.num_rows:

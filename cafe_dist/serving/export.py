@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cafe_dist.checkpoint import CheckpointError, find_latest, local_dir, verify
+from cafe_dist.checkpoint import RUN_DATASET, CheckpointError, find_latest, local_dir, verify
 from cafe_dist.data import storage
 from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
 from cafe_dist.data.schema import DatasetMeta
@@ -62,16 +62,21 @@ class Trained:
     options: Any
     manifest: dict[str, Any]
     path: str
+    vocab: str  # the vocabulary file the run trained with
     coordinator: dict[str, Any] | None = None  # CAFE: the merged hot-set state rank 0 checkpointed
 
 
-def _run_meta(info: dict[str, Any], manifest: dict[str, Any], path: str) -> DatasetMeta:
-    """The dataset description the run trained with (recorded in the manifest; older checkpoints:
-    ``data_dir``'s). The vocabulary still comes from ``data_dir``, so a dataset regenerated or
-    converted again since (another ``meta.json`` digest) is refused rather than mapping raw values
-    to ids the tables never learned."""
+def run_dataset(info: dict[str, Any], manifest: dict[str, Any], path: str) -> tuple[DatasetMeta, str]:
+    """The dataset description and the vocabulary file a run trained with: its own copies beside its
+    checkpoints, so a dataset regenerated or converted again since changes nothing. A checkpoint
+    without them (copied away from its run, or older) reads ``data_dir``'s, and refuses when that
+    dataset is gone or is another one (its ``meta.json`` digest differs from the recorded one)
+    rather than mapping raw values to ids the tables never learned."""
     from cafe_dist.resume import data_digest
 
+    own = storage.join(storage.parent(path), RUN_DATASET)
+    if storage.is_file(storage.join(own, DATA_VOCAB)):
+        return DatasetMeta.load(own), storage.join(own, DATA_VOCAB)
     try:
         current = DatasetMeta.load(info["data_dir"])
     except (FileNotFoundError, BadInputError, OSError):
@@ -80,10 +85,10 @@ def _run_meta(info: dict[str, Any], manifest: dict[str, Any], path: str) -> Data
     if current is None or (recorded is not None and data_digest(current) != recorded):
         what = "is gone" if current is None else "was regenerated or converted again since the run trained"
         raise CheckpointError(
-            f"{path}: the run's dataset {info['data_dir']} {what}, so its vocabulary (raw value -> id) is not the "
-            "one the tables were trained with. Restore that dataset (convert the same files, or keep the same "
-            "data.synthetic settings) and export again; nothing was written.")
-    return DatasetMeta(**info["meta"]) if info.get("meta") else current
+            f"{path}: the run's dataset {info['data_dir']} {what}, and the checkpoint has no copy of its vocabulary "
+            f"(raw value -> id; a run keeps one in {RUN_DATASET}/ beside its checkpoints). Restore that dataset "
+            "(convert the same files, or keep the same data.synthetic settings) and try again; nothing was written.")
+    return current, storage.join(info["data_dir"], DATA_VOCAB)
 
 
 def load_trained(checkpoint: str) -> Trained:
@@ -96,7 +101,7 @@ def load_trained(checkpoint: str) -> Trained:
                               "manifest); train again to export")
     if not manifest.get("state", True):
         raise CheckpointError(f"{path}: holds a result only, no tables")
-    meta = _run_meta(info, manifest, path)
+    meta, vocab = run_dataset(info, manifest, path)
     options = method_options(info)
     model = build_dlrm(info, meta, options, torch.device("cpu"))
     d = local_dir(path)
@@ -110,7 +115,7 @@ def load_trained(checkpoint: str) -> Trained:
     model.load_state_dict(state["model"])
     rank0 = torch.load(Path(d) / "rank0.pt", weights_only=False)  # every rank holds the same hot map / id maps
     model.embedding.load_local_state(rank0.get("embedding", {}))
-    return Trained(model, info, meta, options, manifest, path, rank0.get("coordinator"))
+    return Trained(model, info, meta, options, manifest, path, vocab, rank0.get("coordinator"))
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -160,7 +165,7 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
         for name, obj in ((WEIGHTS_FILE, weights), (STATE_FILE, serving)):
             with open(stage / name, "wb") as f:  # Python's writes, so a full disk says ENOSPC (torch's own
                 torch.save(obj, f)               # file writer only says "iostream error")
-        (stage / VOCAB_FILE).write_bytes(storage.read_bytes(storage.join(info["data_dir"], DATA_VOCAB)))
+        (stage / VOCAB_FILE).write_bytes(storage.read_bytes(trained.vocab))
         dense_bytes = sum(tensor_bytes(v) for k, v in weights.items() if not k.startswith(TABLE_PREFIX))
         state_bytes = tensor_bytes(serving) + tensor_bytes(dict(model.embedding.named_buffers()))
         emb = model.embedding

@@ -7,8 +7,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cafe_dist.config import ConfigError
-from cafe_dist.data import storage
-from cafe_dist.data.schema import MISSING_ID, VOCAB_FILE
+from cafe_dist.data.schema import MISSING_ID
 from cafe_dist.serving.export import load_trained
 
 
@@ -22,7 +21,7 @@ def describe_hot(checkpoint: str, top: int = 20) -> str:
     if not hasattr(emb, "hot_ids"):
         raise ConfigError(f"{trained.info['method']} keeps no hot set; `hot` lists CAFE's (cafe, cafe_ml)")
     hot = emb.hot_ids()
-    vocab = pq.read_table(storage.join(trained.info["data_dir"], VOCAB_FILE)).to_pydict()
+    vocab = pq.read_table(trained.vocab).to_pydict()
     feature_of, values = np.asarray(vocab["feature"]), np.asarray(vocab["value"])
     names = list(trained.meta.sparse_features)
     per_feature = {f: values[feature_of == j] for j, f in enumerate(names)}

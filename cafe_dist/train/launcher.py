@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cafe_dist.checkpoint import Found
+from cafe_dist.checkpoint import Found, keep_run_dataset
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
@@ -259,6 +259,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
     if found is not None:
         log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
+    keep_run_dataset(run_dir, data_dir)  # export and serving read the run's own copy, whatever data_dir holds later
     _start_ray(job)
     datasets = _datasets(job, meta, data_dir)
     coordinator = None

@@ -93,8 +93,7 @@ def model_info(spec: WorkerSpec) -> dict[str, Any]:
             "over_arch": list(job.model.over_arch), "seed": job.train.seed,
             "options": opts.model_dump(mode="json") if opts is not None else None,
             # which settings the job gave (a method may derive the others from them, as cafe_ml does)
-            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir,
-            "meta": dict(spec.meta.__dict__)}  # the tables' sizes as trained, whatever data_dir holds later
+            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir}
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,20 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_s
     assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2" and run.data.metrics["final_steps"] == 20
 
 
+@pytest.mark.slow  # the cluster of the test above (its start-up: ~1 min)
+def test_a_job_whose_workers_would_take_every_cpu_is_refused_with_the_numbers(head, tiny_synth, tmp_path,
+                                                                             monkeypatch, capsys):
+    """Was: workers holding all of the head's CPUs, Ray Data's read task waiting for one forever."""
+    monkeypatch.chdir(REPO)
+    t0 = time.time()
+    rc = main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "4", "--wait",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_overrides(tiny_synth, tmp_path)])
+    out = capsys.readouterr().out
+    assert rc != 0 and time.time() - t0 < 300
+    assert "ray.num_workers=4 needs 5 CPUs (4 for the workers at ray.cpus_per_worker=1, 1 for Ray Data's read " \
+           "tasks) but the Ray cluster has 4" in out, out[-3000:]
+
+
 @pytest.mark.slow  # a full training run each (default run: 15 min on 2 cores)
 def test_stop_stops_a_running_submission(head, tiny_synth, tmp_path, monkeypatch, capsys):
     from ray.job_submission import JobSubmissionClient

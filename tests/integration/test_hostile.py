@@ -168,16 +168,19 @@ def test_plan_without_the_search_says_it_did_not_search(tmp_path, capsys):
 
 # ---- the rest: a sentence, not a traceback ----------------------------------------------------------------------
 def test_unknown_and_failed_runs_are_named(tracked, tmp_path, monkeypatch, capsys):
-    uri = tracked[0]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked[0])
     for argv in (["export", "--run", "0123456789abcdef", "--out", str(tmp_path / "e")],
                  ["hot", "--run", "0123456789abcdef"],
                  ["predict", "--model", "runs:/0123456789abcdef/model", "--input", "x.tsv", "--out",
                   str(tmp_path / "p.parquet")]):
         rc, err = _cli(capsys, *argv)
         assert rc == 2 and "no MLflow run '0123456789abcdef' in" in err, argv
-    client = MlflowClient(uri)
-    failed = client.create_run(client.get_experiment_by_name("test-exp").experiment_id, run_name="broken")
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # (the tracked run's store is shared by other tests)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    from cafe_dist.tracking import open_store
+
+    client, exp = open_store(other, "broken-runs")
+    failed = client.create_run(exp, run_name="broken")
     client.set_terminated(failed.info.run_id, "FAILED")
     rc, err = _cli(capsys, "export", "--run", failed.info.run_id, "--out", str(tmp_path / "e"))
     assert rc == 2 and "is FAILED, not FINISHED" in err and not (tmp_path / "e").exists()
@@ -216,20 +219,29 @@ def test_a_second_export_to_one_out_is_discarded_and_the_first_kept(tmp_path):
     assert (first / "model.json").read_text() == "first"
 
 
-def test_export_after_the_data_was_regenerated_is_refused_with_the_way_out(tracked, tmp_path, capsys):
-    """The checkpoint's model is rebuilt from its own record; a dataset replaced since cannot supply
-    its vocabulary (was: a size-mismatch traceback from load_state_dict)."""
-    ckpt = tmp_path / "ckpt"
-    shutil.copytree(tracked[1].checkpoint_path, ckpt)
+def test_export_after_the_data_was_regenerated_uses_the_runs_own_copy(tracked, tmp_path, capsys):
+    """A run keeps its dataset's meta.json and vocabulary beside its checkpoints, so a data folder
+    regenerated since changes nothing; a checkpoint without that copy is refused with the way out
+    (was: a size-mismatch traceback from load_state_dict)."""
+    run = tmp_path / "run"
+    shutil.copytree(Path(tracked[1].checkpoint_path).parent, run)
+    ckpt = run / Path(tracked[1].checkpoint_path).name
     data = tmp_path / "data"
     assert _cli(capsys, "data", "synth", "--rows", "3000", "--seed", "9", "--cardinality-scale", "0.001",
                 "--out", str(data))[0] == 0
     manifest = json.loads((ckpt / "manifest-rank0.json").read_text())
     manifest["model"]["data_dir"] = str(data)  # the run's data directory, regenerated with another seed
     (ckpt / "manifest-rank0.json").write_text(json.dumps(manifest))
-    rc, err = _cli(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"))
+    assert _cli(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m"))[0] == 0
+    from cafe_dist.serving.model import ServedModel
+    from cafe_dist.serving.scoring import evaluate
+
+    assert round(evaluate(ServedModel.load(tmp_path / "m"), tracked[1].data_path)["auc"], 4) == round(
+        tracked[1].auc, 4)
+    shutil.rmtree(run / "dataset")
+    rc, err = _cli(capsys, "export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m2"))
     assert rc == 2 and "was regenerated or converted again since the run trained" in err
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "m2").exists()
 
 
 def test_evaluate_on_unlabeled_rows_or_a_missing_split_and_a_zero_batch(tracked, model, tmp_path, capsys):

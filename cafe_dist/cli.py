@@ -25,32 +25,26 @@ def _summary(meta, out: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.format in ("fit-profile", "signatures"):
+        return {"fit-profile": _fit_profile, "signatures": _signatures}[args.format](args)
     if args.format == "criteo" and args.address:
         from cafe_dist.data.distributed import convert_criteo_distributed
 
         meta = convert_criteo_distributed(args.input, args.out, test_fraction=args.test_fraction,
                                           min_count=args.min_count, address=args.address, overwrite=args.overwrite)
-    elif args.format == "criteo":
-        from cafe_dist.data.criteo import convert_criteo
-
-        meta = convert_criteo(args.input, args.out, test_fraction=args.test_fraction,
-                              min_count=args.min_count, overwrite=args.overwrite)
-    elif args.format == "avazu":
-        from cafe_dist.data.avazu import convert_avazu
-
-        meta = convert_avazu(args.input, args.out, test_fraction=args.test_fraction,
-                             min_count=args.min_count, overwrite=args.overwrite)
-    elif args.format == "fit-profile":
-        return _fit_profile(args)
-    elif args.format == "signatures":
-        return _signatures(args)
-    else:
+    elif args.format == "synth":
         from cafe_dist.data.synth import SynthSpec, generate_synthetic
 
         spec = SynthSpec(rows=args.rows, seed=args.seed, cardinality_scale=args.cardinality_scale,
                          zipf_a=args.zipf_a, drift_period=args.drift_period,
                          drift_fraction=args.drift_fraction, profile=args.profile)
         meta = generate_synthetic(args.out, spec, test_fraction=args.test_fraction, overwrite=args.overwrite)
+    else:  # a click-log format plugin (cafe_dist.data.formats)
+        from cafe_dist.data.formats import FORMATS, CsvSpec
+
+        fmt = FORMATS[args.format](CsvSpec.load(args.spec)) if args.format == "csv" else FORMATS[args.format]()
+        meta = fmt.convert(args.input, args.out, test_fraction=args.test_fraction, min_count=args.min_count,
+                           overwrite=args.overwrite)
     _summary(meta, args.out)
     return 0
 
@@ -60,7 +54,7 @@ def _fit_profile(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from cafe_dist.data.criteo import convert_criteo
+    from cafe_dist.data.formats.criteo import convert_criteo
     from cafe_dist.data.profile import fit_profile
     from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
 
@@ -424,9 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="convert click logs to Parquet, or generate synthetic data")
     dsub = data.add_subparsers(dest="format", required=True)
-    for fmt, help_ in (("criteo", "Criteo Kaggle / CriteoTB TSV (.gz ok)"), ("avazu", "Avazu CSV")):
+    for fmt, help_ in (("criteo", "Criteo Kaggle / CriteoTB TSV (.gz ok)"), ("avazu", "Avazu CSV"),
+                       ("csv", "any delimited click log, described by --spec SPEC.yaml (see cafe_dist/data/formats/csv.py)"),
+                       ("libsvm", "libsvm / libfm lines (label idx:val ...; the k-th pair is field k) or libffm "
+                                  "(label field:idx:val ...)")):
         d = dsub.add_parser(fmt, help=help_)
         d.add_argument("--input", nargs="+", required=True, metavar="FILE")
+        if fmt == "csv":
+            d.add_argument("--spec", required=True, metavar="SPEC.yaml",
+                           help="delimiter, header, label, categorical, dense and time columns")
         d.add_argument("--out", required=True, metavar="DIR")
         d.add_argument("--test-fraction", type=float, default=1 / 7,
                        help="last fraction of rows used as test split (default 1/7, as in CAFE)")
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--seed", type=int, default=0, help="the row sample and the min-hash functions")
     sg.add_argument("--address", help="read the sample as a Ray Data job on this cluster (ray://HEAD:10001, "
                                       "auto, or 'local'); the same sample as without")
-    for d in (*(dsub.choices[f] for f in ("criteo", "avazu")), s):
+    for d in (*(dsub.choices[f] for f in ("criteo", "avazu", "csv", "libsvm")), s):
         d.add_argument("--overwrite", action="store_true",
                        help="replace the dataset already in --out (only once the new one is complete)")
 

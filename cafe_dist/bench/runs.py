@@ -31,7 +31,7 @@ def prepare_data(data: str, work_dir: str | Path, rows: int | None = None) -> st
     stem = path.name.split(".")[0] + (f"_first{rows}" if rows else "")
     out = Path(work_dir, "data", stem).resolve()
     if not (out / META_FILE).is_file():
-        from cafe_dist.data.criteo import convert_criteo
+        from cafe_dist.data.formats.criteo import convert_criteo
 
         source = path
         if rows is not None:

@@ -1,6 +1,6 @@
 """Criteo / CriteoTB conversion as a distributed Ray Data job (``cafe-dist data criteo --address``).
 
-Same output as the single-machine converter (:mod:`cafe_dist.data.criteo`): the same parsing and
+Same output as the single-machine converter (:mod:`cafe_dist.data.formats.criteo`): the same parsing and
 bad-line records, the last ``test_fraction`` of rows (in input order) as the test split, the
 vocabulary counted on the train rows only, the same contiguous ids. Three stages, each a Ray Data
 pipeline over small work items, so the cluster's CPUs share the work and no stage holds the data
@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cafe_dist.data.criteo import labeled_layout, parse_file
+from cafe_dist.data.formats.criteo import labeled_layout, parse_file
 from cafe_dist.data.schema import (
     BAD_ROWS_FILE,
     CRITEO_DENSE,

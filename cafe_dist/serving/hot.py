@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cafe_dist.config import ConfigError
-from cafe_dist.data.schema import MISSING_ID
+from cafe_dist.data.formats import format_of
 from cafe_dist.serving.export import load_trained
 
 
@@ -25,14 +25,14 @@ def describe_hot(checkpoint: str, top: int = 20) -> str:
     feature_of, values = np.asarray(vocab["feature"]), np.asarray(vocab["value"])
     names = list(trained.meta.sparse_features)
     per_feature = {f: values[feature_of == j] for j, f in enumerate(names)}
-    hexa = trained.meta.format in ("criteo", "synth")
+    fmt = format_of(trained.meta)
     since = _since_steps(trained, emb.hot_map.keys.to(torch.int64).numpy())
 
     def raw(feature: str, i: int) -> str:
         if i == 0:
             return "(rare, unseen or missing)"
         v = int(per_feature[feature][i - 1])  # an id is 1 + its value's position in the sorted vocabulary
-        return "(missing)" if v == MISSING_ID else (f"{v:08x}" if hexa else str(v))
+        return fmt.show(v)
 
     lines = [f"{trained.path}: step {trained.manifest['step']}, hot map version {emb.hot_map.version}, "
              f"{len(hot['id']):,} hot ids of {emb.hot_rows:,} slots"]

@@ -1,7 +1,8 @@
 """``cafe-dist evaluate`` and ``cafe-dist predict``: an exported model over a converted dataset's
 split or a raw click-log file, streamed in batches (a CriteoTB day never has to fit in memory).
 
-A raw file is converted first, exactly as ``cafe-dist data`` would (same parsing, same dense
+A raw file (of the model's format: :func:`cafe_dist.data.formats.format_of`) is converted first,
+exactly as ``cafe-dist data`` would (same parsing, same dense
 transform, malformed lines skipped and listed), into a temporary dataset whose raw values are then
 mapped through the *model's* vocabulary: ids are the training run's, not the new file's.
 """
@@ -26,6 +27,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from torchmetrics.classification import BinaryAUROC
 
 from cafe_dist.data import storage
+from cafe_dist.data.formats import format_of
 from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, DatasetMeta
 from cafe_dist.errors import BadInputError
 from cafe_dist.outputs import replaced_on_success
@@ -86,12 +88,8 @@ def open_source(location: str, model_meta: DatasetMeta, split: str = "test") -> 
     if not Path(location).is_file():
         raise FileNotFoundError(f"{location}: neither a converted dataset (no {META_FILE}) nor a file")
     tmp = Path(tempfile.mkdtemp(prefix="cafe-dist-input-"))
-    try:
-        if model_meta.format == "avazu":
-            from cafe_dist.data.avazu import convert_avazu as convert
-        else:
-            from cafe_dist.data.criteo import convert_criteo as convert
-        meta = convert([location], tmp / "data", test_fraction=0.0)
+    try:  # parsed by the model's own format, with the options its data was converted with
+        meta = format_of(model_meta).convert([location], tmp / "data", test_fraction=0.0)
         yield Source(str(tmp / "data"), "train", meta, meta.bad_rows, str(tmp / "data" / BAD_ROWS_FILE))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,7 +56,7 @@ def test_the_uploaded_working_dir_holds_every_module_of_the_package():
     names = set(zipfile.ZipFile(zip_path).namelist())
     modules = {str(p.relative_to(REPO)) for p in (REPO / "cafe_dist").rglob("*.py") if "__pycache__" not in p.parts}
     assert len(modules) > 30 and modules <= names, sorted(modules - names)
-    assert {"cafe_dist/data/__init__.py", "cafe_dist/data/criteo.py", "jobs/demo.yaml"} <= names
+    assert {"cafe_dist/data/__init__.py", "cafe_dist/data/formats/criteo.py", "jobs/demo.yaml"} <= names
     assert not any(n.startswith((".venv/", ".git/", "runs/")) or n.endswith((".db", ".parquet")) for n in names)
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cafe_dist.cli import main
-from cafe_dist.data.criteo import convert_criteo
+from cafe_dist.data.formats.criteo import convert_criteo
 from cafe_dist.data.schema import DatasetMeta
 
 

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from cafe_dist.cli import main
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.formats.criteo import CRITEO
+from cafe_dist.data.schema import MISSING_ID, DatasetMeta
 from cafe_dist.errors import BadInputError, DivergedError
-from cafe_dist.serving.pyfunc import raw_arrays
 from cafe_dist.train.launcher import run_training
 
 
@@ -120,7 +120,9 @@ def test_a_run_whose_loss_goes_non_finite_fails_in_mlflow_and_logs_no_model(ray_
 
 # ---- 4. the served model refuses what it cannot score ---------------------------------------------------------
 def _request(**columns) -> pd.DataFrame:
-    base = {"I1": [1.0, 2.0], "I2": [3.0, None], "C1": ["68fd1e64", None], "C2": ["80e26c9b", ""]}
+    """Two Criteo rows as a client sends them (numbers, hex strings, nulls), with ``columns`` changed."""
+    base = {**{f"I{i}": [1.0, 2.0] for i in range(1, 14)}, **{f"C{i}": ["68fd1e64", None] for i in range(1, 27)}}
+    base["I2"], base["C2"] = [3.0, None], ["80e26c9b", ""]
     return pd.DataFrame({**base, **columns})
 
 
@@ -128,20 +130,22 @@ def _request(**columns) -> pd.DataFrame:
     ({"I2": [1.0, float("inf")]}, r"column I2, row 1: inf is not a finite number"),
     ({"I1": ["abc", 2.0]}, r"column I1, row 0: 'abc' is not a finite number"),
     ({"C2": ["80e26c9b", 12345]}, r"column C2, row 1: 12345 is a number, not a string"),
-    ({"C1": ["68fd1e64", "nothex!"]}, r"column C1, row 1: 'nothex!' is not an up-to-8-digit hex value"),
+    ({"C1": ["68fd1e64", "nothex!"]}, r"column C1, row 1: bad hex value in C1: 'nothex!'"),
+    ({"I3": [1.5, 2.0]}, r"column I3, row 0: bad integer in I3: '1.5'"),
 ])
 def test_a_request_with_a_non_finite_or_mistyped_value_names_column_and_row(change, message):
     with pytest.raises(BadInputError, match=message):
-        raw_arrays(_request(**change), ["I1", "I2"], ["C1", "C2"])
+        CRITEO.request_arrays(_request(**change))
 
 
 def test_a_request_missing_a_column_or_rows_is_refused_with_a_sentence():
     with pytest.raises(BadInputError, match=r"the input lacks column\(s\) C2"):
-        raw_arrays(_request().drop(columns=["C2"]), ["I1", "I2"], ["C1", "C2"])
+        CRITEO.request_arrays(_request().drop(columns=["C2"]))
     with pytest.raises(BadInputError, match=r"holds no rows"):
-        raw_arrays(_request().iloc[:0], ["I1", "I2"], ["C1", "C2"])
-    dense, raw = raw_arrays(_request(), ["I1", "I2"], ["C1", "C2"])  # nulls and "" are missing values, not errors
-    assert np.isfinite(dense).all() and raw.shape == (2, 2)
+        CRITEO.request_arrays(_request().iloc[:0])
+    dense, raw = CRITEO.request_arrays(_request())  # nulls and "" are missing values, not errors
+    assert np.isfinite(dense).all() and raw.shape == (26, 2) and raw[0].tolist() == [0x68FD1E64, MISSING_ID]
+    assert dense[0, 0] == pytest.approx(np.log1p(1.0))  # log(1 + x), as conversion
 
 
 # ---- 6. plan's flags --------------------------------------------------------------------------------------------

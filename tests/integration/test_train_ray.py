@@ -70,7 +70,7 @@ def test_real_criteo_sample_trains_to_a_sane_auc(ray_cluster, tmp_path):
     """1 epoch over 8.5k real Criteo rows: a DLRM reaches ~0.75 AUC (0.5 would mean nothing learned)."""
     from conftest import CRITEO_SAMPLE, need
 
-    from cafe_dist.data.criteo import convert_criteo
+    from cafe_dist.data.formats.criteo import convert_criteo
 
     convert_criteo([str(need(CRITEO_SAMPLE))], tmp_path / "criteo", progress=False)
     job = _job(tmp_path, tmp_path / "criteo", 1,

@@ -2,7 +2,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import AVAZU_SAMPLE, need
 
-from cafe_dist.data.avazu import AVAZU_SPARSE, TRAIN_HEADER, convert_avazu
+from cafe_dist.data.formats.avazu import AVAZU_SPARSE, TRAIN_HEADER, convert_avazu
 from cafe_dist.errors import BadInputError
 
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import CRITEO_SAMPLE, need
 
 from cafe_dist.cli import main
-from cafe_dist.data.criteo import convert_criteo
+from cafe_dist.data.formats.criteo import convert_criteo
 from cafe_dist.data.schema import MISSING_ID, DatasetMeta
 from cafe_dist.errors import BadInputError
 

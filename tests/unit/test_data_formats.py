@@ -8,56 +8,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from clicklogs import SPEC, frappe, talkingdata
 
 from cafe_dist.cli import main
 from cafe_dist.data.formats import CsvSpec, format_of
 from cafe_dist.data.schema import MISSING_ID, DatasetMeta
 from cafe_dist.errors import BadInputError
-
-TALKINGDATA = "ip,app,device,os,channel,click_time,attributed_time,is_attributed"
-SPEC = """\
-label: is_attributed
-categorical: [ip, app, device, os, channel]
-time: {column: click_time, features: [hour, weekday]}
-"""
-
-
-def talkingdata(path, rows: int = 4000, seed: int = 0, bad: bool = False, labeled: bool = True) -> list[str]:
-    """TalkingData-shaped rows whose clicks depend on app and channel (so a model can learn them)."""
-    rng = np.random.default_rng(seed)
-    app, channel = rng.zipf(1.6, rows) % 300, rng.zipf(1.4, rows) % 200
-    p = 1 / (1 + np.exp(-(-1.5 + 2.0 * (app % 3 == 0) - 1.5 * (channel % 5 == 0))))
-    y = (rng.random(rows) < p).astype(int)
-    t = pd.Timestamp("2017-11-06 14:00:00") + pd.to_timedelta(np.sort(rng.integers(0, 3 * 86400, rows)), unit="s")
-    lines = [TALKINGDATA if labeled else TALKINGDATA.rsplit(",", 2)[0]]
-    for i in range(rows):
-        fields = [str(rng.integers(1, 5000)), str(app[i]), str(rng.integers(1, 4)), str(rng.integers(1, 40)),
-                  str(channel[i]), t[i].strftime("%Y-%m-%d %H:%M:%S")]
-        lines.append(",".join(fields + ([t[i].strftime("%Y-%m-%d %H:%M:%S") if y[i] else "", str(y[i])]
-                                        if labeled else [])))
-    if bad:
-        lines.insert(5, "1,2,3,4,5,yesterday,,0")  # a time that is not one
-        lines.insert(9, "1,2,3,4,5,2017-11-06 14:00:00,,maybe")  # a label that is not 0/1
-        lines.insert(12, "1,2,3")  # too few fields
-    path.write_text("\n".join(lines) + "\n")
-    return lines
-
-
-def frappe(path, rows: int = 3000, seed: int = 0, ffm: bool = False, bad: bool = False) -> list[str]:
-    """Frappe-shaped libfm lines: 10 one-hot fields (disjoint index ranges), labels -1/1."""
-    rng = np.random.default_rng(seed)
-    offsets = np.cumsum([0, 900, 400, 30, 30, 10, 5, 80, 500, 300])
-    idx = offsets + rng.zipf(1.5, (rows, 10)) % np.array([900, 400, 30, 30, 10, 5, 80, 500, 300, 200])
-    p = 1 / (1 + np.exp(-(-0.5 + 2.0 * (idx[:, 0] % 2 == 0) - 1.0 * (idx[:, 1] % 3 == 0))))
-    y = np.where(rng.random(rows) < p, "1", "-1")
-    pair = (lambda k, i: f"{k + 1}:{i}:1") if ffm else (lambda k, i: f"{i}:1")
-    lines = [" ".join([y[r], *(pair(k, idx[r, k]) for k in range(10))]) for r in range(rows)]
-    if bad:
-        lines.insert(4, "1 " + " ".join(pair(k, 3) for k in range(9)))  # nine fields
-        lines.insert(7, "2 " + " ".join(pair(k, 3) for k in range(10)))  # label 2
-        lines.insert(11, "1 " + " ".join(pair(k, "x") for k in range(10)))  # idx not a number
-    path.write_text("\n".join(lines) + "\n")
-    return lines
 
 
 def _bad_rows(out) -> list[list[str]]:
@@ -74,10 +30,10 @@ def test_a_talkingdata_csv_converts_with_its_header_names_and_time_features(tmp_
     assert meta.sparse_features == ["ip", "app", "device", "os", "channel", "click_time_hour", "click_time_weekday"]
     assert meta.rows["train"] + meta.rows["test"] == 4000 and meta.bad_rows == 3
     bad = _bad_rows(tmp_path / "ds")
-    assert [(b[1], b[2]) for b in bad] == [
-        ("6", "time not in the format %Y-%m-%d %H:%M:%S: 'yesterday'"),
+    assert sorted((b[1], b[2]) for b in bad) == [
         ("10", "label must be 0 or 1 (or set label.positive in the spec): 'maybe'"),
-        ("13", "expected 8 fields, got 3")]
+        ("13", "expected 8 fields, got 3"),
+        ("6", "time not in the format %Y-%m-%d %H:%M:%S: 'yesterday'")]
     t = pq.read_table(sorted((tmp_path / "ds" / "train").glob("*.parquet"))[0])
     assert set(np.unique(t.column("click_time_hour").to_numpy())) <= set(range(24))
     assert format_of(meta).spec == CsvSpec.load(tmp_path / "spec.yaml")  # recorded: raw rows parse the same later
@@ -117,9 +73,9 @@ def test_libfm_and_libffm_lines_convert_with_their_bad_rows(tmp_path, ffm):
     meta = DatasetMeta.load(tmp_path / "ds")
     assert meta.format == "libsvm" and meta.sparse_features == [f"F{k}" for k in range(1, 11)]
     assert meta.rows["train"] + meta.rows["test"] == 3000 and meta.bad_rows == 3
-    reasons = [(b[1], b[2].split(":")[0]) for b in _bad_rows(tmp_path / "ds")]
-    assert reasons == [("5", "expected 11 fields, got 10"), ("8", "label must be -1, 0, +1 or 1"),
-                       ("12", "not field 1" if ffm else "not idx")]
+    reasons = sorted((b[1], b[2].split(":")[0]) for b in _bad_rows(tmp_path / "ds"))
+    assert reasons == [("12", "not field 1" if ffm else "not idx"), ("5", "expected 11 fields, got 10"),
+                       ("8", "label must be -1, 0, +1 or 1")]
     t = pq.read_table(sorted((tmp_path / "ds" / "train").glob("*.parquet"))[0])
     first = lines[0].split(" ")
     assert t.column("label")[0].as_py() == (first[0] == "1")

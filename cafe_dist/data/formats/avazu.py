@@ -78,6 +78,9 @@ class Avazu(ClickLogFormat):
     def request_columns(self) -> list[str]:
         return ["hour", *AVAZU_FIELDS]
 
+    def example(self) -> dict[str, object]:
+        return {**super().example(), "hour": 14102100.0}
+
     def numeric_columns(self) -> set[str]:  # integer fields: a JSON number means its decimal text
         return {"hour", "C1", "banner_pos", "device_type", "device_conn_type", *(f"C{i}" for i in range(14, 22))}
 

@@ -152,6 +152,11 @@ class ClickLogFormat(ABC):
         """Request fields that take numbers (the rest take strings)."""
         return set(self.dense_features)
 
+    def example(self) -> dict[str, Any]:
+        """One valid request row (the logged model's input example)."""
+        numeric = self.numeric_columns()
+        return {c: 1.0 if c in numeric else "1" for c in self.request_columns()}
+
     def request_table(self, frame: pd.DataFrame) -> pa.Table:
         """A request's fields as the string columns :meth:`parse_block` reads (unlabeled)."""
         numeric = self.numeric_columns()

@@ -59,6 +59,9 @@ class Criteo(ClickLogFormat):
     def show(self, value: int) -> str:
         return "(missing)" if value == MISSING_ID else f"{value:08x}"
 
+    def example(self) -> dict[str, object]:
+        return {**{c: 1.0 for c in CRITEO_DENSE}, **{c: "68fd1e64" for c in CRITEO_SPARSE}}
+
 
 CRITEO = Criteo()
 

@@ -16,6 +16,7 @@ are ignored. A file without the label column is read as unlabeled (to ``predict`
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,7 +125,7 @@ class Csv(ClickLogFormat):
     def layout(self, path: str) -> Layout:
         s = self.spec
         if s.header:
-            columns = [c.strip().strip('"') for c in first_line(path).split(s.delimiter)]
+            columns = [c.strip() for c in next(csv.reader([first_line(path)], delimiter=s.delimiter))]
         else:
             columns = list(s.columns or [])
         missing = [c for c in self._needed() if c not in columns]
@@ -179,6 +180,14 @@ class Csv(ClickLogFormat):
 
     def request_columns(self) -> list[str]:
         return self._needed()
+
+    def example(self) -> dict[str, Any]:
+        out = super().example()
+        if self.spec.time:
+            import datetime
+
+            out[self.spec.time.column] = datetime.datetime(2017, 11, 7, 9, 0).strftime(self.spec.time.format)
+        return out
 
     def numeric_columns(self) -> set[str]:
         return set(self.spec.dense)

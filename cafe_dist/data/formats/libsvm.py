@@ -83,7 +83,7 @@ class LibSVM(ClickLogFormat):
             col = table.column(name)
             head = f"^{field}:" if self.ffm else "^"
             ok = pc.match_substring_regex(col, f"{head}[0-9]{{1,10}}:{_VALUE}$").to_numpy(zero_copy_only=False)
-            idx_text = pc.if_else(pa.array(ok), pc.extract_regex(col, f"{head}(?P<i>[0-9]+):").field("i"), "0")
+            idx_text = pc.if_else(pa.array(ok), pc.struct_field(pc.extract_regex(col, f"{head}(?P<i>[0-9]+):"), "i"), "0")
             idx = pc.cast(idx_text, pa.int64()).to_numpy(zero_copy_only=False)
             ok &= idx < 2**32
             what = f"field {field}:idx:val" if self.ffm else "idx:val"

@@ -149,7 +149,7 @@ def _run_checkpoint(run_id: str) -> str:
     """The checkpoint an MLflow run finished with (from its result.json)."""
     from mlflow.exceptions import MlflowException
 
-    from cafe_dist.tracking import finished_run
+    from cafe_dist.mlflow_store import finished_run
 
     _, client = finished_run(run_id)  # unknown or not FINISHED: said so
     try:
@@ -227,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
              "full result in %s", out.auc, out.logloss, out.embedding_bytes / 1e6, out.compression_ratio,
              f"{out.samples_per_sec:,.0f}", args.output_json)
     if out.mlflow_run_id:
-        from cafe_dist.tracking import resolve_uri
+        from cafe_dist.mlflow_store import resolve_uri
 
         uri = resolve_uri(job.mlflow.tracking_uri)
         log.info("MLflow run %s (browse: mlflow ui --backend-store-uri %s)", out.mlflow_run_id, uri)

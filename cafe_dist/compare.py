@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cafe_dist.tracking import existing_store, open_store, resolve_uri
+from cafe_dist.mlflow_store import existing_store, open_store, resolve_uri
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ def _mb(n: float) -> str:
 
 
 def run_demo(config: str, overrides: list[str], ratio: float, output_json: str | None) -> dict[str, RunResult]:
+    from cafe_dist.mlflow_store import resolve_uri
     from cafe_dist.serving.export import export_checkpoint
     from cafe_dist.serving.model import ServedModel
     from cafe_dist.serving.scoring import open_source
-    from cafe_dist.tracking import resolve_uri
     from cafe_dist.train.launcher import run_training
 
     stamp, t0 = time.strftime("%Y%m%d-%H%M%S"), time.perf_counter()

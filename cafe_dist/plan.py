@@ -101,19 +101,13 @@ def _build(job: JobConfig, meta: DatasetMeta, method: str, ratio: float):
     from torchrec.optim import RowWiseAdagrad
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-    from cafe_dist.embeddings import FeatureSpec, build_embedding
-    from cafe_dist.embeddings.registry import section_of
-    from cafe_dist.model import DLRM
+    from cafe_dist.embeddings.registry import method_class
+    from cafe_dist.model_spec import ModelSpec
 
-    section = section_of(method)
-    options = getattr(job, section, None) if section else None
-    if method == "lma" and options is not None:  # planning needs the array's size, not the signatures
-        options = options.model_copy(update={"signatures": None})
-    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
-    emb = build_embedding(method, features, job.embedding.dim, ratio, torch.device("meta"), options=options)
-    emb.bind_data(meta.rows["train"])
-    model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch,
-                 device=torch.device("meta"))
+    spec = ModelSpec.from_job(job, method=method, ratio=ratio)
+    spec = spec.with_options(method_class(method).planning_options(spec.options))  # sizes only, no data files
+    model = spec.build(meta, torch.device("meta"))
+    emb = model.embedding
     apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.lr})  # as in training
     return model, emb
 

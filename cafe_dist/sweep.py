@@ -15,8 +15,8 @@ from typing import Any
 
 from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
 from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import write_text
-from cafe_dist.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
 

@@ -222,6 +222,12 @@ class CompressedEmbedding(nn.Module):
         into the model and gets its name there; loading the model turns that name into a path."""
         return options
 
+    @classmethod
+    def planning_options(cls, options: MethodOptions | None) -> MethodOptions | None:
+        """``options`` for sizing the method's tables without its data (``cafe-dist plan``, where
+        files the settings name may not exist yet)."""
+        return options
+
     def serving_state(self) -> dict[str, Any]:
         """What inference needs beside the tables to map an id to rows (hot map, id maps), without
         training-only state (sketches, counters): an exported model keeps exactly this."""

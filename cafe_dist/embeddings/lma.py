@@ -140,6 +140,12 @@ class LMAEmbedding(ROBEEmbedding):
             return options.model_copy(update={"signatures": move(options.signatures)})
         return options
 
+    @classmethod
+    def planning_options(cls, options: MethodOptions | None) -> MethodOptions | None:
+        if isinstance(options, LMAOptions):  # the array's size does not need the signatures themselves
+            return options.model_copy(update={"signatures": None})
+        return options
+
     # ---- tables --------------------------------------------------------------------------
     def array_bytes(self) -> float:
         """The budget less the signatures, which are loaded here because their number sets it."""

@@ -22,6 +22,7 @@ from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings.registry import method_class
 from cafe_dist.errors import BadInputError, disk_full
+from cafe_dist.model_spec import ModelSpec
 from cafe_dist.outputs import check_new_dir
 from cafe_dist.serving.model import (
     FILES_DIR,
@@ -31,8 +32,6 @@ from cafe_dist.serving.model import (
     TABLE_PREFIX,
     VOCAB_FILE,
     WEIGHTS_FILE,
-    build_dlrm,
-    method_options,
     quantize_rows,
     tensor_bytes,
 )
@@ -102,8 +101,8 @@ def load_trained(checkpoint: str) -> Trained:
     if not manifest.get("state", True):
         raise CheckpointError(f"{path}: holds a result only, no tables")
     meta, vocab = run_dataset(info, manifest, path)
-    options = method_options(info)
-    model = build_dlrm(info, meta, options, torch.device("cpu"))
+    spec = ModelSpec.from_json(info)
+    model = spec.build(meta, torch.device("cpu"))
     d = local_dir(path)
     import torch.distributed.checkpoint as dcp
 
@@ -115,7 +114,7 @@ def load_trained(checkpoint: str) -> Trained:
     model.load_state_dict(state["model"])
     rank0 = torch.load(Path(d) / "rank0.pt", weights_only=False)  # every rank holds the same hot map / id maps
     model.embedding.load_local_state(rank0.get("embedding", {}))
-    return Trained(model, info, meta, options, manifest, path, vocab, rank0.get("coordinator"))
+    return Trained(model, info, meta, spec.options, manifest, path, vocab, rank0.get("coordinator"))
 
 
 def _publish(stage: Path, out: Path) -> None:

@@ -30,10 +30,10 @@ import torch
 from cafe_dist.batching import one_id_per_feature
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.writer import contiguous_ids
-from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.registry import method_class
 from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
+from cafe_dist.model_spec import ModelSpec
 
 FORMAT = "cafe-dist-model/1"
 MODEL_FILE, WEIGHTS_FILE, STATE_FILE, VOCAB_FILE, FILES_DIR = (
@@ -66,27 +66,6 @@ def dequantize_rows(t: dict[str, torch.Tensor]) -> torch.Tensor:
     return t["q"].float() * t["scale"].float() + t["bias"].float()
 
 
-def method_options(info: dict[str, Any]) -> Any:
-    """The method's settings model from a manifest's or model.json's ``options`` (None: it has none)."""
-    cls = method_class(info["method"])
-    if not (cls.options and info["options"]):
-        return None
-    options = cls.options.model_validate(info["options"])
-    if info.get("options_set") is not None:  # the same values, and which of them the job set (cafe_ml
-        # fills the rest with its own defaults: without this every value would count as given)
-        options = cls.options.model_construct(_fields_set=set(info["options_set"]), **dict(options))
-    return options
-
-
-def build_dlrm(info: dict[str, Any], meta: DatasetMeta, options: Any, device: torch.device) -> DLRM:
-    """The training model's structure on one device, with plain (unsharded) tables."""
-    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
-    torch.manual_seed(info.get("seed", 0))
-    emb = build_embedding(method_class(info["method"]), features, info["dim"], info["compression_ratio"],
-                          device=device, options=options)
-    return DLRM(emb, len(meta.dense_features), info["dense_arch"], info["over_arch"], device=device)
-
-
 @dataclass
 class ServedModel:
     """An exported model, ready to score. ``score`` takes dense features and raw categorical values."""
@@ -108,9 +87,9 @@ class ServedModel:
             if info.get("format") != FORMAT:
                 raise BadInputError(f"{d}: model format {info.get('format')!r}, this cafe-dist reads {FORMAT}")
             meta = DatasetMeta(**info["meta"])
-            options = method_class(info["method"]).portable_options(method_options(info), lambda n: str(d / n))
-            device = torch.device(device)
-            model = build_dlrm(info, meta, options, device)
+            spec = ModelSpec.from_json(info)
+            spec = spec.with_options(method_class(spec.method).portable_options(spec.options, lambda n: str(d / n)))
+            model = spec.build(meta, torch.device(device))
             name = WEIGHTS_FILE
             weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)
             model.load_state_dict({k: dequantize_rows(v) if isinstance(v, dict) else v for k, v in weights.items()})

@@ -78,7 +78,7 @@ def resolve_model(location: str, dst: str | None = None) -> Path:
     from mlflow.exceptions import MlflowException
 
     from cafe_dist.errors import BadInputError
-    from cafe_dist.tracking import finished_run, resolve_uri
+    from cafe_dist.mlflow_store import finished_run, resolve_uri
 
     uri = resolve_uri(None)  # $MLFLOW_TRACKING_URI, else the local default store
     if location.startswith("runs:/"):

@@ -20,10 +20,11 @@ from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
 from cafe_dist.embeddings import REGISTRY, input_kind
 from cafe_dist.errors import BadInputError, user_error
+from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
-from cafe_dist.tracking import RunTracker, resolve_uri, run_tags
+from cafe_dist.tracking import RunTracker, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +123,11 @@ def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None) -> None:
     import torch
 
     from cafe_dist.data.validate import check_parquet_schema
-    from cafe_dist.embeddings import FeatureSpec, build_embedding
+    from cafe_dist.model_spec import ModelSpec
 
     check_parquet_schema(job.data.path, meta, input_kind(job.embedding.method))
-    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
     try:
-        build_embedding(job.embedding.method, features, job.embedding.dim, job.embedding.compression_ratio,
-                        device=torch.device("meta"), options=options or job.method_options())
+        ModelSpec.from_job(job, options).embedding(meta, torch.device("meta"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

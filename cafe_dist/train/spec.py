@@ -8,6 +8,7 @@ from typing import Any
 from cafe_dist.config import JobConfig
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
+from cafe_dist.model_spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,8 @@ class WorkerSpec:
     resume_key: dict[str, Any]  # the run's settings and their fingerprint, kept in every manifest
     coordinator: bool = False  # a coordinator actor for this run is up
     mlflow: MlflowTarget | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model this run trains (what a checkpoint records, and export rebuilds)."""
+        return ModelSpec.from_job(self.job, self.method_options, klass=self.method)

@@ -24,10 +24,9 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
-from cafe_dist.embeddings import CompressedEmbedding, FeatureSpec, build_embedding
+from cafe_dist.embeddings import CompressedEmbedding
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError, DivergedError
-from cafe_dist.model import DLRM
 from cafe_dist.result import FINAL
 from cafe_dist.train import elastic
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
@@ -69,13 +68,9 @@ class Model:
 
 
 def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
-    job, meta = spec.job, spec.meta
-    torch.manual_seed(job.train.seed)
-    features = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
-    emb = build_embedding(spec.method, features, job.embedding.dim, job.embedding.compression_ratio,
-                          options=spec.method_options)
-    emb.bind_data(meta.rows["train"])
-    model = DLRM(emb, len(meta.dense_features), job.model.dense_arch, job.model.over_arch, device=wc.device)
+    job = spec.job
+    model = spec.model.build(spec.meta, wc.device, tables_on_host=True)  # DMP shards and places the tables
+    emb = model.embedding
     apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.embedding_lr or job.train.lr})
     plan = make_plan(model, [t.name for t in emb.tables], wc.device, wc.world_size,
                      wc.local_world_size, job.train.batch_size, job.ray.sharding_types)
@@ -87,13 +82,7 @@ def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
 
 def model_info(spec: WorkerSpec) -> dict[str, Any]:
     """What rebuilds this model without Ray or DMP (``cafe-dist export``): kept in every manifest."""
-    job, opts = spec.job, spec.method_options
-    return {"method": job.embedding.method, "compression_ratio": job.embedding.compression_ratio,
-            "dim": job.embedding.dim, "dense_arch": list(job.model.dense_arch),
-            "over_arch": list(job.model.over_arch), "seed": job.train.seed,
-            "options": opts.model_dump(mode="json") if opts is not None else None,
-            # which settings the job gave (a method may derive the others from them, as cafe_ml does)
-            "options_set": sorted(opts.model_fields_set) if opts is not None else None, "data_dir": spec.data_dir}
+    return {**spec.model.to_json(), "data_dir": spec.data_dir}
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def test_unknown_and_failed_runs_are_named(tracked, tmp_path, monkeypatch, capsy
         assert rc == 2 and "no MLflow run '0123456789abcdef' in" in err, argv
     other = f"sqlite:///{tmp_path / 'other.db'}"  # (the tracked run's store is shared by other tests)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-    from cafe_dist.tracking import open_store
+    from cafe_dist.mlflow_store import open_store
 
     client, exp = open_store(other, "broken-runs")
     failed = client.create_run(exp, run_name="broken")

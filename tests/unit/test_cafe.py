@@ -222,7 +222,11 @@ def test_a_manifest_rebuilds_cafe_ml_with_the_settings_the_job_gave():
     which were set, so export rebuilds what trained (recorded as all-set, the rebuild is refused)."""
     from cafe_dist.embeddings import FeatureSpec, build_embedding
     from cafe_dist.embeddings.cafe.method import CafeOptions
-    from cafe_dist.serving.model import method_options
+    from cafe_dist.model_spec import ModelSpec
+
+    def method_options(info):
+        return ModelSpec.from_json({"compression_ratio": 20.0, "dim": 16, "dense_arch": [], "over_arch": [],
+                                    **info}).options
 
     given = CafeOptions.model_validate({"sync_interval": 5})
     feats = [FeatureSpec(f"C{i}", 3000) for i in range(3)]

@@ -54,8 +54,8 @@ def build(method: str, feats, ratio: float, kjts: list[KeyedJaggedTensor]):
     """(DMP-wrapped module, its embedding) with CAFE's hot set filled as a warmed-up run holds it."""
     from dmp_helpers import shard
 
+    from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
     from cafe_dist.embeddings.registry import build_embedding
-    from cafe_dist.hotmap import HotMapUpdate
 
     emb = build_embedding(method, feats, 16, ratio)
     dmp = shard(emb, 1)[0]

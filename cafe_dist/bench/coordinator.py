@@ -1,6 +1,6 @@
 """``cafe-dist bench coordinator``: does the hot-set exchange keep up with 8, 64, 256 workers?
 
-The real :class:`~cafe_dist.coordinator.CoordinatorActor` (on the local Ray, with its write-ahead
+The real :class:`~cafe_dist.embeddings.cafe.coordinator.CoordinatorActor` (on the local Ray, with its write-ahead
 store on local disk) is fed by simulated workers: every round each of W ranks submits what a CAFE
 worker sends, the strongest ``summary_factor x slots / W`` ids of its own part of the id space with
 their scores (or ``candidates_per_worker``), counted from Zipf draws over the id space, each rank
@@ -93,7 +93,7 @@ def _drifted(keys: np.ndarray, scores: np.ndarray, round_: int, id_space: int) -
 def _one(spec: CoordinatorBenchSpec, world: int) -> dict:
     import ray
 
-    from cafe_dist.coordinator import MergeConfig, start_coordinator
+    from cafe_dist.embeddings.cafe.coordinator import MergeConfig, start_coordinator
 
     k = spec.candidates_per_worker or math.ceil(spec.summary_factor * spec.slots / world)
     rng = np.random.default_rng(spec.seed + world)

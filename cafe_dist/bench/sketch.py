@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cafe_dist.sketch import HotSketch
+from cafe_dist.embeddings.cafe.sketch import HotSketch
 
 # The reference HotSketch (HugoZHL/CAFE, C++ through ctypes, single thread) on this default stream,
 # as measured on these machines (issue 8); set beside ours in every report.

@@ -131,7 +131,7 @@ class CompressedEmbedding(nn.Module):
 
     #: which input column a method consumes: contiguous vocabulary ids ("idx") or raw values ("raw")
     input_kind: ClassVar[str] = "idx"
-    #: whether a run of this method needs a hot-set coordinator actor (:mod:`cafe_dist.coordinator`)
+    #: whether a run of this method needs a hot-set coordinator actor (:mod:`cafe_dist.embeddings.cafe.coordinator`)
     needs_coordinator: ClassVar[bool] = False
     #: :meth:`after_step` statistics that are a level (the latest value counts), not a count to sum,
     #: and their name in the run's result

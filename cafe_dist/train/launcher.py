@@ -263,7 +263,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     datasets = _datasets(job, meta, data_dir)
     coordinator = None
     if REGISTRY[job.embedding.method].needs_coordinator:  # one named hot-set coordinator per run, crash-safe
-        from cafe_dist.coordinator import start_coordinator
+        from cafe_dist.embeddings.cafe.coordinator import start_coordinator
 
         coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])

@@ -134,7 +134,7 @@ class Trainer:
         emb = self.model.emb
         self.coordinator = None
         if spec.coordinator:
-            from cafe_dist.coordinator import NAMESPACE, actor_name
+            from cafe_dist.embeddings.cafe.coordinator import NAMESPACE, actor_name
 
             self.coordinator = ray.get_actor(actor_name(spec.run_name), namespace=NAMESPACE)
         self.progress = Progress()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cafe_dist.coordinator import ActorSync, HotSetMerger, MergeConfig, start_coordinator
-from cafe_dist.hotmap import HotMap
-from cafe_dist.sketch import HotSketch
+from cafe_dist.embeddings.cafe.coordinator import ActorSync, HotSetMerger, MergeConfig, start_coordinator
+from cafe_dist.embeddings.cafe.hotmap import HotMap
+from cafe_dist.embeddings.cafe.sketch import HotSketch
 
 
 def _summary(d):

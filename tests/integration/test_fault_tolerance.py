@@ -16,7 +16,7 @@ import torch
 
 from cafe_dist.checkpoint import find_latest, verify
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.hotmap import HotMap
+from cafe_dist.embeddings.cafe.hotmap import HotMap
 from cafe_dist.result import RunResult
 from cafe_dist.train.launcher import run_training
 

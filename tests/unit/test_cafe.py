@@ -7,13 +7,13 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from cafe_dist.coordinator import HotSetMerger, MergeConfig
 from cafe_dist.embeddings import FeatureSpec, build_embedding
+from cafe_dist.embeddings.cafe.coordinator import HotSetMerger, MergeConfig
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE
 from cafe_dist.embeddings.cafe.method import PAPER_RULES, hash_fraction_for
 from cafe_dist.embeddings.cafe.scoring import ImportanceScorer
+from cafe_dist.embeddings.cafe.sketch import HotSketch
 from cafe_dist.embeddings.table_rows import TableRows
-from cafe_dist.sketch import HotSketch
 
 SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
 WIDE = [FeatureSpec(f"f{i}", c) for i, c in enumerate([5_000, 40_000, 200_000, 1_000_000, 3_000_000])]

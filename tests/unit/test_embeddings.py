@@ -8,9 +8,9 @@ from torchrec import EmbeddingBagCollection, KeyedJaggedTensor, KeyedTensor
 from cafe_dist.data.schema import CRITEO_KAGGLE_CARDINALITIES
 from cafe_dist.embeddings import REGISTRY, FeatureSpec, build_embedding
 from cafe_dist.embeddings.cafe import CafeOptions
+from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.table_rows import TableRows
-from cafe_dist.hotmap import HotMapUpdate
 
 CPU = torch.device("cpu")
 SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]

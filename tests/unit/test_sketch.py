@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
-from cafe_dist.sketch import HotSketch
+from cafe_dist.embeddings.cafe.sketch import HotSketch
 
 PATHS = [pytest.param(True, id="numba"), pytest.param(False, id="tensor")]
 

@@ -15,8 +15,8 @@ from dataclasses import astuple, dataclass
 
 import numpy as np
 
-from cafe_dist.coordinator import ActorSync, CollectiveSync, MergeConfig
-from cafe_dist.hotmap import HotMapUpdate
+from cafe_dist.embeddings.cafe.coordinator import ActorSync, CollectiveSync, MergeConfig
+from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
 
 
 @dataclass(frozen=True)

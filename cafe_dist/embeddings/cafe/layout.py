@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cafe_dist.embeddings.cafe.sketch import MAX_ID
 from cafe_dist.embeddings.hashing import hash_mod
-from cafe_dist.sketch import MAX_ID
 
 TABLE = "cafe"  # hot rows first, then (cold: hash) each compressed feature's hash rows
 ROBE_TABLE = "cafe_robe"  # cold: robe, the shared array (rows of width Z)

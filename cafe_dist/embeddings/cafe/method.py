@@ -2,7 +2,7 @@
 
 Its parts, one job each: :mod:`.layout` (rows and keys), :mod:`.scoring` (importance into the local
 sketch), :mod:`.client` (the hot-set exchange), :mod:`.migration` (new hot rows); the coordinator's
-merger (:mod:`cafe_dist.coordinator`) alone decides which ids are hot and which slot each gets.
+merger (:mod:`cafe_dist.embeddings.cafe.coordinator`) alone decides which ids are hot and which slot each gets.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pydantic import Field, model_validator
 from torchrec import EmbeddingBagConfig
 
 from cafe_dist.collectives import all_reduce_sum, world
-from cafe_dist.coordinator import ActorSync, MergeConfig
 from cafe_dist.embeddings.base import (
     BLOCKS,
     CompressedEmbedding,
@@ -28,14 +27,15 @@ from cafe_dist.embeddings.base import (
     table,
 )
 from cafe_dist.embeddings.cafe.client import HotSetClient
+from cafe_dist.embeddings.cafe.coordinator import ActorSync, MergeConfig
+from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
 from cafe_dist.embeddings.cafe.migration import init_hot_rows
 from cafe_dist.embeddings.cafe.scoring import SKETCH_CELLS, ImportanceScorer
+from cafe_dist.embeddings.cafe.sketch import CELL_BYTES, HotSketch
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
-from cafe_dist.hotmap import HotMap, HotMapUpdate
-from cafe_dist.sketch import CELL_BYTES, HotSketch
 
 # The authors' artifact (HugoZHL/CAFE, ArtifactEvaluation, tasks/criteo.json): per compression
 # ratio, the threshold k an id's score must reach and the share of memory for hash rows.

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cafe_dist.embeddings.cafe.sketch import HotSketch
 from cafe_dist.embeddings.hashing import hash_mod
-from cafe_dist.sketch import HotSketch
 
 PART_SEED = 1 << 21  # hash seed of the parts ranks report (apart from every table's seeds)
 

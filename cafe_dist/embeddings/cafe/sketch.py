@@ -1,7 +1,7 @@
 """HotSketch: bucketed Space-Saving that scores ids by importance; it hands out nothing.
 
 A worker keeps one to score the ids of its own batches; the coordinator's merger
-(:class:`cafe_dist.coordinator.HotSetMerger`) alone decides which ids are hot and which rows they
+(:class:`cafe_dist.embeddings.cafe.coordinator.HotSetMerger`) alone decides which ids are hot and which rows they
 get, from the sketches' summaries (:meth:`HotSketch.candidates`).
 
 State is ``w`` buckets × ``c`` cells (default 4); each cell holds (id, score, error) in 12 bytes,

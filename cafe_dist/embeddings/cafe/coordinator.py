@@ -32,7 +32,7 @@ import torch
 
 from cafe_dist.collectives import all_gather_cat, world
 from cafe_dist.data import storage
-from cafe_dist.hotmap import HotMapUpdate
+from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
 
 NAMESPACE = "cafe-dist"
 # calls the actor holds at once: a submit and a wait per rank and round in flight (256 ranks, a

@@ -204,8 +204,8 @@ class JobConfig(_Section):
         if self.fault.kill_coordinator_at_step is not None:
             from cafe_dist.embeddings.registry import REGISTRY
 
-            if not REGISTRY[self.embedding.method].needs_coordinator:
-                having = ", ".join(m for m, cls in REGISTRY.items() if cls.needs_coordinator)
+            if REGISTRY[self.embedding.method].service is None:
+                having = ", ".join(m for m, cls in REGISTRY.items() if cls.service is not None)
                 raise ValueError(f"fault.kill_coordinator_at_step needs a method with a coordinator ({having}), "
                                  f"not {self.embedding.method}")
         return self

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cafe_dist.embeddings.cafe.scoring import part_of
+from cafe_dist.embeddings.cafe.scoring import rank_report
 
 log = logging.getLogger("cafe_dist.bench")
 
@@ -71,12 +71,9 @@ def _pool(spec: CoordinatorBenchSpec, k: int, n: int, rng: np.random.Generator) 
 
 
 def _summary(view: tuple[np.ndarray, np.ndarray], k: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """What rank ``rank`` sends: its strongest ``k`` ids of its own part of the id space (as CAFE's
-    scorer does, ImportanceScorer.top), sorted by id, scores times ``world``."""
+    """What rank ``rank`` sends: the workers' own report (:func:`rank_report`) of its counts."""
     ids, counts = view
-    mine = np.nonzero(part_of(torch.from_numpy(ids), world).numpy() == rank)[0]
-    top = np.sort(mine[np.argsort(-counts[mine], kind="stable")[:k]])
-    return ids[top], counts[top] * world
+    return rank_report(torch.from_numpy(ids), torch.from_numpy(counts), k, rank, world)
 
 
 def _drifted(keys: np.ndarray, scores: np.ndarray, round_: int, id_space: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import CompressedEmbedding, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding
+from cafe_dist.embeddings.routing import Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
+from cafe_dist.embeddings.tables import table
 
 MAX_BLOCKS = 8
 

@@ -40,9 +40,10 @@ from pydantic import Field
 
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SIGNATURES_DIR, DatasetMeta
-from cafe_dist.embeddings.base import MethodOptions, Values
+from cafe_dist.embeddings.base import MethodOptions
 from cafe_dist.embeddings.hashing import hash64, hash_mod
 from cafe_dist.embeddings.robe import ROBEEmbedding, ROBEOptions
+from cafe_dist.embeddings.routing import Values
 
 log = logging.getLogger("cafe_dist.lma")
 

@@ -22,9 +22,11 @@ from torchrec import EmbeddingBagConfig, JaggedTensor
 from torchrec.modules.mc_modules import LFU_EvictionPolicy, MCHManagedCollisionModule
 
 from cafe_dist.collectives import all_gather_cat
-from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
+from cafe_dist.embeddings.routing import Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.embeddings.tables import table
 
 SLOT_STATE_BYTES = 3 * 8
 

@@ -11,9 +11,11 @@ from typing import Literal
 import torch
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.routing import Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
+from cafe_dist.embeddings.tables import table
 
 
 def qr_shape(cardinality: int, rows: int) -> tuple[int, int, int]:

@@ -14,8 +14,10 @@ import torch
 from pydantic import Field
 from torchrec import EmbeddingBagConfig
 
-from cafe_dist.embeddings.base import BLOCKS, CompressedEmbedding, MethodOptions, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.routing import BLOCKS, Route, Values
+from cafe_dist.embeddings.tables import table
 
 
 class ROBEOptions(MethodOptions):

@@ -21,6 +21,7 @@ from cafe_dist.data import storage
 from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings.registry import method_class
+from cafe_dist.embeddings.service import CHECKPOINT_PART
 from cafe_dist.errors import BadInputError, disk_full
 from cafe_dist.model_spec import ModelSpec
 from cafe_dist.outputs import check_new_dir
@@ -62,7 +63,7 @@ class Trained:
     manifest: dict[str, Any]
     path: str
     vocab: str  # the vocabulary file the run trained with
-    coordinator: dict[str, Any] | None = None  # CAFE: the merged hot-set state rank 0 checkpointed
+    coordinator: dict[str, Any] | None = None  # the method's run service's state (CAFE: the merged hot set)
 
 
 def run_dataset(info: dict[str, Any], manifest: dict[str, Any], path: str) -> tuple[DatasetMeta, str]:
@@ -114,7 +115,7 @@ def load_trained(checkpoint: str) -> Trained:
     model.load_state_dict(state["model"])
     rank0 = torch.load(Path(d) / "rank0.pt", weights_only=False)  # every rank holds the same hot map / id maps
     model.embedding.load_local_state(rank0.get("embedding", {}))
-    return Trained(model, info, meta, spec.options, manifest, path, vocab, rank0.get("coordinator"))
+    return Trained(model, info, meta, spec.options, manifest, path, vocab, rank0.get(CHECKPOINT_PART))
 
 
 def _publish(stage: Path, out: Path) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from cafe_dist.config import ConfigError
 from cafe_dist.data.formats import format_of
+from cafe_dist.embeddings.registry import REGISTRY
 from cafe_dist.serving.export import load_trained
 
 
@@ -18,8 +19,9 @@ def describe_hot(checkpoint: str, top: int = 20) -> str:
     hot id's version; version v applies at step v x sync_interval + sync_lag)."""
     trained = load_trained(checkpoint)
     emb = trained.model.embedding
-    if not hasattr(emb, "hot_ids"):
-        raise ConfigError(f"{trained.info['method']} keeps no hot set; `hot` lists CAFE's (cafe, cafe_ml)")
+    if not emb.keeps_hot_set:
+        having = ", ".join(m for m, cls in REGISTRY.items() if cls.keeps_hot_set)
+        raise ConfigError(f"{trained.info['method']} keeps no hot set; `hot` lists those of {having}")
     hot = emb.hot_ids()
     vocab = pq.read_table(trained.vocab).to_pydict()
     feature_of, values = np.asarray(vocab["feature"]), np.asarray(vocab["value"])

@@ -32,7 +32,7 @@ class HotSetProbe:
 
     @classmethod
     def maybe(cls, data_path: str | Path, meta: DatasetMeta, emb) -> HotSetProbe | None:
-        if "synth" not in meta.extra or not hasattr(emb, "hot_map") or not emb.compressed:
+        if "synth" not in meta.extra or not emb.keeps_hot_set or not emb.compressed:
             return None
         return cls(data_path, meta, emb)
 

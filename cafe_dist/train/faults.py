@@ -7,8 +7,6 @@ import logging
 import os
 import signal
 
-import ray
-
 from cafe_dist.config import FaultConfig
 from cafe_dist.data import storage
 
@@ -36,18 +34,19 @@ class RunMarkers:
 
 
 class FaultInjector:
-    """Kills the coordinator (rank 0 does it) or the last rank after the configured step."""
+    """Kills the method's run service (rank 0 does it: CAFE's coordinator) or the last rank after the
+    configured step."""
 
-    def __init__(self, config: FaultConfig, markers: RunMarkers, rank: int, world_size: int, coordinator) -> None:
+    def __init__(self, config: FaultConfig, markers: RunMarkers, rank: int, world_size: int, service) -> None:
         self.config, self.markers, self.rank, self.world_size = config, markers, rank, world_size
-        self.coordinator = coordinator  # the actor handle, or None
+        self.service = service  # a RunService, or None
 
     def after_step(self, step: int) -> None:
         f = self.config
-        if f.kill_coordinator_at_step == step and self.rank == 0 and self.coordinator is not None \
+        if f.kill_coordinator_at_step == step and self.rank == 0 and self.service is not None \
                 and self.markers.fire_once("kill_coordinator"):
             log.warning("fault: killing the coordinator after step %d", step)
-            ray.kill(self.coordinator, no_restart=False)
+            self.service.kill()
         if f.kill_worker_at_step == step and self.rank == self.world_size - 1 \
                 and self.markers.fire_once("kill_worker"):
             log.warning("fault: killing rank %d (pid %d) after step %d", self.rank, os.getpid(), step)

@@ -245,9 +245,8 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
 
 def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: str, storage_path: str,
          run_dir: str, found: Found | None) -> RunResult:
-    """Start the services a run needs (Ray, the coordinator, MLflow), train, collect the result.
+    """Start the services a run needs (Ray, the method's own service, MLflow), train, collect the result.
     ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`."""
-    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -261,15 +260,12 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     keep_run_dataset(run_dir, data_dir)  # export and serving read the run's own copy, whatever data_dir holds later
     _start_ray(job)
     datasets = _datasets(job, meta, data_dir)
-    coordinator = None
-    if REGISTRY[job.embedding.method].needs_coordinator:  # one named hot-set coordinator per run, crash-safe
-        from cafe_dist.embeddings.cafe.coordinator import start_coordinator
-
-        coordinator = start_coordinator(name, state_dir=storage.join(run_dir, "coordinator"))
+    service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
+    handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
     spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
                       data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
-                      resume_key=resume_key, coordinator=coordinator is not None,
+                      resume_key=resume_key, service=service is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
     trainer = _interruptible(TorchTrainer)(
         train_loop_per_worker,
@@ -296,8 +292,8 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
                 raise
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray's points at the ended run
-            if coordinator is not None:
-                ray.kill(coordinator)
+            if service is not None:
+                service.stop(handle)
             shutil.rmtree(worker_tmp(spec.fit_id), ignore_errors=True)  # what stopped workers left there
         if trainer.interrupted:  # Ctrl-C: the run's checkpoints stay; the CLI says so (exit 130)
             raise KeyboardInterrupt(f"run {name} interrupted; its checkpoints are in {run_dir}")

@@ -32,7 +32,7 @@ class WorkerSpec:
     run_name: str  # also names the hot-set coordinator actor, where the method has one
     fit_id: str  # one per ``trainer.fit()``: worker-group starts of this fit are counted as restarts
     resume_key: dict[str, Any]  # the run's settings and their fingerprint, kept in every manifest
-    coordinator: bool = False  # a coordinator actor for this run is up
+    service: bool = False  # the method's run service (CAFE's coordinator) is up for this run
     mlflow: MlflowTarget | None = None
 
     @property

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import ray.train
 import torch
-import torch.distributed as dist
 from torch.nn.functional import binary_cross_entropy_with_logits
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
 from torchrec.optim import RowWiseAdagrad
@@ -25,6 +24,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
 from cafe_dist.embeddings import CompressedEmbedding
+from cafe_dist.embeddings.service import CHECKPOINT_PART
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError, DivergedError
 from cafe_dist.result import FINAL
@@ -132,17 +132,13 @@ class Trainer:
         self.chief = wc.rank == 0
         self.model = build_model(spec, wc)
         emb = self.model.emb
-        self.coordinator = None
-        if spec.coordinator:
-            from cafe_dist.embeddings.cafe.coordinator import NAMESPACE, actor_name
-
-            self.coordinator = ray.get_actor(actor_name(spec.run_name), namespace=NAMESPACE)
+        # the method's own process beside the workers (CAFE's coordinator), reached through its contract
+        self.service = spec.method.service.attach(spec.run_name, wc.rank, wc.world_size) if spec.service else None
         self.progress = Progress()
         parts = {"embedding": Part(emb.local_state, emb.load_local_state), "progress": progress_part(self.progress),
                  "rng": rng_part()}
-        self._coordinator_state: dict[str, Any] | None = None
-        if self.coordinator is not None:
-            parts["coordinator"] = Part(self._coordinator_snapshot, self._set_coordinator_state)
+        if self.service is not None:
+            parts[CHECKPOINT_PART] = Part(lambda: self.service.snapshot(emb), self.service.restore)
         self.elastic = spec.job.ray.elastic
         self.checkpointer = Checkpointer(
             spec.run_dir, wc.rank, wc.world_size, self.model.dcp_state, parts,
@@ -151,28 +147,9 @@ class Trainer:
                   **spec.resume_key, "model": model_info(spec), "elastic": self.elastic},
             reshard=(lambda states: elastic.merge_states(states, wc.rank, wc.world_size, emb)) if self.elastic else None)
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
-        self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.coordinator)
+        self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.service)
         self.collate = Collator(spec.meta, emb.input_kind)
         self.batch_size = spec.job.train.batch_size  # rows per worker per step (an elastic resume may change it)
-
-    # ---- state of the coordinator (rank 0 speaks for it) -------------------------------------
-    def _coordinator_snapshot(self) -> dict[str, Any] | None:
-        if not self.chief:
-            return None
-        return ray.get(self.coordinator.state_dict.remote(self.model.emb.rounds_in_flight()))
-
-    def _set_coordinator_state(self, state: dict[str, Any]) -> None:
-        self._coordinator_state = state
-
-    def _start_coordinator(self) -> None:
-        """The coordinator restarts from the checkpointed state, or from nothing; then every rank joins."""
-        state = self._coordinator_state
-        if state and state["config"]["world_size"] != self.wc.world_size:  # elastic: resumed on another count
-            state = {**state, "config": {**state["config"], "world_size": self.wc.world_size}}
-        if self.chief:
-            ray.get(self.coordinator.reset.remote(state))
-        dist.barrier()
-        self.model.emb.connect(self.spec.run_name, self.wc.world_size)
 
     # ---- one step --------------------------------------------------------------------------------
     def train_step(self, batch, rows: TableRows, phases=None) -> StepOutput:
@@ -291,7 +268,7 @@ class Trainer:
                 yield np_batch, (start + g * bs, start + (g + 1) * bs)
 
     def _start(self) -> _Run:
-        """Resume from the newest checkpoint (if any), join the coordinator, open the data shards,
+        """Resume from the newest checkpoint (if any), join the method's run service, open the data shards,
         the evaluator and the metrics."""
         spec, wc, tc = self.spec, self.wc, self.job.train
         restarts = self.markers.count_start() if self.chief else 0
@@ -300,8 +277,8 @@ class Trainer:
         if found is not None:
             log.info("resumed from %s (step %d); restarts %d", found.path, found.step, restarts)
         rows = self.model.rows()  # after loading: live tensors
-        if self.coordinator is not None:
-            self._start_coordinator()
+        if self.service is not None:  # restarted from the restored state, every rank joins
+            self.service.join(self.model.emb)
         evaluator = Evaluator(self.model.dmp, ray.train.get_dataset_shard("test"), self.collate, wc.device,
                               tc.eval_batch_size, tc.eval_every, tc.target_auc)
         probe = HotSetProbe.maybe(spec.data_dir, spec.meta, self.model.emb) if self.chief else None
@@ -410,6 +387,6 @@ class Trainer:
         out.update(emb.sync_summary(p.train_time_s))
         if probe is not None:  # synthetic data: the coverage a perfect hot set would have
             out["oracle_coverage"] = probe.oracle_coverage()
-        if self.coordinator is not None:
-            out["coordinator_restarted"] = bool(ray.get(self.coordinator.was_restarted.remote()))
+        if self.service is not None:
+            out["coordinator_restarted"] = self.service.restarted()
         return out

@@ -6,8 +6,10 @@ import torch
 from pydantic import Field
 
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions, Route, Values, table
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.registry import REGISTRY, register
+from cafe_dist.embeddings.routing import Route, Values
+from cafe_dist.embeddings.tables import table
 
 
 class ToyOptions(MethodOptions):

@@ -11,7 +11,7 @@ from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.cafe.coordinator import HotSetMerger, MergeConfig
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE
 from cafe_dist.embeddings.cafe.method import PAPER_RULES, hash_fraction_for
-from cafe_dist.embeddings.cafe.scoring import ImportanceScorer
+from cafe_dist.embeddings.cafe.scoring import ImportanceScorer, rank_report
 from cafe_dist.embeddings.cafe.sketch import HotSketch
 from cafe_dist.embeddings.table_rows import TableRows
 
@@ -111,7 +111,7 @@ def test_ranks_that_saw_the_same_ids_still_fill_every_slot_together(world):
     assert len(set(m.hot_keys.tolist()) & set(best.tolist())) >= 0.9 * slots  # the right ids
     k0, s0 = parts[0]
     np.testing.assert_allclose(s0, counts[k0] * world, rtol=0.05)  # the whole stream on one rank: x W
-    overall = scorer.sketch.strongest(int(np.ceil(2 * slots / world)))[0]
+    overall = rank_report(*scorer.sketch.lower_bounds(), int(np.ceil(2 * slots / world)), 0, 1)[0]
     assert len(np.unique(np.tile(overall, world))) < slots  # what each rank's overall top list would name
 
 

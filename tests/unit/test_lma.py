@@ -10,7 +10,6 @@ from torchrec import KeyedJaggedTensor
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.synth import SynthSpec, generate_synthetic
 from cafe_dist.embeddings import FeatureSpec, build_embedding
-from cafe_dist.embeddings.base import Values
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.lma import (
     SIGNATURE_BYTES,
@@ -20,6 +19,7 @@ from cafe_dist.embeddings.lma import (
     signature_path,
     signature_table,
 )
+from cafe_dist.embeddings.routing import Values
 
 CPU = torch.device("cpu")
 FEATS = [FeatureSpec("a", 5000), FeatureSpec("b", 5000), FeatureSpec("c", 5000)]

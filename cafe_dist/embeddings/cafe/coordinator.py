@@ -33,6 +33,7 @@ import torch
 from cafe_dist.collectives import all_gather_cat, world
 from cafe_dist.data import storage
 from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
+from cafe_dist.embeddings.service import RunService
 
 NAMESPACE = "cafe-dist"
 # calls the actor holds at once: a submit and a wait per rank and round in flight (256 ranks, a
@@ -348,3 +349,58 @@ class CollectiveSync:
             s = mine[:, 2].to(torch.int32).view(torch.float32).numpy()
             self.merger.submit(round_, r, mine[:, 0].numpy(), s)
         return self.merger.update(round_)
+
+
+class CoordinatorService(RunService):
+    """CAFE's run service: the named :class:`CoordinatorActor` (rank 0 speaks for it in checkpoints)."""
+
+    def __init__(self, run_name: str, rank: int, world_size: int) -> None:
+        import ray
+
+        self.run_name, self.rank, self.world_size = run_name, rank, world_size
+        self.actor = ray.get_actor(actor_name(run_name), namespace=NAMESPACE)
+        self.state: dict[str, Any] | None = None
+
+    @classmethod
+    def start(cls, run_name: str, state_dir: str) -> Any:
+        return start_coordinator(run_name, state_dir=state_dir)
+
+    @classmethod
+    def stop(cls, handle: Any) -> None:
+        import ray
+
+        ray.kill(handle)
+
+    @classmethod
+    def attach(cls, run_name: str, rank: int, world_size: int) -> CoordinatorService:
+        return cls(run_name, rank, world_size)
+
+    def snapshot(self, emb: Any) -> dict[str, Any] | None:
+        import ray
+
+        return ray.get(self.actor.state_dict.remote(emb.rounds_in_flight())) if self.rank == 0 else None
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        self.state = state
+
+    def join(self, emb: Any) -> None:
+        import ray
+        import torch.distributed as dist
+
+        state = self.state
+        if state and state["config"]["world_size"] != self.world_size:  # elastic: resumed on another count
+            state = {**state, "config": {**state["config"], "world_size": self.world_size}}
+        if self.rank == 0:
+            ray.get(self.actor.reset.remote(state))
+        dist.barrier()
+        emb.connect(self.run_name, self.world_size)
+
+    def restarted(self) -> bool:
+        import ray
+
+        return bool(ray.get(self.actor.was_restarted.remote()))
+
+    def kill(self) -> None:
+        import ray
+
+        ray.kill(self.actor, no_restart=False)

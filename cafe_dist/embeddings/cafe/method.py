@@ -17,25 +17,19 @@ from pydantic import Field, model_validator
 from torchrec import EmbeddingBagConfig
 
 from cafe_dist.collectives import all_reduce_sum, world
-from cafe_dist.embeddings.base import (
-    BLOCKS,
-    CompressedEmbedding,
-    MethodOptions,
-    Route,
-    Values,
-    segmented_table,
-    table,
-)
+from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.cafe.client import HotSetClient
-from cafe_dist.embeddings.cafe.coordinator import ActorSync, MergeConfig
+from cafe_dist.embeddings.cafe.coordinator import ActorSync, CoordinatorService, MergeConfig
 from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
 from cafe_dist.embeddings.cafe.migration import init_hot_rows
 from cafe_dist.embeddings.cafe.scoring import SKETCH_CELLS, ImportanceScorer
 from cafe_dist.embeddings.cafe.sketch import CELL_BYTES, HotSketch
 from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.embeddings.routing import BLOCKS, Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.table_rows import TableRows
+from cafe_dist.embeddings.tables import segmented_table, table
 
 # The authors' artifact (HugoZHL/CAFE, ArtifactEvaluation, tasks/criteo.json): per compression
 # ratio, the threshold k an id's score must reach and the share of memory for hash rows.
@@ -134,7 +128,8 @@ class CafeEmbedding(CompressedEmbedding):
     multi_level = False
     options = CafeOptions
     section = "cafe"
-    needs_coordinator = True
+    service = CoordinatorService
+    keeps_hot_set = True
     level_stats = {"hot": "hot_ids", "churn": "last_churn"}
     plots = {"hot_set.png": (("hot",), ("churn",), ("promoted", "demoted"), ("sync_overhead",))}
     TABLE = TABLE

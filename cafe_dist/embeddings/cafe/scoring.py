@@ -24,6 +24,19 @@ def part_of(keys: torch.Tensor, parts: int) -> torch.Tensor:
     """Which of ``parts`` disjoint parts of the key space each key falls in: rank r reports part r."""
     return hash_mod(keys, parts, seed=PART_SEED)
 
+def rank_report(ids: torch.Tensor, scores: torch.Tensor, k: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """What rank ``rank`` of ``world`` sends the coordinator in a capacity round: the (at most) ``k``
+    ids of its own part of the id space (:func:`part_of`) with the highest positive ``scores``,
+    strongest first, each score times ``world`` (a rank sees 1/world of every id's traffic, so that
+    estimates the id's global score). The workers report through this, and so do the simulated
+    ranks of ``cafe-dist bench coordinator``."""
+    if world > 1:
+        scores = torch.where(part_of(ids, world) == rank, scores, torch.zeros_like(scores))
+    best = torch.topk(scores, min(k, scores.numel())).indices
+    keep = best[scores[best] > 0]
+    return ids[keep].to(torch.int64).cpu().numpy(), scores[keep].cpu().numpy() * world
+
+
 SKETCH_CELLS = 4  # cells per sketch bucket
 
 Decay = tuple[str, float, float | None] | None  # ("step", factor, None) | ("mass", factor, mass) | None: half-life
@@ -105,12 +118,9 @@ class ImportanceScorer:
         return self.sketch.candidates(min_score)
 
     def top(self, n: int, rank: int = 0, world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """The ``n`` strongest ids by their own (error-corrected) score among the ids this rank
-        reports (its part of the id space), each score times ``world_size``: this rank sees
-        1/world of every id's traffic, so that estimates the id's global score."""
-        among = part_of(self.sketch.cell_id.reshape(-1), world_size) == rank if world_size > 1 else None
-        ids, scores = self.sketch.strongest(n, among)
-        return ids, scores * world_size
+        """What this rank reports in a capacity round: :func:`rank_report` of the sketch's ids by
+        their own (error-corrected) scores."""
+        return rank_report(*self.sketch.lower_bounds(), n, rank, world_size)
 
     def protect(self, hot_keys: torch.Tensor) -> None:
         """Pin the cells of the ids the global hot set holds (and only those)."""

@@ -176,16 +176,11 @@ class HotSketch:
         held = (self.cell_id.reshape(-1) != EMPTY).nonzero().squeeze(1)
         return held[torch.topk(value.reshape(-1)[held], min(k, held.numel())).indices]
 
-    def strongest(self, k: int, among: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, lower bounds) of the (at most) ``k`` ids with the highest score minus inherited
-        error, i.e. the mass the id itself is known to have brought (Space-Saving's lower bound);
-        ``among``: a bool per cell (flat, as ``cell_id.reshape(-1)``), only those cells compete."""
-        bound = (self.cell_score - self.cell_err).reshape(-1)
-        if among is not None:
-            bound = torch.where(among, bound, torch.zeros_like(bound))
-        best = self._best(bound, k)
-        keep = best[bound[best] > 0]
-        return self.cell_id.reshape(-1)[keep].to(torch.int64).cpu().numpy(), bound[keep].cpu().numpy()
+    def lower_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, lower bounds) of the occupied cells: each id's score minus its inherited error, i.e.
+        the mass the id itself is known to have brought (Space-Saving's lower bound)."""
+        held = (self.cell_id.reshape(-1) != EMPTY).nonzero().squeeze(1)
+        return self.cell_id.reshape(-1)[held], (self.cell_score - self.cell_err).reshape(-1)[held]
 
     def top(self, k: int) -> torch.Tensor:
         """The (at most) ``k`` ids with the highest scores."""

@@ -1,0 +1,84 @@
+"""``cafe-dist train``, ``sweep`` and ``demo``: runs on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from cafe_dist.commands.args import csv_list, overrides
+from cafe_dist.config import load_config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    job = load_config(args.config, overrides(args, {"ray.num_workers": args.num_workers,
+                                                     "ray.address": args.address, "ray.resume": args.resume,
+                                                     "ray.verbose": args.verbose or None}))
+    from cafe_dist.train.launcher import run_training
+
+    out = run_training(job, args.output_json)
+    if not args.output_json:  # the result on stdout, for scripts
+        print(json.dumps(out.to_dict(), indent=2))
+        return 0
+    log = logging.getLogger("cafe_dist")
+    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx); %s samples/s; "
+             "full result in %s", out.auc, out.logloss, out.embedding_bytes / 1e6, out.compression_ratio,
+             f"{out.samples_per_sec:,.0f}", args.output_json)
+    if out.mlflow_run_id:
+        from cafe_dist.mlflow_store import resolve_uri
+
+        uri = resolve_uri(job.mlflow.tracking_uri)
+        log.info("MLflow run %s (browse: mlflow ui --backend-store-uri %s)", out.mlflow_run_id, uri)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    job = load_config(args.config, overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name,
+                                                     "ray.resume": args.resume, "ray.verbose": args.verbose or None}))
+    from cafe_dist.sweep import run_sweep
+
+    out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
+    return 1 if out["failed"] else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cafe_dist.demo import run_demo
+
+    run_demo(args.config, overrides(args, {"ray.num_workers": args.num_workers, "ray.verbose": args.verbose or None}),
+             args.ratio, args.output_json)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train DLRM on Ray Train + TorchRec")
+    t.add_argument("--config", required=True, metavar="FILE")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--num-workers", type=int)
+    t.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
+    t.add_argument("--output-json", metavar="PATH")
+    sw = sub.add_parser("sweep", help="train every (method, ratio) of a grid, each a tracked run; then compare")
+    sw.add_argument("--config", required=True, metavar="FILE")
+    sw.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: the job's sweep.methods")
+    sw.add_argument("--ratios", type=lambda t: csv_list(t, float), metavar="R1,R2",
+                    help="default: the job's sweep.ratios")
+    sw.add_argument("--name", help="sweep name (MLflow tag sweep=NAME); default sweep-<timestamp>")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for every run")
+    sw.add_argument("--num-workers", type=int)
+    sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
+    sw.add_argument("--output-json", metavar="PATH")
+    for parser in (t, sw):
+        parser.add_argument("--verbose", action="store_true",
+                            help="also show Ray's, TorchRec's and fbgemm's own logs and warnings (ray.verbose)")
+        parser.add_argument("--resume", choices=["auto", "force"],
+                            help="a named run resumes its checkpoint only if made with the same settings "
+                                 "(auto, the default); force continues it after train.* settings changed")
+    t.set_defaults(handler=cmd_train)
+    sw.set_defaults(handler=cmd_sweep)
+    dm = sub.add_parser("demo", help="CAFE and hashing at the same memory, the CAFE model exported and scoring")
+    dm.add_argument("--config", default="jobs/demo.yaml", metavar="FILE")
+    dm.add_argument("--ratio", type=float, default=100)
+    dm.add_argument("--num-workers", type=int)
+    dm.add_argument("--set", action="append", metavar="KEY=VALUE")
+    dm.add_argument("--verbose", action="store_true")
+    dm.add_argument("--output-json", metavar="PATH")
+    dm.set_defaults(handler=cmd_demo)

@@ -9,88 +9,101 @@ import sys
 from cafe_dist.commands.args import csv_list
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench == "quality":
-        from cafe_dist.bench.quality import QualitySpec, merge_reports, run_quality_bench
-        from cafe_dist.embeddings.registry import compressed_methods
-
-        if args.merge:
-            out = merge_reports(args.merge, output_json=args.output_json, markdown=args.markdown, plot=args.plot)
-        elif not args.data:
-            raise SystemExit("cafe-dist bench quality: give --data (to run) or --merge (to pool earlier reports)")
-        else:
-            out = run_quality_bench(QualitySpec(
-                data=args.data, methods=tuple(args.methods or compressed_methods()), ratios=tuple(args.ratios),
-                num_workers=args.num_workers,
-                batch_size=args.batch_size, seeds=tuple(args.seeds if args.seeds is not None else [args.seed]),
-                storage_path=args.storage_path, extra=tuple(args.set or ()), rows=args.rows,
-                baseline=not args.skip_full),
-                output_json=args.output_json, markdown=args.markdown, plot=args.plot)
-        print(out["markdown"] + "\n\ngoals: " + json.dumps(out["goals"]), file=sys.stderr)
-        print(json.dumps(out, indent=2))
-        return 0
-    if args.bench == "throughput":
-        from cafe_dist.bench.throughput import ThroughputSpec, run_throughput_bench
-        from cafe_dist.embeddings.registry import REGISTRY
-
-        out = run_throughput_bench(ThroughputSpec(
-            methods=tuple(args.methods or REGISTRY), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
-            batch_size=args.batch_size, data=args.data, storage_path=args.storage_path,
-            extra=tuple(args.set or ()), repeats=args.repeats), output_json=args.output_json)
-        for m, r in out["methods"].items():
-            print(f"{m:8s} " + "  ".join(f"{w}w {b['samples_per_sec']:>9,.0f}/s" for w, b in r["by_workers"].items()
-                                         if "samples_per_sec" in b)
-                  + (f"  vs full {r['vs_full']:.2f}" if "vs_full" in r else "")
-                  + (f"  vs hash {r['vs_hash']:.2f}" if "vs_hash" in r else ""), file=sys.stderr)
-        print(json.dumps(out, indent=2))
-        return 0
-    if args.bench == "serving":
-        from cafe_dist.bench.serving import ServingSpec, run_serving_bench
-        from cafe_dist.embeddings.registry import REGISTRY
-
-        run_serving_bench(ServingSpec(data=args.data, methods=tuple(args.methods or REGISTRY), ratio=args.ratio,
-                                      batch_size=args.batch_size, rows=args.rows, storage_path=args.storage_path),
-                          output_json=args.output_json, markdown=args.markdown)
-        return 0
-    if args.bench == "coordinator":
-        from cafe_dist.bench.coordinator import CoordinatorBenchSpec, run_coordinator_bench
-
-        out = run_coordinator_bench(CoordinatorBenchSpec(
-            workers=tuple(args.workers), slots=args.slots, candidates_per_worker=args.candidates_per_worker,
-            rounds=args.rounds, store=not args.no_store, sync_interval=args.sync_interval, sync_lag=args.sync_lag),
-            output_json=args.output_json, address=args.address)
-        print(out["markdown"])
-        return 0
-    if args.bench == "drift":
-        from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
-
-        out = run_drift_bench(DriftBenchSpec(
-            rows=args.rows, cardinality_scale=args.cardinality_scale, drift_period=args.drift_period,
-            ratio=args.ratio, methods=tuple(args.methods), num_workers=args.num_workers,
-            data_dir=args.data_dir, extra=tuple(args.set or ())))
-        for m, r in out["runs"].items():
-            rec = " ".join(f"{s['min']:.2f}→{s['last']:.2f}" for s in r.get("recovery", []))
-            print(f"{m:8s} auc {r['auc']:.4f} logloss {r['logloss']:.4f} ratio {r['compression_ratio']:.1f}"
-                  + (f"  hot top-ids per period (min→last): {rec}" if rec else ""), file=sys.stderr)
-    else:
-        from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
-
-        out = run_sketch_bench(SketchBenchSpec(
-            num_ids=args.num_ids, distinct=args.distinct, hot_slots=args.hot_slots, threshold=args.threshold,
-            batch=args.batch, buckets=args.buckets, recall_k=args.recall_k, precision_k=args.precision_k,
-            seed=args.seed, path=args.path))
+def _emit(out: dict, output_json: str | None) -> int:
+    """The report as JSON on stdout (and in ``--output-json``)."""
     text = json.dumps(out, indent=2)
-    if args.output_json:
+    if output_json:
         from cafe_dist.outputs import write_text
 
-        write_text(args.output_json, text + "\n")
+        write_text(output_json, text + "\n")
     print(text)
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
-    bsub = b.add_subparsers(dest="bench", required=True)
+def _quality(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.quality import QualitySpec, merge_reports, run_quality_bench
+    from cafe_dist.embeddings.registry import compressed_methods
+
+    if args.merge:
+        out = merge_reports(args.merge, output_json=args.output_json, markdown=args.markdown, plot=args.plot)
+    elif not args.data:
+        raise SystemExit("cafe-dist bench quality: give --data (to run) or --merge (to pool earlier reports)")
+    else:
+        out = run_quality_bench(QualitySpec(
+            data=args.data, methods=tuple(args.methods or compressed_methods()), ratios=tuple(args.ratios),
+            num_workers=args.num_workers,
+            batch_size=args.batch_size, seeds=tuple(args.seeds if args.seeds is not None else [args.seed]),
+            storage_path=args.storage_path, extra=tuple(args.set or ()), rows=args.rows,
+            baseline=not args.skip_full),
+            output_json=args.output_json, markdown=args.markdown, plot=args.plot)
+    print(out["markdown"] + "\n\ngoals: " + json.dumps(out["goals"]), file=sys.stderr)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.throughput import ThroughputSpec, run_throughput_bench
+    from cafe_dist.embeddings.registry import REGISTRY
+
+    out = run_throughput_bench(ThroughputSpec(
+        methods=tuple(args.methods or REGISTRY), num_workers=tuple(args.num_workers), ratio=args.ratio, steps=args.steps,
+        batch_size=args.batch_size, data=args.data, storage_path=args.storage_path,
+        extra=tuple(args.set or ()), repeats=args.repeats), output_json=args.output_json)
+    for m, r in out["methods"].items():
+        print(f"{m:8s} " + "  ".join(f"{w}w {b['samples_per_sec']:>9,.0f}/s" for w, b in r["by_workers"].items()
+                                     if "samples_per_sec" in b)
+              + (f"  vs full {r['vs_full']:.2f}" if "vs_full" in r else "")
+              + (f"  vs hash {r['vs_hash']:.2f}" if "vs_hash" in r else ""), file=sys.stderr)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.serving import ServingSpec, run_serving_bench
+    from cafe_dist.embeddings.registry import REGISTRY
+
+    run_serving_bench(ServingSpec(data=args.data, methods=tuple(args.methods or REGISTRY), ratio=args.ratio,
+                                  batch_size=args.batch_size, rows=args.rows, storage_path=args.storage_path),
+                      output_json=args.output_json, markdown=args.markdown)
+    return 0
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.coordinator import CoordinatorBenchSpec, run_coordinator_bench
+
+    out = run_coordinator_bench(CoordinatorBenchSpec(
+        workers=tuple(args.workers), slots=args.slots, candidates_per_worker=args.candidates_per_worker,
+        rounds=args.rounds, store=not args.no_store, sync_interval=args.sync_interval, sync_lag=args.sync_lag),
+        output_json=args.output_json, address=args.address)
+    print(out["markdown"])
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.drift import DriftBenchSpec, run_drift_bench
+
+    out = run_drift_bench(DriftBenchSpec(
+        rows=args.rows, cardinality_scale=args.cardinality_scale, drift_period=args.drift_period,
+        ratio=args.ratio, methods=tuple(args.methods), num_workers=args.num_workers,
+        data_dir=args.data_dir, extra=tuple(args.set or ())))
+    for m, r in out["runs"].items():
+        rec = " ".join(f"{s['min']:.2f}→{s['last']:.2f}" for s in r.get("recovery", []))
+        print(f"{m:8s} auc {r['auc']:.4f} logloss {r['logloss']:.4f} ratio {r['compression_ratio']:.1f}"
+              + (f"  hot top-ids per period (min→last): {rec}" if rec else ""), file=sys.stderr)
+    return _emit(out, args.output_json)
+
+
+def _sketch(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.sketch import SketchBenchSpec, run_sketch_bench
+
+    out = run_sketch_bench(SketchBenchSpec(
+        num_ids=args.num_ids, distinct=args.distinct, hot_slots=args.hot_slots, threshold=args.threshold,
+        batch=args.batch, buckets=args.buckets, recall_k=args.recall_k, precision_k=args.precision_k,
+        seed=args.seed, path=args.path))
+    return _emit(out, args.output_json)
+
+
+def _quality_parser(bsub: argparse._SubParsersAction) -> None:
     bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
     bq.add_argument("--data", help="converted dataset directory, or a Criteo TSV file")
     bq.add_argument("--merge", type=csv_list, metavar="A.json,B.json",
@@ -111,6 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bq.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     bq.add_argument("--plot", metavar="PATH", help="write AUC versus ratio (PNG)")
     bq.add_argument("--output-json", metavar="PATH")
+    bq.set_defaults(handler=_quality)
+
+
+def _throughput_parser(bsub: argparse._SubParsersAction) -> None:
     bt = bsub.add_parser("throughput", help="training samples/s per method, as ratios to full and hash")
     bt.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: every method")
     bt.add_argument("--num-workers", type=lambda t: csv_list(t, int), default=[1, 2], metavar="N1,N2")
@@ -123,6 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bt.add_argument("--storage-path", default="runs/bench")
     bt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     bt.add_argument("--output-json", metavar="PATH")
+    bt.set_defaults(handler=_throughput)
+
+
+def _sketch_parser(bsub: argparse._SubParsersAction) -> None:
     bs = bsub.add_parser("sketch", help="HotSketch insert throughput, recall and precision")
     bs.add_argument("--num-ids", type=int, default=20_000_000)
     bs.add_argument("--distinct", type=int, default=10_000_000)
@@ -135,6 +156,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
     bs.add_argument("--output-json", metavar="PATH")
+    bs.set_defaults(handler=_sketch)
+
+
+def _serving_parser(bsub: argparse._SubParsersAction) -> None:
     bv = bsub.add_parser("serving", help="exported model bytes (fp32, int8), their AUC and scoring rows/s per method")
     bv.add_argument("--data", required=True, help="converted dataset directory, or a Criteo TSV file")
     bv.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: all (full always runs, as the baseline)")
@@ -144,6 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bv.add_argument("--storage-path", default="runs/bench")
     bv.add_argument("--output-json", metavar="PATH")
     bv.add_argument("--markdown", metavar="PATH")
+    bv.set_defaults(handler=_serving)
+
+
+def _coordinator_parser(bsub: argparse._SubParsersAction) -> None:
     bc = bsub.add_parser("coordinator", help="hot-set exchange at 8/64/256 simulated workers: merge, store, latency")
     bc.add_argument("--workers", type=lambda t: csv_list(t, int), default=[8, 64, 256], metavar="N1,N2")
     bc.add_argument("--slots", type=int, default=100_000, help="hot slots")
@@ -154,6 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bc.add_argument("--sync-lag", type=int, default=2, help="the verdict's cafe.sync_lag")
     bc.add_argument("--address", help="a Ray cluster (default: a local one)")
     bc.add_argument("--output-json", metavar="PATH")
+    bc.set_defaults(handler=_coordinator)
+
+
+def _drift_parser(bsub: argparse._SubParsersAction) -> None:
     bd = bsub.add_parser("drift", help="CAFE vs hashing at equal memory on drifting synthetic data")
     bd.add_argument("--rows", type=int, default=1_000_000)
     bd.add_argument("--cardinality-scale", type=float, default=0.01)
@@ -164,4 +197,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--data-dir", default="data/synth_drift")
     bd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     bd.add_argument("--output-json", metavar="PATH")
-    b.set_defaults(handler=cmd_bench)
+    bd.set_defaults(handler=_drift)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    for add in (_quality_parser, _throughput_parser, _sketch_parser, _serving_parser, _coordinator_parser,
+                _drift_parser):
+        add(bsub)

@@ -103,6 +103,15 @@ def _sketch(args: argparse.Namespace) -> int:
     return _emit(out, args.output_json)
 
 
+def _common(p: argparse.ArgumentParser, *, storage: bool = False, overrides: bool = False) -> None:
+    """The flags benchmarks share: where runs go, overrides for every run, the JSON report."""
+    if storage:
+        p.add_argument("--storage-path", default="runs/bench", help="where the runs' checkpoints go")
+    if overrides:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--output-json", metavar="PATH", help="the report as JSON")
+
+
 def _quality_parser(bsub: argparse._SubParsersAction) -> None:
     bq = bsub.add_parser("quality", help="test AUC/logloss versus compression ratio, every method, same data")
     bq.add_argument("--data", help="converted dataset directory, or a Criteo TSV file")
@@ -119,11 +128,9 @@ def _quality_parser(bsub: argparse._SubParsersAction) -> None:
     bq.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
     bq.add_argument("--skip-full", action="store_true",
                     help="do not run the full baseline (another report, pooled with --merge, has it)")
-    bq.add_argument("--storage-path", default="runs/bench")
-    bq.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     bq.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     bq.add_argument("--plot", metavar="PATH", help="write AUC versus ratio (PNG)")
-    bq.add_argument("--output-json", metavar="PATH")
+    _common(bq, storage=True, overrides=True)
     bq.set_defaults(handler=_quality)
 
 
@@ -137,25 +144,21 @@ def _throughput_parser(bsub: argparse._SubParsersAction) -> None:
                     help="rounds of every method in turn; report the median round (ratios paired within a round)")
     bt.add_argument("--batch-size", type=int, default=1024)
     bt.add_argument("--data", help="dataset directory or Criteo TSV (default: synthetic, generated once)")
-    bt.add_argument("--storage-path", default="runs/bench")
-    bt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
-    bt.add_argument("--output-json", metavar="PATH")
+    _common(bt, storage=True, overrides=True)
     bt.set_defaults(handler=_throughput)
 
 
 def _sketch_parser(bsub: argparse._SubParsersAction) -> None:
     bs = bsub.add_parser("sketch", help="HotSketch insert throughput, recall and precision")
-    bs.add_argument("--num-ids", type=int, default=20_000_000)
-    bs.add_argument("--distinct", type=int, default=10_000_000)
-    bs.add_argument("--hot-slots", type=int, default=100_000)
-    bs.add_argument("--threshold", type=float, default=50.0)
-    bs.add_argument("--batch", type=int, default=4096)
-    bs.add_argument("--buckets", type=int, default=100_000)
-    bs.add_argument("--recall-k", type=int, default=10_000)
-    bs.add_argument("--precision-k", type=int, default=100_000)
-    bs.add_argument("--seed", type=int, default=0)
+    for flag, default, help_ in (
+            ("--num-ids", 20_000_000, "ids inserted"), ("--distinct", 10_000_000, "distinct ids among them"),
+            ("--hot-slots", 100_000, "the hot set's size"), ("--batch", 4096, "ids per insert"),
+            ("--buckets", 100_000, "sketch buckets"), ("--recall-k", 10_000, "true top ids recall is measured on"),
+            ("--precision-k", 100_000, "reported ids precision is measured on"), ("--seed", 0, "the stream's seed")):
+        bs.add_argument(flag, type=int, default=default, help=f"{help_} (default {default:,})")
+    bs.add_argument("--threshold", type=float, default=50.0, help="admission score (default 50)")
     bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
-    bs.add_argument("--output-json", metavar="PATH")
+    _common(bs)
     bs.set_defaults(handler=_sketch)
 
 
@@ -166,9 +169,8 @@ def _serving_parser(bsub: argparse._SubParsersAction) -> None:
     bv.add_argument("--ratio", type=float, default=100)
     bv.add_argument("--batch-size", type=int, default=4096, help="scoring batch")
     bv.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
-    bv.add_argument("--storage-path", default="runs/bench")
-    bv.add_argument("--output-json", metavar="PATH")
     bv.add_argument("--markdown", metavar="PATH")
+    _common(bv, storage=True)
     bv.set_defaults(handler=_serving)
 
 
@@ -182,7 +184,7 @@ def _coordinator_parser(bsub: argparse._SubParsersAction) -> None:
     bc.add_argument("--sync-interval", type=int, default=20, help="the verdict's cafe.sync_interval")
     bc.add_argument("--sync-lag", type=int, default=2, help="the verdict's cafe.sync_lag")
     bc.add_argument("--address", help="a Ray cluster (default: a local one)")
-    bc.add_argument("--output-json", metavar="PATH")
+    _common(bc)
     bc.set_defaults(handler=_coordinator)
 
 
@@ -195,8 +197,7 @@ def _drift_parser(bsub: argparse._SubParsersAction) -> None:
     bd.add_argument("--methods", nargs="+", default=["hash", "cafe"])
     bd.add_argument("--num-workers", type=int, default=1)
     bd.add_argument("--data-dir", default="data/synth_drift")
-    bd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
-    bd.add_argument("--output-json", metavar="PATH")
+    _common(bd, overrides=True)
     bd.set_defaults(handler=_drift)
 
 

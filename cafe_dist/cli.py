@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 
-from cafe_dist.checkpoint import CheckpointError
+from cafe_dist.checkpoint_dirs import CheckpointError
 from cafe_dist.config import ConfigError
 from cafe_dist.errors import USER_ERRORS, os_error_message
 

@@ -117,7 +117,7 @@ class RayConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    """What survives a crash: see cafe_dist.checkpoint."""
+    """What survives a crash: see cafe_dist.checkpoint_dirs."""
 
     every_steps: int | None = Field(None, gt=0)  # None: only at the end
     at_end: bool = True  # a full checkpoint after the last step (a re-run of the name resumes there)

@@ -23,7 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cafe_dist.checkpoint import Found, resize_message, scan
+from cafe_dist.checkpoint_dirs import Found, resize_message, scan
 from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta

@@ -116,7 +116,7 @@ class CompressedEmbedding(Router, nn.Module):
     def load_local_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`local_state` returned."""
 
-    def merge_local_states(self, states: list[dict[str, Any]], world_size: int) -> dict[str, Any]:
+    def reshard_local_states(self, states: list[dict[str, Any]], world_size: int) -> dict[str, Any]:
         """Elastic resume on ``world_size`` workers: this rank's local state from every old rank's
         (rank order). By default the state is the same on every rank (id maps kept in step), so
         rank 0's; a method with per-rank state (CAFE's sketches) combines them."""

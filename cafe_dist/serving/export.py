@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cafe_dist.checkpoint import RUN_DATASET, CheckpointError, find_latest, local_dir, verify
+from cafe_dist.checkpoint_dirs import RUN_DATASET, CheckpointError, find_latest, local_dir, verify
 from cafe_dist.data import storage
 from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
 from cafe_dist.data.schema import DatasetMeta

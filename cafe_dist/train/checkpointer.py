@@ -21,7 +21,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from cafe_dist.checkpoint import (
+from cafe_dist.checkpoint_dirs import (
     Found,
     dir_name,
     find_latest,

@@ -19,7 +19,7 @@ worker instead: more throughput per step, other dynamics.
 The rest of a checkpoint reshards as follows: the tables through DCP (it reads any sharding into
 any other); state that every rank holds alike (the hot map, the coordinator's state, progress)
 from rank 0; per-rank state through the method's
-:meth:`~cafe_dist.embeddings.base.CompressedEmbedding.merge_local_states` (CAFE: all old sketches
+:meth:`~cafe_dist.embeddings.base.CompressedEmbedding.reshard_local_states` (CAFE: all old sketches
 into each new one, scaled to a worker's share); RNG states by rank modulo the old world size.
 
 Proof of "every sample exactly once": ``rows_digest``, the sum over trained rows of a 64-bit hash
@@ -100,7 +100,7 @@ def merge_states(states: list[dict[str, Any]], rank: int, world_size: int, embed
     first = states[0]
     out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("embedding", "progress", "rng")}
     if "embedding" in first:
-        out["embedding"] = embedding.merge_local_states([s["embedding"] for s in states], world_size)
+        out["embedding"] = embedding.reshard_local_states([s["embedding"] for s in states], world_size)
     if "progress" in first:
         progress = dict(first["progress"])
         # the rows digest is summed over ranks at the end: the old ranks' sum travels with rank 0

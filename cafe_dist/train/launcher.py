@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cafe_dist.checkpoint import Found, keep_run_dataset
+from cafe_dist.checkpoint_dirs import Found, keep_run_dataset
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
 from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column

@@ -116,7 +116,7 @@ def _batch_crc(np_batch: dict[str, np.ndarray], seed: int) -> int:
 class _Run:
     """What :meth:`Trainer._start` sets up for one attempt of the run."""
 
-    found: Any  # the checkpoint resumed from (cafe_dist.checkpoint.Found), or None
+    found: Any  # the checkpoint resumed from (cafe_dist.checkpoint_dirs.Found), or None
     restarts: int
     resume_checksum: int | None
     rows: TableRows

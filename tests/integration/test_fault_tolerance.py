@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cafe_dist.checkpoint import find_latest, verify
+from cafe_dist.checkpoint_dirs import find_latest, verify
 from cafe_dist.config import ConfigError, load_config
 from cafe_dist.embeddings.cafe.hotmap import HotMap
 from cafe_dist.result import RunResult

@@ -41,7 +41,7 @@ def test_paper_preset_takes_k_and_the_hash_share_from_the_ratio(ratio):
     k, share = PAPER_RULES[ratio]
     assert emb.threshold == k and emb.hf == share
     assert emb.params.admission == "threshold" and emb.params.cold == "hash"
-    assert emb.merge_config(1).threshold == k
+    assert emb.coordinator_config(1).threshold == k
     # explicit settings beside the preset win
     assert _emb(ratio, WIDE, preset="paper", threshold=7.0, hash_fraction=0.4).threshold == 7.0
 

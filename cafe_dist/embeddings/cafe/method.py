@@ -229,7 +229,7 @@ class CafeEmbedding(CompressedEmbedding):
         return self.sketch.memory_bytes() + self.hot_map.memory_bytes(
             self.hot_rows, self.hot_rows if self.multi_level else 0)
 
-    def merge_config(self, world_size: int) -> MergeConfig:
+    def coordinator_config(self, world_size: int) -> MergeConfig:
         p = self.params
         return MergeConfig(num_slots=self.hot_rows, threshold=self.threshold, world_size=world_size,
                            ml_threshold=p.ml_threshold if self.multi_level else None,
@@ -250,7 +250,7 @@ class CafeEmbedding(CompressedEmbedding):
         return self.scorer.candidates(floor / (2 * world_size))
 
     def connect(self, run_name: str, world_size: int) -> None:
-        self.client.connect(ActorSync(run_name, self.merge_config(world_size)))
+        self.client.connect(ActorSync(run_name, self.coordinator_config(world_size)))
 
     # ---- the id remapping (pure: nothing is kept between calls) ---------------------------------
     def _per_feature(self, d: dict[str, int], default: int, v: Values) -> torch.Tensor:
@@ -331,7 +331,7 @@ class CafeEmbedding(CompressedEmbedding):
         self.scorer.flush(world_size)
         self.steps += 1
         t1 = time.perf_counter()
-        stats, migration = self.client.step(self.steps, rank, self.merge_config(world_size),
+        stats, migration = self.client.step(self.steps, rank, self.coordinator_config(world_size),
                                             summary=lambda: self.summary(rank, world_size),
                                             apply=lambda update: self.apply_update(update, rows))
         stats["hot"] = float(len(self.hot_map))
@@ -367,7 +367,7 @@ class CafeEmbedding(CompressedEmbedding):
                 "overhead_s": self.overhead_s, "used": (self._used_sum, self._used_steps),
                 "coverage": None if self._coverage is None else self._coverage.cpu()}
 
-    def merge_local_states(self, states: list[dict], world_size: int) -> dict:
+    def reshard_local_states(self, states: list[dict], world_size: int) -> dict:
         """Elastic resume: every old rank's sketch into this rank's, each score divided by the new
         world size (the old sketches together hold the global scores; a worker sees 1/world of the
         traffic), the hot ids' cells pinned again; the rest (hot map, rounds in flight, counters)

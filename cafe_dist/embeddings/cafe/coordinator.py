@@ -52,8 +52,93 @@ class MergeConfig:
     hysteresis: float = 1.0
 
 
+class Admission:
+    """Which incumbents stay and which newcomers are promoted in a round (the hot set's rule)."""
+
+    def decide(self, merged: np.ndarray, newcomer: np.ndarray,
+               score_of_hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``merged``: every candidate's global score; ``newcomer``: which candidates are not hot;
+        ``score_of_hot``: each incumbent's score this round. Returns (which incumbents stay, the
+        newcomers to promote, strongest first: the merger gives them the free slots in that order)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ThresholdAdmission(Admission):
+    """The paper's rule: incumbents stay (same slot) while they pass the threshold; newcomers above
+    it enter, strongest first."""
+
+    threshold: float
+
+    def decide(self, merged, newcomer, score_of_hot):
+        stay = score_of_hot >= self.threshold
+        new_idx = np.nonzero((merged >= self.threshold) & newcomer)[0]
+        return stay, new_idx[np.argsort(-merged[new_idx], kind="stable")]
+
+
+@dataclass(frozen=True)
+class CapacityAdmission(Admission):
+    num_slots: int
+    hysteresis: float
+
+    def decide(self, merged, newcomer, score_of_hot):
+        """Fill every slot with the strongest ids, without churning: the bar is the score of the
+        weakest id that fits (the num_slots-th best); an incumbent stays while it scores at least
+        bar / h; free slots go to the strongest newcomers; then a newcomer displaces the weakest
+        remaining incumbent only if it scores more than h times as much."""
+        n, h = self.num_slots, self.hysteresis
+        every = np.concatenate([score_of_hot, merged[newcomer]])
+        bar = float(np.partition(every, every.size - n)[every.size - n]) if every.size >= n else 0.0
+        stay = (score_of_hot > 0) & (score_of_hot >= bar / h)
+        challengers = np.nonzero(newcomer & (merged > 0))[0]
+        challengers = challengers[np.argsort(-merged[challengers], kind="stable")]
+        free = n - int(stay.sum())
+        fill, rest = challengers[:free], challengers[free:]
+        kept = np.nonzero(stay)[0]
+        weakest = kept[np.argsort(score_of_hot[kept], kind="stable")][: rest.size]
+        beats = merged[rest[: weakest.size]] > h * score_of_hot[weakest]
+        m = int(beats.sum())  # challengers descend, incumbents ascend: the wins are a prefix
+        stay[weakest[:m]] = False
+        return stay, np.concatenate([fill, rest[:m]])
+
+
+@dataclass(frozen=True)
+class MediumBand:
+    """CAFE-ML's medium level: at most ``max_medium`` ids below the hot set, strongest first: all
+    those scoring above 0 (with capacity admission), or only those in [``low``, ``high``) (the
+    paper's band, with threshold admission)."""
+
+    max_medium: int
+    low: float | None = None
+    high: float | None = None
+
+    def select(self, uniq: np.ndarray, merged: np.ndarray, hot_keys: np.ndarray) -> np.ndarray:
+        below = ~np.isin(uniq, hot_keys) & (merged > 0)
+        if self.low is not None:
+            below &= (merged >= self.low) & (merged < self.high)
+        mid = np.nonzero(below)[0]
+        return np.sort(uniq[mid[np.argsort(-merged[mid], kind="stable")][: self.max_medium]])
+
+
+def admission_of(cfg: MergeConfig) -> Admission:
+    if cfg.admission == "capacity":
+        return CapacityAdmission(cfg.num_slots, cfg.hysteresis)
+    return ThresholdAdmission(cfg.threshold)
+
+
+def medium_band_of(cfg: MergeConfig) -> MediumBand | None:
+    """None for plain CAFE (no medium level)."""
+    if cfg.ml_threshold is None:
+        return None
+    if cfg.admission == "capacity":
+        return MediumBand(cfg.max_medium)
+    return MediumBand(cfg.max_medium, cfg.ml_threshold, cfg.threshold)
+
+
 class HotSetMerger:
-    """Deterministic merge of sketch summaries into hot-set versions (the coordinator's state)."""
+    """Deterministic merge of sketch summaries into hot-set versions (the coordinator's state): the
+    scores summed over ranks, then the admission rule (:class:`Admission`) and, for CAFE-ML, the
+    medium band (:class:`MediumBand`) decide; the merger hands out the slots."""
 
     def __init__(self, config: MergeConfig) -> None:
         self.config = config
@@ -95,12 +180,7 @@ class HotSetMerger:
             pos = np.minimum(np.searchsorted(uniq, self.hot_keys), uniq.size - 1)
             score_of_hot = np.where(uniq[pos] == self.hot_keys, merged[pos], 0.0)
         newcomer = ~np.isin(uniq, self.hot_keys)
-        if cfg.admission == "capacity":
-            stay, new_idx = self._by_capacity(merged, newcomer, score_of_hot)
-        else:  # incumbents stay (same slot) while they pass the threshold; newcomers strongest first
-            stay = score_of_hot >= cfg.threshold
-            new_idx = np.nonzero((merged >= cfg.threshold) & newcomer)[0]
-            new_idx = new_idx[np.argsort(-merged[new_idx], kind="stable")]
+        stay, new_idx = admission_of(cfg).decide(merged, newcomer, score_of_hot)
         demoted_keys, demoted_slots = self.hot_keys[~stay], self.hot_slots[~stay]
         self.free = np.concatenate([self.free, demoted_slots[::-1]])
         kept_keys, kept_slots, kept_since = self.hot_keys[stay], self.hot_slots[stay], self.hot_since[stay]
@@ -113,14 +193,8 @@ class HotSetMerger:
         since_all = np.concatenate([kept_since, np.full(new_keys.size, self.version + 1, np.int64)])
         order = np.argsort(keys_all)
         self.hot_keys, self.hot_slots, self.hot_since = keys_all[order], slots_all[order], since_all[order]
-        medium = np.zeros(0, np.int64)
-        if cfg.ml_threshold is not None:  # CAFE-ML: the strongest ids below the hot set (capacity),
-            # or those scoring in [ml_threshold, threshold) (the paper's band), at most max_medium
-            below = ~np.isin(uniq, self.hot_keys) & (merged > 0)
-            if cfg.admission != "capacity":
-                below &= (merged >= cfg.ml_threshold) & (merged < cfg.threshold)
-            mid = np.nonzero(below)[0]
-            medium = np.sort(uniq[mid[np.argsort(-merged[mid], kind="stable")][: cfg.max_medium]])
+        band = medium_band_of(cfg)
+        medium = band.select(uniq, merged, self.hot_keys) if band is not None else np.zeros(0, np.int64)
         self.version += 1
         n_hot = int(self.hot_keys.size)
         stats = {"version": self.version, "hot": n_hot, "promoted": int(new_keys.size),
@@ -130,29 +204,6 @@ class HotSetMerger:
         t = torch.from_numpy
         return HotMapUpdate(self.version, t(new_keys.copy()), t(new_slots.copy()), t(demoted_keys.copy()),
                             t(demoted_slots.copy()), t(medium), stats)
-
-    def _by_capacity(self, merged: np.ndarray, newcomer: np.ndarray,
-                     score_of_hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fill every slot with the strongest ids, without churning: the bar is the score of the
-        weakest id that fits (the num_slots-th best); an incumbent stays while it scores at least
-        bar / h; free slots go to the strongest newcomers; then a newcomer displaces the weakest
-        remaining incumbent only if it scores more than h times as much. Returns (which incumbents
-        stay, newcomers to promote, strongest first)."""
-        cfg, h = self.config, self.config.hysteresis
-        every = np.concatenate([score_of_hot, merged[newcomer]])
-        n = cfg.num_slots
-        bar = float(np.partition(every, every.size - n)[every.size - n]) if every.size >= n else 0.0
-        stay = (score_of_hot > 0) & (score_of_hot >= bar / h)
-        challengers = np.nonzero(newcomer & (merged > 0))[0]
-        challengers = challengers[np.argsort(-merged[challengers], kind="stable")]
-        free = n - int(stay.sum())
-        fill, rest = challengers[:free], challengers[free:]
-        kept = np.nonzero(stay)[0]
-        weakest = kept[np.argsort(score_of_hot[kept], kind="stable")][: rest.size]
-        beats = merged[rest[: weakest.size]] > h * score_of_hot[weakest]
-        m = int(beats.sum())  # challengers descend, incumbents ascend: the wins are a prefix
-        stay[weakest[:m]] = False
-        return stay, np.concatenate([fill, rest[:m]])
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but partial rounds; ``updates`` keeps the recent versions ranks may still fetch."""

@@ -382,7 +382,9 @@ def test_ctrl_c_of_an_elastic_run_says_so_and_leaves_no_temporary_folders(tiny_s
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=180)[0]
     assert proc.returncode == 130, out[-3000:]
-    assert "cafe-dist: interrupted" in out and "Traceback" not in out
+    assert out.rstrip().splitlines()[-1].startswith("cafe-dist: interrupted")  # the last word is ours
+    # and no traceback of ours (Ray's own actors, killed by the abort, may still print theirs: issue 36's console)
+    assert "Traceback" not in "\n".join(line for line in out.splitlines() if "pid=" not in line)
     assert not list(scratch.glob("cafe-dist-*")) and not list(scratch.glob("*/*.distcp"))
     shutil.rmtree(scratch, ignore_errors=True)
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")

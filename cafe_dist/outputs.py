@@ -17,9 +17,9 @@ from pathlib import Path
 from cafe_dist.errors import BadInputError, disk_full
 
 
-def _writable_dir(parent: Path, path: Path, flag: str) -> None:
-    """Create ``parent`` (where ``path``, given as ``flag``, goes) if needed and prove a file can be
-    made there (root ignores mode bits, a read-only mount does not: only trying says)."""
+def make_dir(parent: Path, path: Path, flag: str) -> None:
+    """Create ``parent`` (where ``path``, given as ``flag``, goes) if needed; a part of it that is a
+    file, or no permission, is said as a sentence."""
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -27,6 +27,12 @@ def _writable_dir(parent: Path, path: Path, flag: str) -> None:
                             "another path") from None
     except OSError as e:
         raise BadInputError(f"{flag} {path}: cannot create {parent}: {e.strerror or e}; choose another path") from None
+
+
+def _writable_dir(parent: Path, path: Path, flag: str) -> None:
+    """:func:`make_dir`, then prove a file can be made there (root ignores mode bits, a read-only
+    mount does not: only trying says)."""
+    make_dir(parent, path, flag)
     try:
         fd, probe = tempfile.mkstemp(prefix=".cafe-dist-probe-", dir=parent)
     except OSError as e:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, SIGNATURES_DIR, SPLITS, VOCAB_FILE
 from cafe_dist.errors import BadInputError, disk_full
+from cafe_dist.outputs import make_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,6 @@ def _commit(stage: Path, out: Path, replace: bool) -> None:
     shutil.rmtree(old)
 
 
-def _make_parent(out: Path) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BadInputError(f"--out {out}: a part of its parent path is a file, not a directory") from None
-    except PermissionError:
-        raise BadInputError(f"--out {out}: cannot create {out.parent} (permission denied)") from None
-    except OSError as e:
-        raise BadInputError(f"--out {out}: cannot create {out.parent}: {e.strerror or e}") from None
-
-
 def check_free_space(out: str | Path, need: int, what: str) -> None:
     """Refuse at once a write that cannot fit the file system of ``out`` (``need``: bytes, an
     estimate), rather than failing with a full disk after hours."""
@@ -154,7 +144,7 @@ def staged_dataset(out_dir: str | Path, overwrite: bool = False) -> Iterator[Pat
     ``meta.json`` last), on any exception remove it and leave ``out_dir`` untouched."""
     out = Path(out_dir).absolute()
     replace = check_target(out, overwrite)
-    _make_parent(out)
+    make_dir(out.parent, out, "--out")  # (the staging directory below is the write test)
     _remove_stale(out)
     stage = out.with_name(f".{out.name}{_PARTIAL}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
     try:

@@ -121,7 +121,9 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
         structural = [k for k in diff if _structural(k)]
         if job.ray.resume != "force" or structural:
             raise ConfigError(_refusal(name, newest, diff, structural))
-        if newest.final and planned_steps(job, meta) <= newest.step:
+        steps = min(steps_per_epoch(meta.rows["train"], job.ray.num_workers, job.train.batch_size) * job.train.epochs,
+                    job.train.max_steps or float("inf"))
+        if newest.final and steps <= newest.step:
             # nothing would train: a rewrite of the final checkpoint could only lose what it holds
             log.warning("%s: --resume force changes nothing: the run finished at step %d and these settings train "
                         "no further step (%s); its checkpoint and MLflow run are left as they are. Raise "
@@ -135,11 +137,10 @@ def decide(job: JobConfig, meta: DatasetMeta, name: str, run_dir: str) -> Decisi
     return Decision(resume_from=latest_state)
 
 
-def planned_steps(job: JobConfig, meta: DatasetMeta) -> int:
-    """Steps a run of ``job`` takes in all (every rank trains equal whole batches of its shard)."""
-    per_epoch = meta.rows["train"] // job.ray.num_workers // job.train.batch_size
-    total = per_epoch * job.train.epochs
-    return min(total, job.train.max_steps) if job.train.max_steps is not None else total
+def steps_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:
+    """Steps of one epoch: every rank trains equal whole batches of its shard (the trainer counts
+    its progress with this too)."""
+    return train_rows // world_size // batch_size
 
 
 def finished_result(found: Found) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from cafe_dist.embeddings.service import CHECKPOINT_PART
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError, DivergedError
 from cafe_dist.result import FINAL
+from cafe_dist.resume import steps_per_epoch
 from cafe_dist.train import elastic
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
@@ -296,7 +297,7 @@ class Trainer:
         if self.elastic:
             self.batch_size = self._elastic_batch_size()
         train_rows, bs = spec.meta.rows["train"], self.batch_size
-        per_epoch = train_rows // wc.world_size // bs  # equal shards, whole batches
+        per_epoch = steps_per_epoch(train_rows, wc.world_size, bs)
         total = per_epoch * tc.epochs
         if self.elastic and found is not None:  # the checkpoint's steps, then the rest at this worker count
             p = self.progress

@@ -97,7 +97,7 @@ class ClickLogFormat(ABC):
     extra_columns: ClassVar[dict[str, pa.DataType]] = {}
 
     # ---- conversion ---------------------------------------------------------------------------
-    def labeled(self, inputs: list[str]) -> dict[str, Layout]:
+    def layouts(self, inputs: list[str]) -> dict[str, Layout]:
         """Each input's layout; all must agree on being labeled."""
         if not inputs:
             raise BadInputError("no input files given")
@@ -131,7 +131,7 @@ class ClickLogFormat(ABC):
                 progress: bool = True, overwrite: bool = False) -> DatasetMeta:
         """Convert ``inputs`` into ``out_dir``, which is touched only once the new dataset is
         complete (:mod:`cafe_dist.data.target`); replacing a dataset there needs ``overwrite``."""
-        layouts = self.labeled([str(p) for p in inputs])
+        layouts = self.layouts([str(p) for p in inputs])
         labeled = next(iter(layouts.values())).labeled
         with staged_dataset(out_dir, overwrite) as stage:
             writer = DatasetWriter(stage, self.name, self.dense_features, self.sparse_features,

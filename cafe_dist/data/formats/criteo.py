@@ -68,7 +68,7 @@ CRITEO = Criteo()
 
 def labeled_layout(inputs: list[str]) -> bool:
     """Whether the Criteo ``inputs`` are labeled; all of them must agree."""
-    return next(iter(CRITEO.labeled(inputs).values())).labeled
+    return next(iter(CRITEO.layouts(inputs).values())).labeled
 
 
 def parse_file(path: str, labeled: bool, sink, progress: bool = False) -> None:

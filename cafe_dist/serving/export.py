@@ -142,7 +142,7 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
     model, info, meta, manifest, path = trained.model, trained.info, trained.meta, trained.manifest, trained.path
     cls, options = method_class(info["method"]), trained.options
 
-    out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: one rename publishes it whole
+    # staged beside it (check_new_dir made the parent): one rename publishes it whole
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         weights, table_bytes = {}, 0

@@ -102,8 +102,9 @@ class ServedModel:
         except BadInputError:
             raise
         except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-            raise BadInputError(f"{d / name} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                                "the exported model is damaged or incomplete: export the run again") from None
+            said = (str(e).splitlines() or [""])[0][:200]
+            raise BadInputError(f"{d / name} cannot be read ({type(e).__name__}: {said}); the exported model is "
+                                "damaged or incomplete: export the run again") from None
         order = np.argsort(feature, kind="stable")
         bounds = np.searchsorted(feature[order], np.arange(len(meta.sparse_features) + 1))
         vocab = [value[order[bounds[j]:bounds[j + 1]]] for j in range(len(meta.sparse_features))]

@@ -77,7 +77,6 @@ def resolve_model(location: str, dst: str | None = None) -> Path:
         raise FileNotFoundError(f"{location}: no such model directory (or runs:/ID/model, models:/NAME/VERSION)")
     from mlflow.exceptions import MlflowException
 
-    from cafe_dist.errors import BadInputError
     from cafe_dist.mlflow_store import finished_run, resolve_uri
 
     uri = resolve_uri(None)  # $MLFLOW_TRACKING_URI, else the local default store

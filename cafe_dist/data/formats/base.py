@@ -132,12 +132,12 @@ class ClickLogFormat(ABC):
         """Convert ``inputs`` into ``out_dir``, which is touched only once the new dataset is
         complete (:mod:`cafe_dist.data.target`); replacing a dataset there needs ``overwrite``."""
         layouts = self.layouts([str(p) for p in inputs])
-        labeled = next(iter(layouts.values())).labeled
+        labeled, options = next(iter(layouts.values())).labeled, self.options()  # (libsvm's: read from the first line)
         with staged_dataset(out_dir, overwrite) as stage:
             writer = DatasetWriter(stage, self.name, self.dense_features, self.sparse_features,
                                    test_fraction=test_fraction, labeled=labeled, min_count=min_count,
                                    sources=list(layouts), extra_columns=dict(self.extra_columns) or None,
-                                   extra_meta={"format_options": self.options()} if self.options() else None,
+                                   extra_meta={"format_options": options} if options else None,
                                    progress=progress)
             for path, layout in layouts.items():
                 self.parse_file(path, layout, writer, progress)

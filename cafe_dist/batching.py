@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
 
-from cafe_dist.data.schema import DatasetMeta, idx_column
+from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.validate import BatchValidator
 
 
@@ -33,12 +33,12 @@ def one_id_per_feature(keys: list[str], ids: np.ndarray) -> KeyedJaggedTensor:
 class Collator:
     """Builds a KJT whose values are feature-major (all of feature 0's ids, then feature 1's, ...)."""
 
-    def __init__(self, meta: DatasetMeta, input_kind: str) -> None:
+    def __init__(self, meta: DatasetMeta) -> None:
         self.dense_cols = list(meta.dense_features)
         self.keys = list(meta.sparse_features)
-        self.id_cols = [idx_column(f) if input_kind == "idx" else f for f in self.keys]
+        self.id_cols = list(self.keys)  # raw values: every method maps them itself
         self.columns = ["label"] + self.dense_cols + self.id_cols
-        self.validate = BatchValidator(meta, self.id_cols, input_kind)
+        self.validate = BatchValidator(meta, self.id_cols)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
         n = len(batch["label"])

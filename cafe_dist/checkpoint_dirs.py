@@ -159,19 +159,31 @@ def load_rank_files(path: str, ranks: list[int], dcp_state: dict[str, Any] | Non
     return [torch.load(Path(d) / f"rank{r}.pt", weights_only=False) for r in ranks]
 
 
-RUN_DATASET = "dataset"  # <run dir>/dataset/: meta.json and vocab.parquet as the run trained with them
+RUN_DATASET = "dataset"  # <run dir>/dataset/: meta.json and values.parquet as the run trained with them
+RUN_COMPLETE = ".complete"  # written last: the copy is whole
 
 
-def keep_run_dataset(run_dir: str, data_dir: str) -> None:
-    """Copy the dataset's description and vocabulary beside the run's checkpoints (once), so its
-    model can be exported and served after the data folder is regenerated or converted again."""
-    from cafe_dist.data.schema import META_FILE, VOCAB_FILE
+def run_values(run_dir: str) -> str | None:
+    """The run's copy of its list of values, or None (the run has none: every feature hashed)."""
+    from cafe_dist.data.schema import VALUES_FILE
+
+    path = storage.join(run_dir, RUN_DATASET, VALUES_FILE)
+    return path if storage.is_file(path) else None
+
+
+def keep_run_dataset(run_dir: str, data_dir: str, values: str | None) -> str | None:
+    """Copy the dataset's description and the run's list of values (``values``: the dataset's, or
+    full's vocabulary) beside the run's checkpoints (once), so its model can be exported and served
+    after the data folder is regenerated or converted again. Returns the copy's location."""
+    from cafe_dist.data.schema import META_FILE, VALUES_FILE
 
     own = storage.join(run_dir, RUN_DATASET)
-    if storage.is_file(storage.join(own, VOCAB_FILE)):
-        return
-    for name in (META_FILE, VOCAB_FILE):  # the vocabulary last: its presence says the copy is whole
-        storage.write_bytes(storage.join(own, name), storage.read_bytes(storage.join(data_dir, name)))
+    if not storage.is_file(storage.join(own, RUN_COMPLETE)):
+        storage.write_bytes(storage.join(own, META_FILE), storage.read_bytes(storage.join(data_dir, META_FILE)))
+        if values is not None:
+            storage.write_bytes(storage.join(own, VALUES_FILE), storage.read_bytes(values))
+        storage.write_bytes(storage.join(own, RUN_COMPLETE), b"")
+    return run_values(run_dir)
 
 
 def resize_message(found: Found, world_size: int) -> str:

@@ -54,13 +54,14 @@ def prepare_data(data: str, work_dir: str | Path, rows: int | None = None) -> st
 
 def _head_of_dataset(path: Path, rows: int, work: Path) -> str:
     """The first ``rows`` rows of a converted dataset, split as it was (the same test fraction, test
-    rows taken from the start of its test split), its vocabulary kept: ids stay valid."""
+    rows taken from the start of its test split), its distinct counts and list of values kept (the
+    tables are sized as for the whole dataset)."""
     import shutil
 
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    from cafe_dist.data.schema import META_FILE, SPLITS, VOCAB_FILE, DatasetMeta
+    from cafe_dist.data.schema import META_FILE, SPLITS, VALUES_FILE, DatasetMeta, values_file
     from cafe_dist.data.target import staged_dataset
 
     meta = DatasetMeta.load(path)
@@ -77,7 +78,9 @@ def _head_of_dataset(path: Path, rows: int, work: Path) -> str:
             (stage / split).mkdir()
             table = pads.dataset(path / split, format="parquet").head(want[split])
             pq.write_table(table, stage / split / "part-00000.parquet")
-        shutil.copy(path / VOCAB_FILE, stage / VOCAB_FILE)
+        listed = values_file(path)
+        if listed is not None:
+            shutil.copy(listed, stage / VALUES_FILE)
         meta.rows = want
         meta.extra = {**meta.extra, "head_of": str(path.resolve()), "head_rows": rows}
         meta.save(stage)

@@ -3,7 +3,7 @@
 Each method is trained once (one worker, one epoch, through the normal path), exported fp32 and
 int8 (:mod:`cafe_dist.serving`), and both exports score the test split in this one process
 (batch 4096 by default): exported bytes (tables, the method's serving state, dense weights), AUC of
-each export against the run's own, and scoring rows/s (Parquet read, vocabulary mapping, the
+each export against the run's own, and scoring rows/s (Parquet read, the
 method's id transform and the model; the int8 tables are dequantised at load, so int8 changes
 bytes, not speed).
 """
@@ -41,7 +41,7 @@ def _row(method: str, ratio: float, out: Any, exports: dict[str, dict[str, Any]]
             "auc_fp32": fp32["auc"], "auc_int8": int8["auc"], "int8_minus_fp32": int8["auc"] - fp32["auc"],
             "embedding_bytes_fp32": fp32["bytes"]["embeddings"], "embedding_bytes_int8": int8["bytes"]["embeddings"],
             "method_state_bytes": fp32["bytes"]["method_state"], "dense_bytes": fp32["bytes"]["dense"],
-            "vocab_bytes": fp32["bytes"]["vocab"], "training_embedding_bytes": out.embedding_bytes,
+            "values_bytes": fp32["bytes"]["values"], "training_embedding_bytes": out.embedding_bytes,
             "rows_per_s": fp32["rows_per_s"], "rows_per_s_int8": int8["rows_per_s"], "eval_rows": fp32["rows"]}
 
 

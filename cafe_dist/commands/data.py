@@ -1,5 +1,5 @@
 """``cafe-dist data``: convert click logs (every format plugin), generate synthetic data, fit a
-generator profile, LMA's signatures."""
+generator profile, LMA's signatures, full's vocabulary."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ def _summary(meta, out: str) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    if args.format in ("fit-profile", "signatures"):
-        return {"fit-profile": _fit_profile, "signatures": _signatures}[args.format](args)
+    if args.format in ("fit-profile", "signatures", "vocabulary"):
+        return {"fit-profile": _fit_profile, "signatures": _signatures, "vocabulary": _vocabulary}[args.format](args)
     if args.format == "criteo" and args.address:
         from cafe_dist.data.distributed import convert_criteo_distributed
 
         meta = convert_criteo_distributed(args.input, args.out, test_fraction=args.test_fraction,
-                                          min_count=args.min_count, address=args.address, overwrite=args.overwrite)
+                                          address=args.address, overwrite=args.overwrite)
     elif args.format == "synth":
         from cafe_dist.data.synth import SynthSpec, generate_synthetic
 
@@ -40,8 +40,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         from cafe_dist.data.formats import FORMATS, CsvSpec
 
         fmt = FORMATS[args.format](CsvSpec.load(args.spec)) if args.format == "csv" else FORMATS[args.format]()
-        meta = fmt.convert(args.input, args.out, test_fraction=args.test_fraction, min_count=args.min_count,
-                           overwrite=args.overwrite)
+        meta = fmt.convert(args.input, args.out, test_fraction=args.test_fraction, overwrite=args.overwrite)
     _summary(meta, args.out)
     return 0
 
@@ -85,6 +84,19 @@ def _signatures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vocabulary(args: argparse.Namespace) -> int:
+    """``full``'s vocabulary of a converted dataset (see cafe_dist.data.vocabulary)."""
+    from cafe_dist.data import storage
+    from cafe_dist.data.schema import DatasetMeta
+    from cafe_dist.data.vocabulary import build_vocabulary
+
+    data_dir = storage.resolve(args.dir)
+    path = build_vocabulary(data_dir, DatasetMeta.load(data_dir), args.max_ids_per_feature, args.min_count)
+    print(f"wrote {path}; a full run with full.max_ids_per_feature={args.max_ids_per_feature or 'null'} and "
+          f"full.min_count={args.min_count} reads it (compressed methods read raw values and need none)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="convert click logs to Parquet, or generate synthetic data")
     dsub = data.add_subparsers(dest="format", required=True)
@@ -100,8 +112,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         d.add_argument("--out", required=True, metavar="DIR")
         d.add_argument("--test-fraction", type=float, default=1 / 7,
                        help="last fraction of rows used as test split (default 1/7, as in CAFE)")
-        d.add_argument("--min-count", type=int, default=1,
-                       help="train-split occurrences a value needs for its own contiguous id")
         if fmt == "criteo":
             d.add_argument("--address", help="convert as a distributed Ray Data job on this Ray cluster "
                                              "(ray://HEAD:10001, auto, or 'local'); --out must be shared storage")
@@ -131,6 +141,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     sg.add_argument("--seed", type=int, default=0, help="the row sample and the min-hash functions")
     sg.add_argument("--address", help="read the sample as a Ray Data job on this cluster (ray://HEAD:10001, "
                                       "auto, or 'local'); the same sample as without")
+    vb = dsub.add_parser("vocabulary", help="full's vocabulary of a converted dataset (a full run builds the one "
+                                            "it needs by itself; compressed methods need none)")
+    vb.add_argument("dir", metavar="DIR", help="a converted dataset (local path or URI); written to DIR/vocabulary/")
+    vb.add_argument("--max-ids-per-feature", type=positive, default=None,
+                    help="keep at most this many values per feature, the most frequent (MLPerf caps CriteoTB at "
+                         "40,000,000); the rest share row 0")
+    vb.add_argument("--min-count", type=positive, default=1, help="train occurrences a value needs for its own row")
     for d in (*(dsub.choices[f] for f in ("criteo", "avazu", "csv", "libsvm")), s):
         d.add_argument("--overwrite", action="store_true",
                        help="replace the dataset already in --out (only once the new one is complete)")

@@ -25,7 +25,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {doc['method']} at {doc['compression_ratio']:g}x"
           f"{' (int8 tables)' if args.quantize else ''}, step {doc['source']['step']}; embeddings "
           f"{b['embeddings']:,} bytes (tables {b['tables']:,}, method state {b['method_state']:,}; training held "
-          f"{b['training_embedding_bytes']:,}), dense {b['dense']:,}, vocabulary {b['vocab']:,}")
+          f"{b['training_embedding_bytes']:,}), dense {b['dense']:,}, "
+          f"values of uncompressed features {b['values']:,}")
     return 0
 
 

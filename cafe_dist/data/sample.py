@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cafe_dist.data import storage
-from cafe_dist.data.schema import DatasetMeta, idx_column
+from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.progress import row_bar
 
 
@@ -62,11 +62,11 @@ def _plan(data_dir: str, meta: DatasetMeta, rows: int, seed: int) -> list[dict[s
 
 def sample_train_ids(data_dir: str, meta: DatasetMeta, rows: int, seed: int, progress: bool = True,
                      address: str | None = None) -> np.ndarray:
-    """(R, F) int64: the contiguous ids (``<feature>_idx``) of ``R = min(rows, train rows)`` train rows
+    """(R, F) int64: the raw values of ``R = min(rows, train rows)`` train rows
     drawn uniformly without replacement by ``seed``, in stream order; columns follow
     ``meta.sparse_features``. ``address``: draw them with a Ray Data job on that cluster ("local":
     a local one; an already connected driver uses its cluster)."""
-    columns = [idx_column(f) for f in meta.sparse_features]
+    columns = list(meta.sparse_features)
     plan = _plan(data_dir, meta, rows, seed)
     if address is not None:
         return _sample_with_ray(plan, columns, address)

@@ -2,17 +2,24 @@
 
 One directory per dataset::
 
-    DIR/meta.json            schema, cardinalities, row counts, bad_rows
-    DIR/vocab.parquet        per-feature vocabulary built on the train split (feature, value, count)
+    DIR/meta.json            schema, distinct counts (and how each was counted), row counts, bad_rows
+    DIR/values.parquet       (feature, value): the exact train values of the features with at most
+                             cafe_dist.data.distinct.EXACT_LIMIT of them (the small ones); no others
     DIR/bad_rows.tsv         source, line number, reason and the raw line of every rejected line
     DIR/train/part-*.parquet
     DIR/test/part-*.parquet
+    DIR/vocabulary/          vocabularies ``full`` built for its runs (only when a run needed one)
 
 Columns: ``label`` (int8; -1 when the source is unlabeled), dense features (float32, already
-log(1+x) transformed), each categorical feature twice: ``<name>`` holds the raw 32-bit value
-(hashed by compression methods; a missing value is ``MISSING_ID``) and ``<name>_idx`` the
-contiguous id from the train vocabulary (0 = rare, unseen or missing), so ``full`` tables are sized
-exactly as in the TorchRec/DLRM pipelines.
+log(1+x) transformed), and each categorical feature's raw 32-bit value (a missing value is
+``MISSING_ID``). Every method reads the raw values: compressed ones hash them (a feature the budget
+keeps uncompressed, which only a listed feature can be, maps its listed values to rows), ``full``
+maps them through a vocabulary (:mod:`cafe_dist.data.vocabulary`). There is no global id
+assignment, so conversion is one map-only pass.
+
+Datasets converted before this layout (``vocab.parquet`` and ``<name>_idx`` columns) still load:
+their ``vocab.parquet`` lists every feature's train values exactly, so it serves as the values
+file, and the ``_idx`` columns are not read.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from pathlib import Path
 
 MISSING_ID = 1 << 32  # outside the 32-bit raw value range, so it never collides with a real value
 META_FILE = "meta.json"
-VOCAB_FILE = "vocab.parquet"
+VALUES_FILE = "values.parquet"
+VOCAB_FILE = "vocab.parquet"  # the vocabulary of datasets converted before raw ids (a values file)
+VOCABULARY_DIR = "vocabulary"  # full's vocabularies, built for runs that needed them
 BAD_ROWS_FILE = "bad_rows.tsv"
 SPLITS = ("train", "test")
 SIGNATURES_DIR = "lma"  # LMA's signatures of the dataset's values (cafe-dist data signatures), kept inside it
@@ -37,8 +46,16 @@ CRITEO_KAGGLE_CARDINALITIES = [
 ]  # fmt: skip
 
 
-def idx_column(feature: str) -> str:
-    return f"{feature}_idx"
+def values_file(data_dir: str | Path) -> str | None:
+    """The dataset's list of exact values (``values.parquet``; a dataset of the old layout: its
+    ``vocab.parquet``, which lists them all), or None when it has neither."""
+    from cafe_dist.data import storage
+
+    for name in (VALUES_FILE, VOCAB_FILE):
+        path = storage.join(data_dir, name)
+        if storage.is_file(path):
+            return path
+    return None
 
 
 @dataclass
@@ -48,7 +65,7 @@ class DatasetMeta:
     format: str
     dense_features: list[str]
     sparse_features: list[str]
-    cardinality: dict[str, int]  # rows a full table needs per feature (vocab size + 1 for id 0)
+    cardinality: dict[str, int]  # rows a full table needs per feature (distinct train values + 1 for row 0)
     raw_distinct: dict[str, int]  # distinct raw values seen in the train split
     rows: dict[str, int]  # per split
     bad_rows: int
@@ -56,6 +73,9 @@ class DatasetMeta:
     missing_id: int = MISSING_ID
     sources: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    # how each feature's distinct count was taken ("exact", or the sketch and its error); {}: a
+    # dataset of the old layout, counted exactly through its vocabulary
+    distinct_counted: dict[str, str] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path) -> None:
         path = Path(out_dir) / META_FILE

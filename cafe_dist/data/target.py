@@ -26,15 +26,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cafe_dist.data.schema import BAD_ROWS_FILE, META_FILE, SIGNATURES_DIR, SPLITS, VOCAB_FILE
+from cafe_dist.data.schema import (
+    BAD_ROWS_FILE,
+    META_FILE,
+    SIGNATURES_DIR,
+    SPLITS,
+    VALUES_FILE,
+    VOCAB_FILE,
+    VOCABULARY_DIR,
+)
 from cafe_dist.errors import BadInputError, disk_full
 from cafe_dist.outputs import make_dir
 
 log = logging.getLogger(__name__)
 
-# what a dataset directory holds (schema.py); anything else in it was not written by cafe-dist. LMA's
-# signatures describe the dataset's values: a replaced dataset takes them along (they would be stale)
-DATASET_ENTRIES = frozenset({META_FILE, VOCAB_FILE, BAD_ROWS_FILE, SIGNATURES_DIR, *SPLITS})
+# what a dataset directory holds (schema.py; VOCAB_FILE: the layout before raw ids); anything else in
+# it was not written by cafe-dist. LMA's signatures and full's vocabularies describe the dataset's
+# values: a replaced dataset takes them along (they would be stale)
+DATASET_ENTRIES = frozenset({META_FILE, VALUES_FILE, VOCAB_FILE, BAD_ROWS_FILE, SIGNATURES_DIR, VOCABULARY_DIR,
+                             *SPLITS})
 _PARTIAL = ".partial-"
 _RENAME_EXCHANGE = 2
 

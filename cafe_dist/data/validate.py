@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cafe_dist.data import storage
-from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
+from cafe_dist.data.schema import SPLITS, DatasetMeta
 from cafe_dist.errors import BadInputError
 
 
-def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) -> None:
+def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta) -> None:
     """Every split directory holds Parquet files with the label, dense and id columns meta.json
     declares, with numeric types (the driver runs this before any worker starts)."""
-    ids = [idx_column(f) if id_kind == "idx" else f for f in meta.sparse_features]
+    ids = list(meta.sparse_features)
     for split in SPLITS:
         files = storage.list_files(storage.join(data_dir, split), ".parquet")
         if not files:
@@ -56,16 +56,12 @@ def check_parquet_schema(data_dir: str | Path, meta: DatasetMeta, id_kind: str) 
 
 class BatchValidator:
     """Per-batch checks of what the schema cannot promise: finite dense values, 0/1 labels, and
-    ids inside each feature's declared range ([0, cardinality) for contiguous ids)."""
+    raw values inside the 32-bit range (or the missing marker)."""
 
-    def __init__(self, meta: DatasetMeta, id_cols: list[str], id_kind: str) -> None:
+    def __init__(self, meta: DatasetMeta, id_cols: list[str]) -> None:
         self.id_cols = id_cols
-        if id_kind == "idx":
-            self.high = np.array([meta.cardinality[f] for f in meta.sparse_features], np.int64)
-            self.range_note = "its contiguous ids run from 0 to cardinality-1 in meta.json"
-        else:  # raw 32-bit values, missing = 2**32
-            self.high = np.full(len(id_cols), meta.missing_id + 1, np.int64)
-            self.range_note = f"raw ids are 32-bit values or {meta.missing_id} for missing"
+        self.high = np.full(len(id_cols), meta.missing_id + 1, np.int64)
+        self.range_note = f"raw ids are 32-bit values or {meta.missing_id} for missing"
 
     def __call__(self, labels: np.ndarray, dense: np.ndarray | None, dense_cols: list[str], ids: np.ndarray) -> None:
         """``ids``: (features, rows). Raises BadInputError for the first bad value found."""

@@ -1,92 +1,69 @@
-"""Streaming Parquet writer shared by every converter and the generator.
+"""Streaming Parquet writer shared by every converter and the generator: one pass, map-only.
 
-Pass 1 appends good rows to one raw Parquet file in source order (memory stays one batch).
-``finalize`` then knows the row count, so it can split sequentially (the last ``test_fraction``
-of rows is test, as in the CAFE paper), build the vocabulary on the train rows only, and write the
-final train/test parts with contiguous ids beside the raw ones.
+Good rows go, in source order, straight into Parquet parts of ``ROWS_PER_PART`` rows, each part
+with its own per-feature distinct counters (:mod:`cafe_dist.data.distinct`). Once the row count is
+known, ``finalize`` cuts the sequence at the split (the last ``test_fraction`` of rows is test, as in
+the CAFE paper): parts move into ``train/`` or ``test/`` by rename, and the one part the cut falls
+in is rewritten as two. The train split's distinct counts are the merge of its parts' counters (the
+cut part's train rows counted again: one part, our own output). Nothing is aggregated over ids:
+compressed methods read the raw values, and the only id list kept is ``values.parquet``, the exact
+values of the features small enough to count exactly (see :mod:`cafe_dist.data.schema`).
+
+A part's counters are merged into the train split's as soon as the part lies before any possible
+cut (the rows so far times ``1 - test_fraction``), so memory holds the counters of the last
+``test_fraction`` of parts only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from cafe_dist.data.schema import (
-    BAD_ROWS_FILE,
-    SPLITS,
-    VOCAB_FILE,
-    DatasetMeta,
-    idx_column,
-)
+from cafe_dist.data.distinct import FeatureCounters
+from cafe_dist.data.schema import BAD_ROWS_FILE, SPLITS, VALUES_FILE, DatasetMeta
+from cafe_dist.data.vocabulary import values_table
 from cafe_dist.errors import BadInputError
-from cafe_dist.progress import row_bar
 
 ROWS_PER_PART = 1 << 20
-READ_BATCH = 1 << 18
+PARTS_DIR = "_parts"  # parts before the split; gone once the dataset is complete
 
 
-class _CountMerger:
-    """Exact value counts for one feature, merged in bulk so memory tracks distinct values."""
-
-    def __init__(self) -> None:
-        self.values = np.zeros(0, np.int64)
-        self.counts = np.zeros(0, np.int64)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_len = 0
-
-    def add(self, ids: np.ndarray) -> None:
-        u, c = np.unique(ids, return_counts=True)
-        self._pending.append((u, c))
-        self._pending_len += len(u)
-        if self._pending_len > max(4_000_000, len(self.values)):
-            self._merge()
-
-    def _merge(self) -> None:
-        if not self._pending:
-            return
-        vals = np.concatenate([self.values] + [u for u, _ in self._pending])
-        cnts = np.concatenate([self.counts] + [c for _, c in self._pending])
-        self.values, inv = np.unique(vals, return_inverse=True)
-        self.counts = np.bincount(inv, weights=cnts, minlength=len(self.values)).astype(np.int64)
-        self._pending, self._pending_len = [], 0
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        self._merge()
-        return self.values, self.counts
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
 
 
-def vocab_table(sparse: list[str], values: dict[str, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
-    """``vocab.parquet``'s rows (feature index, value, count) from each feature's sorted values + counts."""
-    return pa.table({
-        "feature": np.concatenate([np.full(len(values[f][0]), j, np.int16) for j, f in enumerate(sparse)]),
-        "value": np.concatenate([values[f][0] for f in sparse]),
-        "count": np.concatenate([values[f][1] for f in sparse]),
-    })
+@dataclass
+class Part:
+    """One written part, in source order: its rows, and its distinct counters (None once merged into
+    the train split's, ``merged``, or when not kept: such a part is counted again if it is train)."""
+
+    path: Path
+    rows: int
+    counters: FeatureCounters | None
+    merged: bool = False
 
 
-def contiguous_ids(vocab_values: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Position + 1 of each raw value in the sorted vocabulary; 0 for values not in it."""
-    if len(vocab_values) == 0:
-        return np.zeros(len(raw), np.int64)
-    pos = np.searchsorted(vocab_values, raw)
-    hit = (pos < len(vocab_values)) & (vocab_values[np.minimum(pos, len(vocab_values) - 1)] == raw)
-    return np.where(hit, pos + 1, 0).astype(np.int64)
+class PartSink:
+    """Good rows appended to Parquet parts (``<directory>/<prefix>-NNNNN.parquet``, ``ROWS_PER_PART``
+    rows each) with per-part distinct counters; rejected lines (source, line number, reason, raw
+    text) to a TSV file. Memory stays one batch plus the counters."""
 
-
-class RawSink:
-    """Pass 1's output: good rows appended to one raw Parquet file in source order, rejected lines
-    (source, line number, reason, raw text) to a TSV file. Memory stays one batch."""
-
-    def __init__(self, raw_path: Path, bad_path: Path, schema: pa.Schema, n_dense: int, n_sparse: int,
-                 extra_names: list[str] | None = None, bad_header: bool = True) -> None:
-        self.schema, self.n_dense, self.n_sparse = schema, n_dense, n_sparse
+    def __init__(self, directory: Path, bad_path: Path, schema: pa.Schema, dense: list[str], sparse: list[str],
+                 extra_names: list[str] | None = None, bad_header: bool = True, prefix: str = "part",
+                 on_part=None) -> None:
+        self.dir, self.prefix, self.schema = Path(directory), prefix, schema
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dense, self.sparse = list(dense), list(sparse)
         self.extra_names = extra_names or []
-        self.raw = pq.ParquetWriter(raw_path, schema)
+        self.on_part = on_part  # called with each Part as it closes
+        self.parts: list[Part] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_part = 0
+        self._counters: FeatureCounters | None = None
         self.bad_file = open(bad_path, "w")  # noqa: SIM115 (closed in close)
         if bad_header:
             self.bad_file.write("source\tline\treason\traw\n")
@@ -96,14 +73,35 @@ class RawSink:
     def add_rows(self, label: np.ndarray, dense: np.ndarray, sparse: np.ndarray,
                  extra: dict[str, np.ndarray] | None = None) -> None:
         """Append good rows: label (n,), dense (n, n_dense) float32, sparse (n, n_sparse) int64."""
-        if len(label) == 0:
+        n = len(label)
+        if n == 0:
             return
         cols = [pa.array(label.astype(np.int8))]
-        cols += [pa.array(dense[:, j].astype(np.float32)) for j in range(self.n_dense)]
-        cols += [pa.array(sparse[:, j].astype(np.int64)) for j in range(self.n_sparse)]
+        cols += [pa.array(dense[:, j].astype(np.float32)) for j in range(len(self.dense))]
+        cols += [pa.array(sparse[:, j].astype(np.int64)) for j in range(len(self.sparse))]
         cols += [pa.array(extra[name]) for name in self.extra_names] if extra else []
-        self.raw.write_table(pa.Table.from_arrays(cols, schema=self.schema))
-        self.good += len(label)
+        table = pa.Table.from_arrays(cols, schema=self.schema)
+        at = 0
+        while at < n:  # fill the open part, close it when full
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.dir / f"{self.prefix}-{len(self.parts):05d}.parquet", self.schema)
+                self._counters, self._rows_in_part = FeatureCounters(self.sparse), 0
+            take = min(n - at, ROWS_PER_PART - self._rows_in_part)
+            self._writer.write_table(table.slice(at, take))
+            self._counters.add(sparse[at:at + take])
+            self._rows_in_part += take
+            at += take
+            if self._rows_in_part >= ROWS_PER_PART:
+                self._close_part()
+        self.good += n
+
+    def _close_part(self) -> None:
+        self._writer.close()
+        part = Part(Path(self._writer.where), self._rows_in_part, self._counters)
+        self.parts.append(part)
+        self._writer, self._counters = None, None
+        if self.on_part is not None:
+            self.on_part(part)
 
     def add_bad(self, source: str, lines: list[int | None], reasons: list[str], raws: list[str]) -> None:
         for line, reason, raw in zip(lines, reasons, raws):
@@ -113,9 +111,11 @@ class RawSink:
                 self.first_bad.append(f"{source} line {line}: {reason}")
         self.bad += len(lines)
 
-    def close(self) -> None:
-        self.raw.close()
+    def close(self) -> list[Part]:
+        if self._writer is not None:
+            self._close_part()
         self.bad_file.close()
+        return self.parts
 
 
 def raw_schema(dense: list[str], sparse: list[str], extra_columns: dict[str, pa.DataType] | None = None) -> pa.Schema:
@@ -139,6 +139,79 @@ def check_split(rows: int, n_train: int, test_fraction: float) -> None:
                             "without a test split")
 
 
+def surely_train(rows_so_far: int, test_fraction: float) -> int:
+    """Rows from the start that are train whatever the final row count (it is at least
+    ``rows_so_far``, and the test split is ``round(rows * test_fraction)`` rows at the end)."""
+    return max(int(np.floor(rows_so_far * (1 - test_fraction))) - 1, 0)
+
+
+def split_parts(out: Path, parts: list[Part], n_train: int, sparse: list[str], schema: pa.Schema,
+                train_counters: FeatureCounters) -> FeatureCounters:
+    """Move ``parts`` (in source order) into ``train/`` and ``test/``, cutting the part that row
+    ``n_train`` falls in; returns ``train_counters`` with every train part's counters merged."""
+    dirs = {s: out / s for s in SPLITS}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    index = dict.fromkeys(SPLITS, 0)
+
+    def place(split: str, path: Path | None, table: pa.Table | None = None) -> None:
+        target = dirs[split] / part_name(index[split])
+        if path is not None:
+            path.replace(target)
+        else:
+            pq.write_table(table, target)
+        index[split] += 1
+
+    offset = 0
+    for part in parts:
+        end = offset + part.rows
+        if end <= n_train:
+            if part.counters is not None:
+                train_counters.merge(part.counters)
+            elif not part.merged:
+                train_counters.add(_sparse(pq.read_table(part.path, columns=sparse), sparse))
+            place("train", part.path)
+        elif offset >= n_train:
+            place("test", part.path)
+        else:  # the cut: its train rows counted again, from the part itself
+            table = pq.read_table(part.path)
+            cut = n_train - offset
+            head = table.slice(0, cut)
+            train_counters.add(_sparse(head, sparse))
+            place("train", None, head)
+            place("test", None, table.slice(cut))
+            part.path.unlink()
+        offset = end
+    for split in SPLITS:  # an empty split still gets a readable, schema-carrying part
+        if index[split] == 0:
+            pq.write_table(schema.empty_table(), dirs[split] / part_name(0))
+    return train_counters
+
+
+def _sparse(table: pa.Table, sparse: list[str]) -> np.ndarray:
+    return np.stack([table.column(f).to_numpy() for f in sparse], axis=1)
+
+
+def finish_dataset(out: Path, parts: list[Part], train_counters: FeatureCounters, *, fmt: str, dense: list[str],
+                   sparse: list[str], schema: pa.Schema, good: int, bad: int, test_fraction: float,
+                   labeled: bool, sources: list[str], extra: dict) -> DatasetMeta:
+    """Split ``parts``, write ``values.parquet`` and ``meta.json``: the end of every conversion."""
+    n_test = int(round(good * test_fraction))
+    n_train = good - n_test
+    check_split(good, n_train, test_fraction)
+    counters = split_parts(out, parts, n_train, sparse, schema, train_counters).counters
+    listed = {f: c.values() for f, c in counters.items() if c.is_exact}
+    pq.write_table(values_table(sparse, listed), out / VALUES_FILE)
+    distinct = {f: counters[f].count() for f in sparse}
+    meta = DatasetMeta(
+        format=fmt, dense_features=dense, sparse_features=sparse,
+        cardinality={f: n + 1 for f, n in distinct.items()},  # + row 0: values a full table never saw
+        raw_distinct=distinct, rows={"train": n_train, "test": n_test}, bad_rows=bad, labeled=labeled,
+        sources=sources, extra=extra, distinct_counted={f: counters[f].how for f in sparse})
+    meta.save(out)
+    return meta
+
+
 class DatasetWriter:
     """Collects good rows and bad-line records; ``finalize`` writes the dataset layout."""
 
@@ -151,7 +224,6 @@ class DatasetWriter:
         *,
         test_fraction: float,
         labeled: bool = True,
-        min_count: int = 1,
         sources: list[str] | None = None,
         extra_columns: dict[str, pa.DataType] | None = None,
         extra_meta: dict | None = None,
@@ -166,15 +238,14 @@ class DatasetWriter:
         self.sparse = list(sparse_features)
         self.test_fraction = test_fraction
         self.labeled = labeled
-        self.min_count = min_count
         self.sources = sources or []
         self.extra_meta = extra_meta or {}
-        self.progress = progress
-        self.extra_names = list((extra_columns or {}).keys())
-        self.raw_schema = raw_schema(self.dense, self.sparse, extra_columns)
-        self._raw_path = self.out / "_raw.parquet"
-        self.sink = RawSink(self._raw_path, self.out / BAD_ROWS_FILE, self.raw_schema, len(self.dense),
-                            len(self.sparse), self.extra_names)
+        self.progress = progress  # (the callers' bars show the parse; finalize only renames)
+        self.schema = raw_schema(self.dense, self.sparse, extra_columns)
+        self.train_counters = FeatureCounters(self.sparse)
+        self._merged = self._merged_rows = 0  # parts whose counters train_counters holds, and their rows
+        self.sink = PartSink(self.out / PARTS_DIR, self.out / BAD_ROWS_FILE, self.schema, self.dense, self.sparse,
+                             list((extra_columns or {}).keys()), on_part=self._settle)
         self.add_rows, self.add_bad = self.sink.add_rows, self.sink.add_bad
 
     @property
@@ -185,108 +256,25 @@ class DatasetWriter:
     def bad(self) -> int:
         return self.sink.bad
 
-    # ---- pass 2 -------------------------------------------------------------------------------
-    def _raw_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        yield from pq.ParquetFile(self._raw_path).iter_batches(batch_size=READ_BATCH, columns=columns)
-
-    def _bar(self, total: int, desc: str) -> tqdm:
-        return row_bar(desc, total, enabled=self.progress)
+    def _settle(self, _part: Part) -> None:
+        """Merge the counters of parts that are train whatever the final row count."""
+        train, parts = surely_train(self.sink.good, self.test_fraction), self.sink.parts
+        while self._merged < len(parts) and self._merged_rows + parts[self._merged].rows <= train:
+            part = parts[self._merged]
+            self.train_counters.merge(part.counters)
+            part.counters, part.merged = None, True
+            self._merged_rows += part.rows
+            self._merged += 1
 
     def finalize(self) -> DatasetMeta:
-        self.sink.close()
+        parts = self.sink.close()
         if self.good == 0:
-            self._raw_path.unlink(missing_ok=True)
             detail = (f"all {self.bad:,} lines were malformed, e.g. " + "; ".join(self.sink.first_bad)
                       if self.bad else "the input holds no rows")
             raise BadInputError(f"no usable rows: {detail}. Check that the input is in {self.fmt} format.")
-        n_test = int(round(self.good * self.test_fraction))
-        n_train = self.good - n_test
-        check_split(self.good, n_train, self.test_fraction)
-        vocab = self._build_vocab(n_train)
-        self._write_splits(n_train, vocab)
-        self._raw_path.unlink()
-        meta = DatasetMeta(
-            format=self.fmt,
-            dense_features=self.dense,
-            sparse_features=self.sparse,
-            cardinality={f: int(len(v)) + 1 for f, (v, _) in vocab.items()},
-            raw_distinct={f: int(self._distinct[f]) for f in self.sparse},
-            rows={"train": n_train, "test": n_test},
-            bad_rows=self.bad,
-            labeled=self.labeled,
-            sources=self.sources,
-            extra=self.extra_meta,
-        )
-        meta.save(self.out)
+        meta = finish_dataset(self.out, parts, self.train_counters, fmt=self.fmt, dense=self.dense,
+                              sparse=self.sparse, schema=self.schema, good=self.good, bad=self.bad,
+                              test_fraction=self.test_fraction, labeled=self.labeled, sources=self.sources,
+                              extra=self.extra_meta)
+        (self.out / PARTS_DIR).rmdir()
         return meta
-
-    def _build_vocab(self, n_train: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        mergers = {f: _CountMerger() for f in self.sparse}
-        seen = 0
-        with self._bar(n_train, "vocabulary") as bar:
-            for batch in self._raw_batches(self.sparse):
-                take = min(batch.num_rows, n_train - seen)
-                if take <= 0:
-                    break
-                for f in self.sparse:
-                    mergers[f].add(batch.column(f).to_numpy()[:take])
-                seen += take
-                bar.update(take)
-        vocab, self._distinct = {}, {}
-        for f in self.sparse:
-            values, counts = mergers[f].result()
-            self._distinct[f] = len(values)
-            keep = counts >= self.min_count
-            vocab[f] = (values[keep], counts[keep])
-        pq.write_table(vocab_table(self.sparse, vocab), self.out / VOCAB_FILE)
-        return vocab
-
-    def _write_splits(self, n_train: int, vocab: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        idx_fields = [pa.field(idx_column(f), pa.int64()) for f in self.sparse]
-        schema = pa.schema(list(self.raw_schema) + idx_fields)
-        parts = {s: _PartWriter(self.out / s, schema) for s in SPLITS}
-        row = 0
-        with self._bar(self.good, "write parquet") as bar:
-            for batch in self._raw_batches():
-                n = batch.num_rows
-                cols = list(batch.columns)
-                for f in self.sparse:
-                    cols.append(pa.array(contiguous_ids(vocab[f][0], batch.column(f).to_numpy())))
-                table = pa.Table.from_arrays(cols, schema=schema)
-                cut = min(max(n_train - row, 0), n)
-                if cut:
-                    parts["train"].write(table.slice(0, cut))
-                if cut < n:
-                    parts["test"].write(table.slice(cut))
-                row += n
-                bar.update(n)
-        for p in parts.values():
-            p.close()
-
-
-class _PartWriter:
-    """Writes ``part-00000.parquet``, ``part-00001.parquet``, ... of about ROWS_PER_PART rows each."""
-
-    def __init__(self, directory: Path, schema: pa.Schema) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.schema = schema
-        self.index = 0
-        self.rows_in_part = 0
-        self.writer: pq.ParquetWriter | None = None
-
-    def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.dir / f"part-{self.index:05d}.parquet", self.schema)
-        self.writer.write_table(table)
-        self.rows_in_part += table.num_rows
-        if self.rows_in_part >= ROWS_PER_PART:
-            self.writer.close()
-            self.writer, self.rows_in_part = None, 0
-            self.index += 1
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        elif self.index == 0:  # an empty split still gets a readable, schema-carrying part
-            pq.write_table(self.schema.empty_table(), self.dir / "part-00000.parquet")

@@ -1,7 +1,7 @@
 """Embedding methods: each is an id transform + plain TorchRec tables + a combine step."""
 
 from cafe_dist.embeddings.base import CompressedEmbedding
-from cafe_dist.embeddings.registry import REGISTRY, build_embedding, input_kind
+from cafe_dist.embeddings.registry import REGISTRY, build_embedding
 from cafe_dist.embeddings.spec import FeatureSpec
 
-__all__ = ["REGISTRY", "CompressedEmbedding", "FeatureSpec", "build_embedding", "input_kind"]
+__all__ = ["REGISTRY", "CompressedEmbedding", "FeatureSpec", "build_embedding"]

@@ -8,17 +8,19 @@ and back is :mod:`cafe_dist.embeddings.routing`; the table factories are
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
 from cafe_dist.embeddings.routing import Route, Router, Values
 from cafe_dist.embeddings.service import RunService
 from cafe_dist.embeddings.sizing import Budget, plan_budget
-from cafe_dist.embeddings.spec import FLOAT_BYTES, FeatureSpec
+from cafe_dist.embeddings.spec import FLOAT_BYTES, VALUE_BITS, VALUE_BYTES, FeatureSpec
 from cafe_dist.embeddings.tables import table
 
 
@@ -38,8 +40,6 @@ class CompressedEmbedding(Router, nn.Module):
     #: the YAML section of those settings (None: the method's registry name); cafe_ml shares cafe's
     section: ClassVar[str | None] = None
 
-    #: which input column a method consumes: contiguous vocabulary ids ("idx") or raw values ("raw")
-    input_kind: ClassVar[str] = "idx"
     #: a process a run of this method needs beside its workers (:mod:`cafe_dist.embeddings.service`;
     #: CAFE's hot-set coordinator), or None
     service: ClassVar[type[RunService] | None] = None
@@ -73,6 +73,53 @@ class CompressedEmbedding(Router, nn.Module):
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
         self.register_buffer("compressed_index", (~self.is_full).nonzero().squeeze(1), persistent=False)
         self._layouts: dict[tuple[str, ...], tuple[list[int], list[Any]]] = {}
+        self.known: dict[str, np.ndarray] | None = None  # set_known_values; None: not given yet
+
+    # ---- raw values of the uncompressed features -------------------------------------------
+    def full_names(self) -> list[str]:
+        """Features with a table of their own: their rows come from their list of values."""
+        return list(self.budget.full)
+
+    def set_known_values(self, values: dict[str, np.ndarray]) -> None:
+        """The raw values that own a row of each uncompressed table (``values[f]``: sorted, distinct;
+        row = position + 1, row 0 for every other value). Every input reaches a method as raw
+        values, so a table of its own needs this list; compressed features need none."""
+        names = self.full_names()
+        missing = [f for f in names if f not in values]
+        if missing:
+            raise ValueError(f"no list of values for feature(s) {', '.join(missing)}, which keep a table of their own")
+        self.known = {f: np.asarray(values[f], np.int64) for f in names}
+        keys, start = [], np.zeros(len(self.features), np.int64)
+        for i, f in enumerate(self.features):
+            start[i] = sum(len(k) for k in keys)
+            if f.name in self.known:
+                v = self.known[f.name]
+                if len(v) > f.cardinality - 1:
+                    raise ValueError(f"feature {f.name}: {len(v):,} listed values for a table of {f.cardinality:,} rows")
+                keys.append((np.int64(i) << VALUE_BITS) | v)
+        self.register_buffer("known_keys", torch.from_numpy(np.concatenate(keys) if keys else np.zeros(0, np.int64)),
+                             persistent=False)
+        self.register_buffer("known_start", torch.from_numpy(start), persistent=False)
+
+    def values_of(self, kjt) -> Values:
+        """The batch's values, those of uncompressed features turned into their table's rows."""
+        v = super().values_of(kjt)
+        if not self.budget.full:
+            return v
+        if self.known is None:
+            raise RuntimeError("set_known_values was not called: the uncompressed features cannot map raw values")
+        n = self.known_keys.numel()
+        if self.known_keys.device != v.ids.device:
+            self.known_keys, self.known_start = self.known_keys.to(v.ids.device), self.known_start.to(v.ids.device)
+        if n == 0:
+            return Values(torch.where(self.is_full.index_select(0, v.feature), 0, v.ids), v.feature, v.segment,
+                          v.lengths, v.batch_size)
+        key = (v.feature << VALUE_BITS) | v.ids
+        pos = torch.searchsorted(self.known_keys, key).clamp_(max=n - 1)
+        row = torch.where(self.known_keys.index_select(0, pos) == key,
+                          pos - self.known_start.index_select(0, v.feature) + 1, 0)
+        return Values(torch.where(self.is_full.index_select(0, v.feature), row, v.ids), v.feature, v.segment,
+                      v.lengths, v.batch_size)
 
     @classmethod
     def build(cls, features: list[FeatureSpec], dim: int, ratio: float, device: torch.device | None,
@@ -129,6 +176,15 @@ class CompressedEmbedding(Router, nn.Module):
         return options
 
     @classmethod
+    def values_file(cls, data_dir: str, meta: Any, options: MethodOptions | None) -> str | None:
+        """On the driver, after :meth:`prepare_data`: the file listing the raw values that may own a
+        row of an uncompressed table (:mod:`cafe_dist.data.vocabulary`); by default the dataset's,
+        which lists its small features. None: no feature is listed, all are hashed."""
+        from cafe_dist.data.schema import values_file
+
+        return values_file(data_dir)
+
+    @classmethod
     def portable_options(cls, options: MethodOptions | None,
                          move: Callable[[str], str]) -> MethodOptions | None:
         """``options`` with every file they name passed through ``move``: an export copies the file
@@ -164,8 +220,12 @@ class CompressedEmbedding(Router, nn.Module):
         """Bytes of everything beside the storage tables (sketches, id maps, per-id scalars)."""
         return 0
 
+    def values_bytes(self) -> int:
+        """The lists of values of the uncompressed features (8 B a value)."""
+        return VALUE_BYTES * sum(f.cardinality - 1 for f in self.features if f.name in set(self.budget.full))
+
     def embedding_bytes(self) -> int:
-        return self.table_bytes() + self.aux_bytes()
+        return self.table_bytes() + self.aux_bytes() + self.values_bytes()
 
     def full_embedding_bytes(self) -> int:
         return sum(f.cardinality * self.dim * FLOAT_BYTES for f in self.features)
@@ -210,9 +270,35 @@ class CompressedEmbedding(Router, nn.Module):
         return t.index_select(0, v.feature)  # several times faster than t[v.feature] on CPU
 
 
+class FullOptions(MethodOptions):
+    """``full``'s vocabulary (:mod:`cafe_dist.data.vocabulary`): with neither setting, the dataset's
+    own list of values when it lists every feature."""
+
+    max_ids_per_feature: int | None = Field(None, gt=0)  # MLPerf's cap: the most frequent values keep a row
+    min_count: int = Field(1, ge=1)  # train occurrences a value needs for a row of its own
+
+
 class FullEmbedding(CompressedEmbedding):
-    """Uncompressed: one table per feature, sized exactly by the train vocabulary."""
+    """Uncompressed: one table per feature, a row per value of its vocabulary (+ row 0 for the rest)."""
+
+    options = FullOptions
 
     def __init__(self, features: list[FeatureSpec], dim: int, ratio: float = 1.0,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, max_ids_per_feature: int | None = None,
+                 min_count: int = 1) -> None:
+        if max_ids_per_feature is not None:  # (sizes before the vocabulary exists: plan)
+            features = [replace(f, cardinality=min(f.cardinality, max_ids_per_feature + 1)) for f in features]
+        features = [replace(f, listed=True) for f in features]  # every feature gets a vocabulary
         super().__init__(features, dim, 1.0, device)
+
+    @classmethod
+    def values_file(cls, data_dir: str, meta: Any, options: MethodOptions | None) -> str | None:
+        from cafe_dist.data.schema import values_file
+        from cafe_dist.data.vocabulary import build_vocabulary
+
+        opts = options if isinstance(options, FullOptions) else FullOptions()
+        listed = values_file(data_dir)
+        every = all(meta.distinct_counted.get(f, "exact") == "exact" for f in meta.sparse_features)
+        if listed is not None and every and opts.max_ids_per_feature is None and opts.min_count == 1:
+            return listed
+        return build_vocabulary(data_dir, meta, opts.max_ids_per_feature, opts.min_count)

@@ -1,7 +1,8 @@
 """Binary-code hash embedding (Yan et al., CIKM 2021): an id's code is cut into k blocks; block i
 indexes its own small table and the k rows are summed. We use base-m digits (m = rows // k) so the
 tables fill the budget exactly; with m a power of two these are BH's bit blocks. k is the fewest
-blocks for which the codes of all ids stay distinct (m^k >= cardinality)."""
+blocks for which the codes of all ids can stay distinct (m^k >= cardinality); ids are raw values,
+so they are hashed into the m^k codes first."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import torch
 from torchrec import EmbeddingBagConfig
 
 from cafe_dist.embeddings.base import CompressedEmbedding
+from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.routing import Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.tables import table
 
 MAX_BLOCKS = 8
+MAX_SPACE = 1 << 62  # codes past it are not needed (raw values are below 2**33)
 
 
 def bh_shape(cardinality: int, rows: int) -> tuple[int, int]:
@@ -47,7 +50,9 @@ class BHEmbedding(CompressedEmbedding):
         full = self.is_full[v.feature]
         routes = [Route("", self.is_full, v.ids)]
         m = self.per_value([self.shape.get(f.name, (1, 1))[1] for f in self.features], v)
-        rest = v.ids
+        space = self.per_value([min(m ** k, MAX_SPACE) for k, m in
+                                (self.shape.get(f.name, (1, 1)) for f in self.features)], v)
+        rest = hash_mod(v.ids, space)
         for i in range(self.blocks):
             on = torch.tensor([self.shape.get(n, (0, 1))[0] > i for n in self.names], device=v.ids.device)
             routes.append(Route(f"@b{i}", on, rest % m, mask=~full))

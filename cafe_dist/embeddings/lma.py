@@ -8,8 +8,9 @@ array (as in ROBE-Z, blocks of Z floats, so the lookup is a plain table row that
 row given by a hash of K min-hashes of that set. Two values then read the same block with
 probability about J^K (J their Jaccard similarity), and collide only at random otherwise.
 
-**What is stored, and counted.** Per value that has a signature: its global key (4 B, or 8 B past
-2**31 values) and 4 b-bit min-hashes of 16 bits packed in one int64 (the authors' kernel keeps one
+**What is stored, and counted.** Per value that has a signature: its key (4 B: a 31-bit hash of the
+feature and the raw value; another value of the same key would read the signature, which at most
+a few million signed values among 2**31 keys makes rare) and 4 b-bit min-hashes of 16 bits packed in one int64 (the authors' kernel keeps one
 int64 of packed min-hash fragments per value). Block j combines the j-th K-subset of the 4
 fragments. Only values seen at least ``min_count`` times in the sample get a signature, the most
 frequent first, and signatures take at most ``signature_share`` of the budget; the rest (values seen
@@ -51,6 +52,8 @@ FRAGMENTS = 4  # b-bit min-hashes per value, packed in one int64
 FRAGMENT_BITS = 16
 SIGNATURE_BYTES = 8  # the packed fragments of one value
 SIGNED_SEED = 1 << 20  # block seeds of signed values, apart from the random (robe) ones
+KEY_SEED = (1 << 20) - 1  # the hash of (feature, raw value) that keys the signatures
+KEY_SPACE = (1 << 31) - 1
 
 
 class LMAOptions(ROBEOptions):
@@ -62,8 +65,13 @@ class LMAOptions(ROBEOptions):
     signatures: str | None = None  # the signature file; set on the driver by prepare_data if not given
 
 
+def signature_keys(feature: torch.Tensor, raw: torch.Tensor, features: int) -> torch.Tensor:
+    """The int32 key of each (feature index, raw value)."""
+    return hash_mod(raw * features + feature, KEY_SPACE, seed=KEY_SEED).to(torch.int32)
+
+
 def minhash_signatures(ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Signatures of every value in a sample: ``ids`` (R, F) contiguous ids, one row per sampled row.
+    """Signatures of every value in a sample: ``ids`` (R, F) raw values, one row per sampled row.
     Returns ``feature`` (column index), ``id``, ``count`` (rows it appears in) and ``signature``
     (``FRAGMENTS`` 16-bit min-hashes of its row set, packed), one entry per distinct (feature, id)."""
     r, nf = ids.shape
@@ -80,7 +88,8 @@ def minhash_signatures(ids: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def signature_path(data_dir: str, sample_rows: int, seed: int, min_count: int) -> str:
-    return storage.join(data_dir, SIGNATURES_DIR, f"signatures_r{sample_rows}_s{seed}_c{min_count}.parquet")
+    # "raw": of raw values (files of datasets converted with a vocabulary hold contiguous ids)
+    return storage.join(data_dir, SIGNATURES_DIR, f"signatures_raw_r{sample_rows}_s{seed}_c{min_count}.parquet")
 
 
 def write_signatures(data_dir: str, meta: DatasetMeta, sample_rows: int = 125_000, seed: int = 0,
@@ -150,25 +159,21 @@ class LMAEmbedding(ROBEEmbedding):
     # ---- tables --------------------------------------------------------------------------
     def array_bytes(self) -> float:
         """The budget less the signatures, which are loaded here because their number sets it."""
-        offsets = np.cumsum([0] + [f.cardinality for f in self.features])
-        key_dtype = torch.int32 if offsets[-1] < 2**31 else torch.int64
-        self.key_bytes = 4 if key_dtype == torch.int32 else 8
         cap = int(self.signature_share * self.budget.compressed_bytes // (self.key_bytes + SIGNATURE_BYTES))
-        keys, sigs = self._load(offsets, cap)
+        keys, sigs = self._load(cap)
         self.n_signed = int(keys.numel())
-        self.register_buffer("sig_keys", keys.to(key_dtype), persistent=False)
+        self.register_buffer("sig_keys", keys, persistent=False)
         self.register_buffer("sig_vals", sigs, persistent=False)
-        self.register_buffer("key_offset", torch.as_tensor(offsets[:-1], dtype=torch.int64), persistent=False)
         combos = list(itertools.combinations(range(FRAGMENTS), self.k))
         self.block_fragments = [combos[j % len(combos)] for j in range(self.dim // self.z)]
         return self.budget.compressed_bytes - self.aux_bytes()
 
-    def _load(self, offsets: np.ndarray, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global keys (sorted) and signatures of the values that get one: compressed features,
-        seen ``min_count`` times or more, the ``cap`` most frequent."""
+    def _load(self, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (sorted) and signatures of the values that get one: compressed features, seen
+        ``min_count`` times or more, the ``cap`` most frequent."""
         empty = torch.zeros(0, dtype=torch.int64)
         if self.signatures is None:
-            return empty, empty
+            return empty.to(torch.int32), empty
         t = pq.read_table(io.BytesIO(storage.read_bytes(self.signatures)))
         compressed = {f.name for f in self.compressed}
         index = {f.name: i for i, f in enumerate(self.features) if f.name in compressed}
@@ -178,12 +183,10 @@ class LMAEmbedding(ROBEEmbedding):
         feature = np.array([index.get(n, -1) for n in col.dictionary.to_pylist()] + [-1],
                            dtype=np.int64)[col.indices.fill_null(-1).to_numpy()]
         ids, count = t.column("id").to_numpy(), t.column("count").to_numpy()
-        card = np.array([f.cardinality for f in self.features])
         ok = (feature >= 0) & (count >= self.min_count)
-        ok[ok] &= ids[ok] < card[feature[ok]]  # a file from another conversion of the data: ids past a table
         sel = np.flatnonzero(ok)
         sel = sel[np.argsort(-count[sel], kind="stable")[:cap]]
-        keys = torch.from_numpy(offsets[feature[sel]] + ids[sel])
+        keys = signature_keys(torch.from_numpy(feature[sel]), torch.from_numpy(ids[sel]), len(self.features))
         order = torch.argsort(keys)
         return keys[order], torch.from_numpy(t.column("signature").to_numpy()[sel])[order]
 
@@ -198,7 +201,7 @@ class LMAEmbedding(ROBEEmbedding):
         n = self.n_signed
         if n == 0:
             return rows
-        key = (self.key_offset.index_select(0, v.feature) + v.ids).to(self.sig_keys.dtype)
+        key = signature_keys(v.feature, v.ids, len(self.features))
         pos = torch.searchsorted(self.sig_keys, key).clamp_(max=n - 1)
         found = self.sig_keys.index_select(0, pos) == key
         sig = self.sig_vals.index_select(0, pos)

@@ -22,6 +22,7 @@ from torchrec import EmbeddingBagConfig, JaggedTensor
 from torchrec.modules.mc_modules import LFU_EvictionPolicy, MCHManagedCollisionModule
 
 from cafe_dist.collectives import all_gather_cat
+from cafe_dist.data.schema import MISSING_ID
 from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.routing import Route, Values
 from cafe_dist.embeddings.spec import FLOAT_BYTES
@@ -29,6 +30,7 @@ from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.embeddings.tables import table
 
 SLOT_STATE_BYTES = 3 * 8
+RAW_ID_RANGE = MISSING_ID + 1  # the remapper sees raw values: 32-bit ones and the missing marker
 
 
 class MCHOptions(MethodOptions):
@@ -49,7 +51,7 @@ class MCHEmbedding(CompressedEmbedding):
         self.remappers: dict[str, MCHManagedCollisionModule] = {
             f.name: MCHManagedCollisionModule(
                 zch_size=self.zch[f.name], device=torch.device("cpu"), eviction_policy=LFU_EvictionPolicy(),
-                eviction_interval=self.eviction_interval, input_hash_size=f.cardinality, name=f.name)
+                eviction_interval=self.eviction_interval, input_hash_size=RAW_ID_RANGE, name=f.name)
             for f in self.compressed}
         return [table(f"mch_{n}", z, self.dim, [n]) for n, z in self.zch.items()]
 

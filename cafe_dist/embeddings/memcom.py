@@ -3,7 +3,8 @@
 The scalars live in a plain table of width 4 holding four ids' scalars per row (fbgemm needs widths
 that are multiples of 4), so they are sharded and trained by the fused optimizer like any table;
 ``merge`` picks each id's column. When per-id scalars would take more than half of a feature's
-budget, the scalars are themselves hashed into a table that does fit.
+budget, the scalars are themselves hashed into a table that does fit. Ids are raw values, so the
+scalars are always reached through a hash (a second one, independent of the row's).
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ class MEmComEmbedding(CompressedEmbedding):
             raise ValueError("memcom needs exactly one id per compressed feature per row")
         rows = self.per_value([self.hash_rows.get(f.name, 1) for f in self.features], v)
         slots = self.per_value([self.scalar_slots.get(f.name, 1) for f in self.features], v)
-        card = self.per_value([f.cardinality for f in self.features], v)
         full = self.is_full[v.feature]
-        slot = torch.where(slots < card, hash_mod(v.ids, slots, seed=1), v.ids)
+        slot = hash_mod(v.ids, slots, seed=1)
         self._column = (slot % SCALARS_PER_ROW)  # read back by merge for the same batch
         return [Route("", torch.ones_like(self.is_full), torch.where(full, v.ids, hash_mod(v.ids, rows))),
                 Route("@s", ~self.is_full, torch.div(slot, SCALARS_PER_ROW, rounding_mode="floor"))]

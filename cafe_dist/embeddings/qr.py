@@ -1,11 +1,11 @@
 """Quotient-remainder trick (Shi et al., KDD 2020): id → (id // m, id % m), two small tables whose
 rows are combined by elementwise product (``mult``) or sum (``add``). Complementary partitions
-make the pair unique for every id. When even the smallest pair of tables (2·√n rows) is over the
-budget, ids are first hashed into the largest id space the budget can cover."""
+make the pair unique for every id of the space they cover. Ids are raw values, so they are first
+hashed into the largest id space a pair of tables of the budget's rows covers: m = q = rows / 2,
+m·q ids (collisions fall on raw values, as in every hashed method)."""
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -18,19 +18,13 @@ from cafe_dist.embeddings.spec import FLOAT_BYTES
 from cafe_dist.embeddings.tables import table
 
 
-def qr_shape(cardinality: int, rows: int) -> tuple[int, int, int]:
-    """(id space after hashing, remainder rows m, quotient rows q) with m + q <= rows."""
+def qr_shape(rows: int) -> tuple[int, int, int]:
+    """(id space after hashing, remainder rows m, quotient rows q) with m + q = rows and the
+    largest space m·q (the pair of rows is unique for every id of it)."""
     rows = max(rows, 2)
-    space = cardinality
-    if 4 * cardinality > rows * rows:  # m + n/m >= 2·√n: hash into an id space that fits
-        space = (rows // 2) ** 2
-    disc = math.sqrt(max(rows * rows - 4 * space, 0))
-    m = max(1, int((rows - disc) / 2))
-    while m + math.ceil(space / m) > rows:
-        m += 1
-    q = math.ceil(space / m)
-    m = rows - q  # give the rounding slack to the remainder table
-    return space, m, q
+    m = rows // 2
+    q = rows - m
+    return m * q, m, q
 
 
 class QROptions(MethodOptions):
@@ -50,7 +44,7 @@ class QREmbedding(CompressedEmbedding):
         row = self.dim * FLOAT_BYTES
 
         def fit(f, avail):
-            shape = qr_shape(f.cardinality, self.rows_for(avail))
+            shape = qr_shape(self.rows_for(avail))
             return shape, (shape[1] + shape[2]) * row
 
         self.shape = self.allocate(fit)
@@ -63,8 +57,7 @@ class QREmbedding(CompressedEmbedding):
         space = [self.shape[f.name][0] if f.name in self.shape else 0 for f in self.features]
         m = [self.shape[f.name][1] if f.name in self.shape else 1 for f in self.features]
         space_v, m_v = self.per_value(space, v), self.per_value(m, v)
-        x = torch.where(space_v < self.per_value([f.cardinality for f in self.features], v),
-                        hash_mod(v.ids, space_v.clamp(min=1)), v.ids)
+        x = hash_mod(v.ids, space_v.clamp(min=1))
         full = self.is_full[v.feature]
         quotient = torch.where(full, v.ids, torch.div(x, m_v, rounding_mode="floor"))
         return [Route("", torch.ones_like(self.is_full), quotient),

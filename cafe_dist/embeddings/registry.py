@@ -75,11 +75,6 @@ def sections() -> dict[str, type[MethodOptions]]:
     return {section_of(m): cls.options for m, cls in REGISTRY.items() if cls.options is not None}
 
 
-def input_kind(method: str) -> str:
-    """Which id column (``idx`` or ``raw``) a method reads; the driver selects only that column."""
-    return method_class(method).input_kind
-
-
 def build_embedding(method: str | type[CompressedEmbedding], features: list[FeatureSpec], dim: int,
                     compression_ratio: float, device: torch.device | None = None,
                     options: MethodOptions | dict[str, Any] | None = None) -> CompressedEmbedding:

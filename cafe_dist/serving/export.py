@@ -16,10 +16,17 @@ from typing import Any
 
 import torch
 
-from cafe_dist.checkpoint_dirs import RUN_DATASET, CheckpointError, find_latest, local_dir, verify
+from cafe_dist.checkpoint_dirs import (
+    RUN_COMPLETE,
+    RUN_DATASET,
+    CheckpointError,
+    find_latest,
+    local_dir,
+    verify,
+)
 from cafe_dist.data import storage
-from cafe_dist.data.schema import VOCAB_FILE as DATA_VOCAB
-from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.schema import DatasetMeta, values_file
+from cafe_dist.data.vocabulary import write_values
 from cafe_dist.embeddings.registry import method_class
 from cafe_dist.embeddings.service import CHECKPOINT_PART
 from cafe_dist.errors import BadInputError, disk_full
@@ -31,7 +38,7 @@ from cafe_dist.serving.model import (
     MODEL_FILE,
     STATE_FILE,
     TABLE_PREFIX,
-    VOCAB_FILE,
+    VALUES_FILE,
     WEIGHTS_FILE,
     quantize_rows,
     tensor_bytes,
@@ -62,21 +69,25 @@ class Trained:
     options: Any
     manifest: dict[str, Any]
     path: str
-    vocab: str  # the vocabulary file the run trained with
+    values: str | None  # the list of values the run trained with (ModelSpec.values)
     coordinator: dict[str, Any] | None = None  # the method's run service's state (CAFE: the merged hot set)
 
 
-def run_dataset(info: dict[str, Any], manifest: dict[str, Any], path: str) -> tuple[DatasetMeta, str]:
-    """The dataset description and the vocabulary file a run trained with: its own copies beside its
-    checkpoints, so a dataset regenerated or converted again since changes nothing. A checkpoint
-    without them (copied away from its run, or older) reads ``data_dir``'s, and refuses when that
-    dataset is gone or is another one (its ``meta.json`` digest differs from the recorded one)
-    rather than mapping raw values to ids the tables never learned."""
+def run_dataset(info: dict[str, Any], manifest: dict[str, Any], path: str) -> tuple[DatasetMeta, str | None]:
+    """The dataset description and the list of values a run trained with: its own copies beside
+    its checkpoints, so a dataset regenerated or converted again since changes nothing. A checkpoint
+    without them (copied away from its run) reads ``data_dir``'s, and refuses when that dataset is
+    gone or is another one (its ``meta.json`` digest differs from the recorded one) rather than
+    mapping raw values to rows the tables never learned."""
+    from cafe_dist.checkpoint_dirs import run_values
     from cafe_dist.resume import data_digest
 
-    own = storage.join(storage.parent(path), RUN_DATASET)
-    if storage.is_file(storage.join(own, DATA_VOCAB)):
-        return DatasetMeta.load(own), storage.join(own, DATA_VOCAB)
+    if "values" not in info:
+        raise CheckpointError(old_ids_message(path))
+    run_dir = storage.parent(path)
+    own = storage.join(run_dir, RUN_DATASET)
+    if storage.is_file(storage.join(own, RUN_COMPLETE)):
+        return DatasetMeta.load(own), run_values(run_dir)
     try:
         current = DatasetMeta.load(info["data_dir"])
     except (FileNotFoundError, BadInputError, OSError):
@@ -85,10 +96,17 @@ def run_dataset(info: dict[str, Any], manifest: dict[str, Any], path: str) -> tu
     if current is None or (recorded is not None and data_digest(current) != recorded):
         what = "is gone" if current is None else "was regenerated or converted again since the run trained"
         raise CheckpointError(
-            f"{path}: the run's dataset {info['data_dir']} {what}, and the checkpoint has no copy of its vocabulary "
-            f"(raw value -> id; a run keeps one in {RUN_DATASET}/ beside its checkpoints). Restore that dataset "
-            "(convert the same files, or keep the same data.synthetic settings) and try again; nothing was written.")
-    return current, storage.join(info["data_dir"], DATA_VOCAB)
+            f"{path}: the run's dataset {info['data_dir']} {what}, and the checkpoint has no copy of its list of "
+            f"values (raw value -> row of the uncompressed tables; a run keeps one in {RUN_DATASET}/ beside its "
+            "checkpoints). Restore that dataset (convert the same files, or keep the same data.synthetic settings) "
+            "and try again; nothing was written.")
+    return current, info.get("values") and values_file(info["data_dir"])
+
+
+def old_ids_message(path: str) -> str:
+    return (f"{path}: this run trained on contiguous vocabulary ids (cafe-dist before raw ids, 2026-12); its "
+            "tables do not match raw values. Train it again (the same job, another ray.name), or export it with "
+            "the cafe-dist version that trained it.")
 
 
 def load_trained(checkpoint: str) -> Trained:
@@ -101,8 +119,8 @@ def load_trained(checkpoint: str) -> Trained:
                               "manifest); train again to export")
     if not manifest.get("state", True):
         raise CheckpointError(f"{path}: holds a result only, no tables")
-    meta, vocab = run_dataset(info, manifest, path)
-    spec = ModelSpec.from_json(info)
+    meta, values = run_dataset(info, manifest, path)
+    spec = ModelSpec.from_json(info).with_values(values)
     model = spec.build(meta, torch.device("cpu"))
     d = local_dir(path)
     import torch.distributed.checkpoint as dcp
@@ -115,7 +133,7 @@ def load_trained(checkpoint: str) -> Trained:
     model.load_state_dict(state["model"])
     rank0 = torch.load(Path(d) / "rank0.pt", weights_only=False)  # every rank holds the same hot map / id maps
     model.embedding.load_local_state(rank0.get("embedding", {}))
-    return Trained(model, info, meta, spec.options, manifest, path, vocab, rank0.get(CHECKPOINT_PART))
+    return Trained(model, info, meta, spec.options, manifest, path, values, rank0.get(CHECKPOINT_PART))
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -165,12 +183,15 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
         for name, obj in ((WEIGHTS_FILE, weights), (STATE_FILE, serving)):
             with open(stage / name, "wb") as f:  # Python's writes, so a full disk says ENOSPC (torch's own
                 torch.save(obj, f)               # file writer only says "iostream error")
-        (stage / VOCAB_FILE).write_bytes(storage.read_bytes(trained.vocab))
-        dense_bytes = sum(tensor_bytes(v) for k, v in weights.items() if not k.startswith(TABLE_PREFIX))
-        state_bytes = tensor_bytes(serving) + tensor_bytes(dict(model.embedding.named_buffers()))
         emb = model.embedding
+        if emb.known:  # the lists of the uncompressed features alone (full: its vocabulary)
+            write_values(str(stage / VALUES_FILE), list(meta.sparse_features), emb.known)
+        dense_bytes = sum(tensor_bytes(v) for k, v in weights.items() if not k.startswith(TABLE_PREFIX))
+        state_bytes = tensor_bytes(serving) + tensor_bytes(dict(emb.named_buffers()))
+        values_bytes = (stage / VALUES_FILE).stat().st_size if emb.known else 0
         doc = {"format": FORMAT, **{k: info[k] for k in ("method", "compression_ratio", "dim", "dense_arch",
                                                          "over_arch", "seed")},
+               "values": VALUES_FILE if emb.known else None,
                "options": portable.model_dump(mode="json") if portable is not None else None,
                "options_set": sorted(portable.model_fields_set) if portable is not None else None,
                "meta": {**meta.__dict__}, "quantize": quantize,
@@ -179,7 +200,7 @@ def export_checkpoint(checkpoint: str, out: str | Path, quantize: str | None = N
                "bytes": {"tables": table_bytes, "method_state": state_bytes, "embeddings": table_bytes + state_bytes,
                          "dense": dense_bytes, "training_embedding_bytes": emb.embedding_bytes(),
                          "full_embedding_bytes": emb.full_embedding_bytes(),
-                         "vocab": (stage / VOCAB_FILE).stat().st_size}}
+                         "values": values_bytes}}
         (stage / MODEL_FILE).write_text(json.dumps(doc, indent=1, default=str))
         _publish(stage, out)
     except BaseException as e:

@@ -3,38 +3,39 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
 from cafe_dist.config import ConfigError
+from cafe_dist.data import storage
 from cafe_dist.data.formats import format_of
 from cafe_dist.embeddings.registry import REGISTRY
 from cafe_dist.serving.export import load_trained
 
+SCAN_ROWS = 1 << 20  # train rows read to name the raw value behind each hot key
+
 
 def describe_hot(checkpoint: str, top: int = 20) -> str:
     """The hot ids at ``checkpoint`` (or a run directory's newest one), strongest first per feature:
-    raw value (hex for Criteo), contiguous id, rank 0's sketch score, and since when it is hot: the
+    raw value (hex for Criteo), its key, rank 0's sketch score, and since when it is hot: the
     training step at which the version that promoted it was applied (the coordinator records each
-    hot id's version; version v applies at step v x sync_interval + sync_lag)."""
+    hot id's version; version v applies at step v x sync_interval + sync_lag). A key is a hash of
+    the raw value, so the value is found by hashing those of the dataset's first train rows (hot
+    values are frequent: they are there unless the data changed)."""
     trained = load_trained(checkpoint)
     emb = trained.model.embedding
     if not emb.keeps_hot_set:
         having = ", ".join(m for m, cls in REGISTRY.items() if cls.keeps_hot_set)
         raise ConfigError(f"{trained.info['method']} keeps no hot set; `hot` lists those of {having}")
     hot = emb.hot_ids()
-    vocab = pq.read_table(trained.vocab).to_pydict()
-    feature_of, values = np.asarray(vocab["feature"]), np.asarray(vocab["value"])
     names = list(trained.meta.sparse_features)
-    per_feature = {f: values[feature_of == j] for j, f in enumerate(names)}
     fmt = format_of(trained.meta)
     since = _since_steps(trained, emb.hot_map.keys.to(torch.int64).numpy())
+    found = _raw_values(trained, hot)
 
-    def raw(feature: str, i: int) -> str:
-        if i == 0:
-            return "(rare, unseen or missing)"
-        v = int(per_feature[feature][i - 1])  # an id is 1 + its value's position in the sorted vocabulary
-        return fmt.show(v)
+    def raw(key: int) -> str:
+        return fmt.show(found[key]) if key in found else "(not in the first train rows)"
 
     lines = [f"{trained.path}: step {trained.manifest['step']}, hot map version {emb.hot_map.version}, "
              f"{len(hot['id']):,} hot ids of {emb.hot_rows:,} slots"]
@@ -45,9 +46,41 @@ def describe_hot(checkpoint: str, top: int = 20) -> str:
         lines.append(f"{f}: {len(mine):,} hot")
         for j in mine[np.argsort(-hot["score"][mine], kind="stable")][:top]:
             when = f"since step {since[j]:,}" if since[j] >= 0 else "since ?"
-            lines.append(f"  {raw(f, int(hot['id'][j])):>26s}  id {int(hot['id'][j]):>9,d}  "
+            lines.append(f"  {raw(int(hot['key'][j])):>26s}  key {int(hot['key'][j]):>13,d}  "
                          f"score {hot['score'][j]:10.2f}  {when}")
     return "\n".join(lines)
+
+
+def _raw_values(trained, hot: dict[str, np.ndarray]) -> dict[int, int]:
+    """Hot key -> the raw value behind it, from the run's dataset's first ``SCAN_ROWS`` train rows
+    ({} when that dataset is gone)."""
+    wanted = sorted(set(hot["feature"].tolist()))
+    try:
+        files = storage.list_files(storage.join(trained.info["data_dir"], "train"), ".parquet") if wanted else []
+    except OSError:
+        return {}
+    columns: dict[str, list[np.ndarray]] = {f: [] for f in wanted}
+    rows = 0
+    for path in files:
+        try:
+            table = pq.read_table(storage.open_input_file(path), columns=wanted)
+        except (OSError, ValueError):
+            return {}
+        for f in wanted:
+            columns[f].append(table.column(f).to_numpy()[:SCAN_ROWS - rows])
+        rows += table.num_rows
+        if rows >= SCAN_ROWS:
+            break
+    out: dict[int, int] = {}
+    emb = trained.model.embedding
+    for f, parts in columns.items():
+        if not parts:
+            continue
+        raw = pd.unique(np.concatenate(parts))
+        keys = emb.key_of(f, torch.from_numpy(raw.astype(np.int64))).numpy()
+        hit = np.isin(keys, hot["key"][hot["feature"] == f])
+        out.update(zip(keys[hit].tolist(), raw[hit].tolist()))
+    return out
 
 
 def _since_steps(trained, keys: np.ndarray) -> np.ndarray:

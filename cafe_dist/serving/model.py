@@ -6,12 +6,15 @@
     DIR/weights.pt        dense weights (fp32) and the embedding tables, gathered from their shards:
                           fp32, or row-wise int8 with an fp16 scale and bias per row (``quantize``)
     DIR/method_state.pt   what the method needs to map an id to rows (CAFE's hot map, MCH's id maps)
-    DIR/vocab.parquet     the training vocabulary: raw value -> contiguous id, as at training
+    DIR/values.parquet    the raw values of the features kept uncompressed, one row each (full: its
+                          vocabulary); absent when every feature is hashed
     DIR/files/            files the method's settings name (LMA's signatures)
 
 No Ray, no DMP and no optimizer state: :class:`ServedModel` builds the same DLRM on one device with
-plain TorchRec tables and scores raw rows exactly as training saw them (an unseen value maps to
-id 0, as in conversion).
+plain TorchRec tables and scores raw rows exactly as training saw them: the model takes raw values,
+hashes those of compressed features (an unseen value like any other) and maps those of
+uncompressed ones through their list (an unlisted value reads row 0). Nothing in the directory
+grows with the number of values a compressed method never stored.
 """
 
 from __future__ import annotations
@@ -24,20 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from cafe_dist.batching import one_id_per_feature
 from cafe_dist.data.schema import DatasetMeta
-from cafe_dist.data.writer import contiguous_ids
 from cafe_dist.embeddings.registry import method_class
 from cafe_dist.errors import BadInputError
 from cafe_dist.model import DLRM
 from cafe_dist.model_spec import ModelSpec
 
 FORMAT = "cafe-dist-model/1"
-MODEL_FILE, WEIGHTS_FILE, STATE_FILE, VOCAB_FILE, FILES_DIR = (
-    "model.json", "weights.pt", "method_state.pt", "vocab.parquet", "files")
+MODEL_FILE, WEIGHTS_FILE, STATE_FILE, VALUES_FILE, FILES_DIR = (
+    "model.json", "weights.pt", "method_state.pt", "values.parquet", "files")
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
 
 
@@ -72,7 +73,6 @@ class ServedModel:
 
     model: DLRM
     meta: DatasetMeta
-    vocab: list[np.ndarray]  # per feature: the sorted raw values that have their own id
     info: dict[str, Any]
 
     @classmethod
@@ -89,6 +89,11 @@ class ServedModel:
             meta = DatasetMeta(**info["meta"])
             spec = ModelSpec.from_json(info)
             spec = spec.with_options(method_class(spec.method).portable_options(spec.options, lambda n: str(d / n)))
+            if "values" not in info:
+                raise BadInputError(f"{d}: exported by cafe-dist before raw ids (it maps values through a "
+                                    "vocabulary); export the run again with the version that trained it")
+            name = VALUES_FILE
+            spec = spec.with_values(str(d / info["values"]) if info["values"] else None)
             model = spec.build(meta, torch.device(device))
             name = WEIGHTS_FILE
             weights = torch.load(d / WEIGHTS_FILE, map_location=device, weights_only=True)
@@ -96,23 +101,13 @@ class ServedModel:
             name = STATE_FILE
             model.embedding.load_serving_state(torch.load(d / STATE_FILE, map_location="cpu", weights_only=False))
             model.eval()
-            name = VOCAB_FILE
-            vocab_t = pq.read_table(d / VOCAB_FILE)
-            feature, value = vocab_t.column("feature").to_numpy(), vocab_t.column("value").to_numpy()
         except BadInputError:
             raise
         except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             said = (str(e).splitlines() or [""])[0][:200]
             raise BadInputError(f"{d / name} cannot be read ({type(e).__name__}: {said}); the exported model is "
                                 "damaged or incomplete: export the run again") from None
-        order = np.argsort(feature, kind="stable")
-        bounds = np.searchsorted(feature[order], np.arange(len(meta.sparse_features) + 1))
-        vocab = [value[order[bounds[j]:bounds[j + 1]]] for j in range(len(meta.sparse_features))]
-        return cls(model, meta, vocab, info)
-
-    def ids(self, raw: np.ndarray) -> np.ndarray:
-        """(F, B) raw values -> (F, B) contiguous ids of the training vocabulary (unseen -> 0)."""
-        return np.stack([contiguous_ids(self.vocab[j], raw[j]) for j in range(len(self.vocab))])
+        return cls(model, meta, info)
 
     @torch.no_grad()
     def logits(self, dense: np.ndarray, raw: np.ndarray) -> torch.Tensor:
@@ -120,7 +115,7 @@ class ServedModel:
         device = next(self.model.parameters()).device
         if dense.shape[1] == 0:
             dense = np.zeros((raw.shape[1], 1), np.float32)
-        kjt = one_id_per_feature(list(self.meta.sparse_features), self.ids(raw)).to(device)
+        kjt = one_id_per_feature(list(self.meta.sparse_features), raw).to(device)
         return self.model(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)).to(device), kjt)
 
     def score(self, dense: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@ split or a raw click-log file, streamed in batches (a CriteoTB day never has to 
 
 A raw file (of the model's format: :func:`cafe_dist.data.formats.format_of`) is converted first,
 exactly as ``cafe-dist data`` would (same parsing, same dense
-transform, malformed lines skipped and listed), into a temporary dataset whose raw values are then
-mapped through the *model's* vocabulary: ids are the training run's, not the new file's.
+transform, malformed lines skipped and listed), into a temporary dataset whose raw values the model
+then reads as training did: nothing of the new file's own statistics is used.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does the hot set follow the drift? A probe for synthetic data, where the truth is known.
 
-The generator knows each feature's most popular ids at any row; the probe maps them to vocabulary
-ids and asks the CAFE sketch which are hot. Right after a rotation the fraction drops (yesterday's
+The generator knows each feature's most popular raw values at any row; the probe turns them into
+CAFE's keys and asks the hot map which are hot. Right after a rotation the fraction drops (yesterday's
 top ids are hot, today's are not); a working importance sketch brings it back up.
 """
 
@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from cafe_dist.data import storage
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.synth import SynthGenerator, SynthSpec
 
@@ -23,8 +20,6 @@ class HotSetProbe:
     def __init__(self, data_path: str | Path, meta: DatasetMeta, emb, k: int = 5) -> None:
         spec = meta.extra["synth"]
         self.gen = SynthGenerator(SynthSpec(**{f.name: spec[f.name] for f in fields(SynthSpec) if f.name in spec}))
-        vocab = pq.read_table(storage.join(data_path, "vocab.parquet")).to_pandas()
-        self.vocab = {int(f): np.sort(g["value"].to_numpy()) for f, g in vocab.groupby("feature")}
         self.emb = emb
         self.k = k
         self.features = [i for i, n in enumerate(meta.sparse_features)
@@ -59,11 +54,7 @@ class HotSetProbe:
         """Sketch keys of the true top-k ids of every compressed feature at ``row``."""
         keys, self._counts = [], []
         for i in self.features:
-            raw = self.gen.top_ids(i, row, k)
-            values = self.vocab.get(i, np.empty(0, np.int64))
-            pos = np.searchsorted(values, raw)
-            known = (pos < len(values)) & (values[np.minimum(pos, max(len(values) - 1, 0))] == raw)
-            idx = torch.from_numpy((pos + 1)[known].astype(np.int64))
-            keys.append(idx + self.emb.key_offset[self.emb.names[i]])
-            self._counts.append(int(idx.numel()))
+            raw = torch.from_numpy(self.gen.top_ids(i, row, k).astype("int64"))
+            keys.append(self.emb.key_of(self.emb.names[i], raw))
+            self._counts.append(int(raw.numel()))
         return torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64)

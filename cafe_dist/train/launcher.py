@@ -17,8 +17,8 @@ import yaml
 from cafe_dist.checkpoint_dirs import Found, keep_run_dataset
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
-from cafe_dist.data.schema import SPLITS, DatasetMeta, idx_column
-from cafe_dist.embeddings import REGISTRY, input_kind
+from cafe_dist.data.schema import SPLITS, DatasetMeta
+from cafe_dist.embeddings import REGISTRY
 from cafe_dist.errors import BadInputError, user_error
 from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
@@ -116,18 +116,19 @@ def _init_ray(job: JobConfig) -> None:
     ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True, **quiet)
 
 
-def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None) -> None:
+def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None, values: str | None = None) -> None:
     """What can be checked on the driver is checked before any worker starts: the Parquet schema,
     whether the compression ratio can be met (tables sized on the meta device: no memory).
-    ``options``: the method's settings as the workers get them (default: the job's)."""
+    ``options``: the method's settings as the workers get them (default: the job's); ``values``:
+    the list of values they get."""
     import torch
 
     from cafe_dist.data.validate import check_parquet_schema
     from cafe_dist.model_spec import ModelSpec
 
-    check_parquet_schema(job.data.path, meta, input_kind(job.embedding.method))
+    check_parquet_schema(job.data.path, meta)
     try:
-        ModelSpec.from_job(job, options).embedding(meta, torch.device("meta"))
+        ModelSpec.from_job(job, options, values=values).embedding(meta, torch.device("meta"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -175,8 +176,10 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     result. Everything that can be refused is refused before Ray starts."""
     meta = ensure_data(job)
     data_dir = storage.resolve(job.data.path)  # absolute local path, or the URI as given
-    options = REGISTRY[job.embedding.method].prepare_data(data_dir, meta, job.method_options())
-    preflight(job, meta, options)
+    method = REGISTRY[job.embedding.method]
+    options = method.prepare_data(data_dir, meta, job.method_options())
+    values = method.values_file(data_dir, meta, options)  # full: its vocabulary (built if a run needs one)
+    preflight(job, meta, options, values)
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path = storage.resolve(job.ray.storage_path)
@@ -187,7 +190,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
         out = _already_finished(job, name, decision.finished, data_dir)
     else:
-        out = _fit(job, meta, options, data_dir, name, storage_path, run_dir, decision.resume_from)
+        out = _fit(job, meta, options, values, data_dir, name, storage_path, run_dir, decision.resume_from)
     _write_json(out, output_json)
     return out
 
@@ -221,9 +224,7 @@ def _datasets(job: JobConfig, meta: DatasetMeta, data_dir: str) -> dict[str, Any
     """One Ray dataset per split, reading only the columns the method uses."""
     import ray.data
 
-    kind = input_kind(job.embedding.method)
-    columns = ["label", *meta.dense_features,
-               *[idx_column(f) if kind == "idx" else f for f in meta.sparse_features]]
+    columns = ["label", *meta.dense_features, *meta.sparse_features]
     return {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
 
 
@@ -243,10 +244,11 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
     return tracker
 
 
-def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: str, storage_path: str,
-         run_dir: str, found: Found | None) -> RunResult:
+def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, data_dir: str, name: str,
+         storage_path: str, run_dir: str, found: Found | None) -> RunResult:
     """Start the services a run needs (Ray, the method's own service, MLflow), train, collect the result.
-    ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`."""
+    ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`; ``values``:
+    its list of values (:meth:`~CompressedEmbedding.values_file`)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -257,14 +259,16 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, data_dir: str, name: s
     resume_key = {"config": config, "config_fingerprint": fingerprint(config)}
     if found is not None:
         log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
-    keep_run_dataset(run_dir, data_dir)  # export and serving read the run's own copy, whatever data_dir holds later
+    # export and serving read the run's own copies, whatever data_dir holds later
+    values = keep_run_dataset(run_dir, data_dir, values)
     _start_ray(job)
     datasets = _datasets(job, meta, data_dir)
     service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
     handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
     spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
-                      data_dir=str(data_dir), run_dir=run_dir, run_name=name, fit_id=uuid.uuid4().hex[:12],
+                      data_dir=str(data_dir), values=values, run_dir=run_dir, run_name=name,
+                      fit_id=uuid.uuid4().hex[:12],
                       resume_key=resume_key, service=service is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
     trainer = _interruptible(TorchTrainer)(

@@ -28,6 +28,7 @@ class WorkerSpec:
     method: type[CompressedEmbedding]
     method_options: MethodOptions | None
     data_dir: str  # the dataset (local path or URI): the hot-set probe reads its metadata
+    values: str | None  # the run's copy of its list of values (ModelSpec.values)
     run_dir: str  # where the run's checkpoints and markers live
     run_name: str  # also names the hot-set coordinator actor, where the method has one
     fit_id: str  # one per ``trainer.fit()``: worker-group starts of this fit are counted as restarts
@@ -38,4 +39,4 @@ class WorkerSpec:
     @property
     def model(self) -> ModelSpec:
         """The model this run trains (what a checkpoint records, and export rebuilds)."""
-        return ModelSpec.from_job(self.job, self.method_options, klass=self.method)
+        return ModelSpec.from_job(self.job, self.method_options, klass=self.method, values=self.values)

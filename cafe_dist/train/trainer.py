@@ -149,7 +149,7 @@ class Trainer:
             reshard=(lambda states: elastic.merge_states(states, wc.rank, wc.world_size, emb)) if self.elastic else None)
         self.markers = RunMarkers(spec.run_dir, spec.fit_id)
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.service)
-        self.collate = Collator(spec.meta, emb.input_kind)
+        self.collate = Collator(spec.meta)
         self.batch_size = spec.job.train.batch_size  # rows per worker per step (an elastic resume may change it)
 
     # ---- one step --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from cafe_dist.batching import Collator
 from cafe_dist.cli import main
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.data.schema import DatasetMeta, idx_column
+from cafe_dist.data.schema import MISSING_ID, DatasetMeta
 from cafe_dist.errors import BadInputError
 from cafe_dist.train.launcher import run_training
 
@@ -52,16 +52,16 @@ def test_an_empty_split_directory_is_named(data_copy, tmp_path):
 
 
 def test_a_parquet_file_with_a_missing_column_is_named_with_the_column(data_copy, tmp_path):
-    path = _rewrite(data_copy / "train", lambda t: t.drop_columns([idx_column("C7")]))
-    with pytest.raises(BadInputError, match=rf"{path}: missing column\(s\) C7_idx"):
+    path = _rewrite(data_copy / "train", lambda t: t.drop_columns(["C7"]))
+    with pytest.raises(BadInputError, match=rf"{path}: missing column\(s\) C7;"):
         run_training(_job(tmp_path, data_copy, "embedding.method=hash", "embedding.compression_ratio=10"))
 
 
 def test_a_parquet_id_column_of_the_wrong_type_is_named(data_copy, tmp_path):
-    col = idx_column("C3")
+    col = "C3"
     path = _rewrite(data_copy / "test", lambda t: t.set_column(t.schema.get_field_index(col), col,
                                                                  pa.array(t[col].to_numpy().astype(str))))
-    with pytest.raises(BadInputError, match=rf"{path}: id column 'C3_idx' has type string, expected integers"):
+    with pytest.raises(BadInputError, match=rf"{path}: id column 'C3' has type string, expected integers"):
         run_training(_job(tmp_path, data_copy))
 
 
@@ -89,7 +89,7 @@ def test_the_cli_prints_the_message_and_exits_2(data_copy, tmp_path, capsys):
 
 def _collator(data):
     meta = DatasetMeta.load(data)
-    return Collator(meta, "idx"), pq.read_table(sorted((data / "train").glob("*.parquet"))[0]).slice(0, 64)
+    return Collator(meta), pq.read_table(sorted((data / "train").glob("*.parquet"))[0]).slice(0, 64)
 
 
 def _np(table):
@@ -107,14 +107,14 @@ def test_a_batch_with_nan_dense_value_names_row_and_column(tiny_synth):
 
 def test_a_batch_with_an_out_of_range_id_names_row_column_and_range(tiny_synth):
     collate, t = _collator(tiny_synth)
-    card = DatasetMeta.load(tiny_synth).cardinality["C2"]
+    high = MISSING_ID + 1  # raw values: 32-bit ones, or the missing marker
     batch = _np(t)
-    batch["C2_idx"] = batch["C2_idx"].copy()
-    batch["C2_idx"][40] = card + 3
-    with pytest.raises(BadInputError, match=rf"row 40: id column 'C2_idx' holds {card + 3}, outside \[0, {card}\)"):
+    batch["C2"] = batch["C2"].copy()
+    batch["C2"][40] = high + 3
+    with pytest.raises(BadInputError, match=rf"row 40: id column 'C2' holds {high + 3}, outside \[0, {high}\)"):
         collate(batch)
-    batch["C2_idx"][40] = -1
-    with pytest.raises(BadInputError, match=r"row 40: id column 'C2_idx' holds -1"):
+    batch["C2"][40] = -1
+    with pytest.raises(BadInputError, match=r"row 40: id column 'C2' holds -1"):
         collate(batch)
 
 

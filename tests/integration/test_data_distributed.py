@@ -8,7 +8,7 @@ import pytest
 
 from cafe_dist.cli import main
 from cafe_dist.data.formats.criteo import convert_criteo
-from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.data.schema import VALUES_FILE, DatasetMeta
 
 
 def _days(tmp: Path) -> list[str]:
@@ -31,12 +31,13 @@ def _table(d: Path, split: str):
 def test_ray_data_conversion_equals_the_single_machine_one(ray_cluster, tmp_path):
     days = _days(tmp_path)
     rc = main(["data", "criteo", "--input", *days, "--out", str(tmp_path / "dist"), "--test-fraction", "0.3",
-               "--min-count", "2", "--address", "local"])
+               "--address", "local"])
     assert rc == 0
-    single = convert_criteo(days, tmp_path / "single", test_fraction=0.3, min_count=2, progress=False)
+    single = convert_criteo(days, tmp_path / "single", test_fraction=0.3, progress=False)
     dist = DatasetMeta.load(tmp_path / "dist")
     assert dist.rows == single.rows == {"train": 7000, "test": 3000}
     assert dist.cardinality == single.cardinality and dist.raw_distinct == single.raw_distinct
+    assert dist.distinct_counted == single.distinct_counted
     assert dist.bad_rows == single.bad_rows == 1
     assert dist.extra["converted_by"] == "ray-data"
     # the split falls inside day_1 (rows 7,000 on are test): train has 2 parts, test the other 2
@@ -44,7 +45,8 @@ def test_ray_data_conversion_equals_the_single_machine_one(ray_cluster, tmp_path
     for split in ("train", "test"):
         a, b = _table(tmp_path / "dist", split), _table(tmp_path / "single", split)
         assert a.equals(b.select(a.column_names)), split
-    assert pq.read_table(tmp_path / "dist" / "vocab.parquet").equals(pq.read_table(tmp_path / "single" / "vocab.parquet"))
+    assert pq.read_table(tmp_path / "dist" / VALUES_FILE).equals(pq.read_table(tmp_path / "single" / VALUES_FILE))
+    assert not (tmp_path / "dist" / "vocab.parquet").exists()  # no vocabulary: raw values only
     bad = (tmp_path / "dist" / "bad_rows.tsv").read_text().splitlines()
     assert bad[1].startswith(f"{days[1]}\t3001\texpected 40 fields, got 2")
 

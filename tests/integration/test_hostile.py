@@ -224,7 +224,7 @@ def test_a_second_export_to_one_out_is_discarded_and_the_first_kept(tmp_path):
 
 
 def test_export_after_the_data_was_regenerated_uses_the_runs_own_copy(tracked, tmp_path, capsys):
-    """A run keeps its dataset's meta.json and vocabulary beside its checkpoints, so a data folder
+    """A run keeps its dataset's meta.json and list of values beside its checkpoints, so a data folder
     regenerated since changes nothing; a checkpoint without that copy is refused with the way out
     (was: a size-mismatch traceback from load_state_dict)."""
     run = tmp_path / "run"

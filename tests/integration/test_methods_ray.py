@@ -83,7 +83,7 @@ def test_lma_computes_its_signatures_on_first_use_and_trains(ray_cluster, tiny_s
     shutil.copytree(tiny_synth, data)
     out = run_training(_job(tmp_path, data, 1, ["embedding.method=lma", "embedding.compression_ratio=100",
                                                 "lma.sample_rows=5000"]))
-    assert (data / "lma" / "signatures_r5000_s0_c2.parquet").is_file()  # the driver wrote them before training
+    assert (data / "lma" / "signatures_raw_r5000_s0_c2.parquet").is_file()  # the driver wrote them before training
     assert out.steps == 60 and out.compression_ratio == pytest.approx(100, rel=0.02)
     assert out.stats["lma_signed"] > 0 and out.stats["lma_signature_bytes"] == 12 * out.stats["lma_signed"]
     assert out.auc > 0.55, out

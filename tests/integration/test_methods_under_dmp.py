@@ -13,6 +13,7 @@ from dmp_helpers import free_port, init, shard
 
 from cafe_dist.embeddings import REGISTRY
 from cafe_dist.embeddings.lma import minhash_signatures, signature_table
+from tests.values import ids_as_values
 
 CAFE = {"threshold": 4.0, "ml_threshold": 1.5, "sync_interval": 2, "sync_lag": 1}
 OPTIONS = {"cafe": CAFE, "cafe_ml": {**CAFE, "admission": "threshold"}, "mch": {"eviction_interval": 2}}
@@ -29,7 +30,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     results = {}
     for method in REGISTRY:
         torch.manual_seed(0)
-        emb = build_embedding(method, feats, 16, 50, options=options.get(method))
+        emb = ids_as_values(build_embedding(method, feats, 16, 50, options=options.get(method)))
         dmp, rows, _, dense = shard(emb, world, sharding)
         model = dmp.module
         before = {t.name: rows.read([(t.name, torch.arange(t.num_embeddings))])[0] for t in model.emb.tables}

@@ -17,12 +17,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
 
     from cafe_dist.embeddings import FeatureSpec, build_embedding
     from cafe_dist.embeddings.table_rows import _pieces
+    from tests.values import ids_as_values
 
     torch.manual_seed(0)
     feats = [FeatureSpec("a", 5), FeatureSpec("b", 4000), FeatureSpec("c", 9000)]
-    emb = build_embedding("cafe", feats, 8, 20, options={"threshold": 6.0, "importance": "freq", "decay_mass": 1e12,
+    emb = ids_as_values(build_embedding("cafe", feats, 8, 20, options={"threshold": 6.0, "importance": "freq", "decay_mass": 1e12,
                                                            "sync_interval": 1, "sync_lag": 0, "cold": "hash",
-                                                           "admission": "threshold", "half_life_epochs": None})
+                                                           "admission": "threshold", "half_life_epochs": None}))
     dmp, rows, plan, dense = shard(emb, world, sharding)
     owners = {t.name: plan.plan["emb.ebc"][t.name].ranks for t in emb.tables}
     g = torch.Generator().manual_seed(rank)
@@ -41,7 +42,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
             dense.step()
         used = rows.read([(emb.TABLE, emb.hash_row("c", torch.tensor([x])))])[0]
         emb.after_step(rows)
-        return used, int(emb.hot_map.lookup(torch.tensor([x + emb.key_offset["c"]])))
+        return used, int(emb.hot_map.lookup(emb.key_of("c", [x])))
 
     def hot_state(slot: int) -> tuple[torch.Tensor, float]:
         """(hot row, its row-wise Adagrad state) wherever they live."""
@@ -62,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     out["x_row"], out["x_momentum"] = hot_state(slot)
     emb.sketch.decay(0.0)  # x's score drops to 0 on both ranks: the next version demotes it
     used, y_slot = step(777)  # ... and y takes the freed slot
-    out["x_after_decay"] = int(emb.hot_map.lookup(torch.tensor([4321 + emb.key_offset["c"]])))
+    out["x_after_decay"] = int(emb.hot_map.lookup(emb.key_of("c", [4321])))
     out["y_slot"], out["y_used"] = y_slot, used
     out["y_row"], out["y_momentum"] = hot_state(y_slot)
     out["checksum"] = emb.state_checksum()

@@ -19,6 +19,7 @@ from dmp_helpers import free_port, http_service
 
 from cafe_dist.cli import main
 from cafe_dist.data.schema import MISSING_ID, DatasetMeta
+from cafe_dist.serving.export import load_trained
 from cafe_dist.serving.model import ServedModel
 
 
@@ -140,18 +141,19 @@ def test_hot_lists_cafe_hot_ids_with_the_raw_values_the_data_holds(tracked, caps
     lines = capsys.readouterr().out.splitlines()
     assert "hot ids of" in lines[0]
     train = pq.read_table(f"{_data(out)}/train").to_pydict()
+    emb = load_trained(out.checkpoint_path).model.embedding
     checked, feature = 0, None
     for line in lines[1:]:
         if not line.startswith(" "):
             feature = line.split(":")[0]
             continue
-        raw_text, rest = line.split("  id ")
-        i = int(rest.split()[0].replace(",", ""))
+        raw_text, rest = line.split("  key ")
+        key = int(rest.split()[0].replace(",", ""))
         since = int(rest.split("since step ")[1].replace(",", ""))  # a step a version was applied at
         assert since <= out.steps and (since - 2) % 10 == 0, line  # sync_interval 10, sync_lag 2
-        idx = np.asarray(train[f"{feature}_idx"])
-        raws = {int(v) for v in np.asarray(train[feature])[idx == i]}  # every row with that id has one raw value
         want = raw_text.strip()
-        assert raws == ({MISSING_ID} if want == "(missing)" else {int(want, 16)}), (feature, i, raws, want)
+        value = MISSING_ID if want == "(missing)" else int(want, 16)
+        assert value in set(np.asarray(train[feature]).tolist()), (feature, want)  # a value the data holds
+        assert int(emb.key_of(feature, [value])) == key, (feature, want, key)  # and the one behind the key
         checked += 1
     assert checked > 0

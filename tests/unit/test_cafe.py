@@ -14,6 +14,7 @@ from cafe_dist.embeddings.cafe.method import PAPER_RULES, hash_fraction_for
 from cafe_dist.embeddings.cafe.scoring import ImportanceScorer, rank_report
 from cafe_dist.embeddings.cafe.sketch import HotSketch
 from cafe_dist.embeddings.table_rows import TableRows
+from tests.values import ids_as_values
 
 SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
 WIDE = [FeatureSpec(f"f{i}", c) for i, c in enumerate([5_000, 40_000, 200_000, 1_000_000, 3_000_000])]
@@ -21,7 +22,7 @@ WIDE = [FeatureSpec(f"f{i}", c) for i, c in enumerate([5_000, 40_000, 200_000, 1
 
 def _emb(ratio=100, features=SMALL, **opts):
     torch.manual_seed(0)
-    return build_embedding("cafe", features, 16, ratio, device=torch.device("cpu"), options=opts)
+    return ids_as_values(build_embedding("cafe", features, 16, ratio, device=torch.device("cpu"), options=opts))
 
 
 def _kjt(cols: torch.Tensor, names) -> KeyedJaggedTensor:
@@ -51,7 +52,7 @@ def test_paper_preset_sizes_hash_rows_in_proportion_to_cardinality():
     per_id = {f.name: emb.hash_rows[f.name] / f.cardinality for f in emb.compressed}
     assert len(per_id) >= 3 and max(per_id.values()) / min(per_id.values()) < 1.1
     fair = _emb(100, WIDE, cold="hash", admission="threshold")
-    assert len(set(fair.hash_rows.values())) == 1  # the default gives every feature the same rows
+    assert max(fair.hash_rows.values()) - min(fair.hash_rows.values()) <= 1  # the default: the same rows (± rounding)
 
 
 def test_paper_preset_decays_by_099_once_the_inserted_mass_passes_10_x_slots_x_k():
@@ -61,7 +62,7 @@ def test_paper_preset_decays_by_099_once_the_inserted_mass_passes_10_x_slots_x_k
     rows, n_comp = TableRows(emb), len(emb.compressed)
     batch = int(bound // n_comp // 3) + 1  # three batches pass the bound once
     cols = torch.stack([torch.zeros(batch, dtype=torch.int64)] * 4)  # id 0 of every feature
-    key = torch.tensor([emb.key_offset["d"]])
+    key = emb.key_of("d", [0])
     for i in range(1, 4):
         _step(emb, rows, cols)
         expected = batch * i * (0.99 if i == 3 else 1.0)
@@ -191,7 +192,7 @@ def test_robe_cold_tier_promoted_row_equals_the_blocks_the_id_was_reading():
     cols = torch.stack([torch.arange(8) % f.cardinality for f in SMALL])
     cols[3] = 42  # id 42 of feature d, 8 times: hot after this step
     before = emb(_kjt(cols, emb.names)).detach()
-    key = torch.tensor([42 + emb.key_offset["d"]])
+    key = emb.key_of("d", [42])
     blocks = torch.cat(rows.read([(ROBE_TABLE, emb.layout.robe_row(key, j)) for j in range(4)]), dim=1)
     _step(emb, rows, cols)
     slot = int(emb.hot_map.lookup(key))

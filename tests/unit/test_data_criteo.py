@@ -8,7 +8,8 @@ from conftest import CRITEO_SAMPLE, need
 
 from cafe_dist.cli import main
 from cafe_dist.data.formats.criteo import convert_criteo
-from cafe_dist.data.schema import MISSING_ID, DatasetMeta
+from cafe_dist.data.schema import MISSING_ID, VALUES_FILE, DatasetMeta
+from cafe_dist.data.vocabulary import read_values
 from cafe_dist.errors import BadInputError
 
 
@@ -60,11 +61,11 @@ def test_good_missing_and_malformed_lines(tmp_path):
     assert DatasetMeta.load(out).bad_rows == len(bad)
 
 
-def test_sequential_split_vocab_and_gzip(tmp_path):
+def test_sequential_split_values_and_gzip(tmp_path):
     rng = np.random.default_rng(1)
     lines = [_line(rng) for _ in range(70)]
     unseen = "ffffffff"
-    lines[-1] = _line(rng, cats=[unseen] * 26)  # only in the test split: contiguous id 0
+    lines[-1] = _line(rng, cats=[unseen] * 26)  # only in the test split: not a train value
     src = tmp_path / "day.tsv.gz"
     with gzip.open(src, "wt") as f:
         f.write("\n".join(lines) + "\n")
@@ -74,10 +75,12 @@ def test_sequential_split_vocab_and_gzip(tmp_path):
     test = _read(out, "test")
     expected_last = [int(line.split("\t")[14], 16) for line in lines[-10:]]
     assert test["C1"] == expected_last  # the test split is the last rows, in order
-    assert test["C1_idx"][-1] == 0 and test["C26_idx"][-1] == 0
+    assert not any(c.endswith("_idx") for c in test)  # raw values only: no vocabulary ids
     train = _read(out, "train")
-    assert min(train["C1_idx"]) >= 1  # every train value is in the vocabulary
-    assert meta.cardinality["C1"] == len(set(train["C1"])) + 1
+    listed = read_values(str(out / VALUES_FILE), meta.sparse_features)
+    for f in ("C1", "C26"):  # the train values, exactly; the test-only value is not among them
+        assert listed[f].tolist() == sorted(set(train[f])) and int(unseen, 16) not in listed[f]
+        assert meta.cardinality[f] == len(set(train[f])) + 1 and meta.distinct_counted[f] == "exact"
 
 
 def test_entirely_malformed_file_is_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.train.elastic import merge_states, owns, per_worker_batch, rebatch, rows_digest, steps_left
+from tests.values import ids_as_values
 
 
 def _stream(rows: int, size: int):
@@ -49,7 +50,7 @@ def test_the_rows_digest_adds_up_and_sees_a_repeat():
 
 def _cafe():
     feats = [FeatureSpec(f"C{i}", 5000) for i in range(4)]
-    return build_embedding("cafe", feats, 16, 20.0, options={"hash_fraction": 0.5})
+    return ids_as_values(build_embedding("cafe", feats, 16, 20.0, options={"hash_fraction": 0.5}))
 
 
 def test_cafe_merges_every_old_sketch_into_each_new_rank_at_its_share():

@@ -11,6 +11,7 @@ from cafe_dist.embeddings.cafe import CafeOptions
 from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
 from cafe_dist.embeddings.hashing import hash_mod
 from cafe_dist.embeddings.table_rows import TableRows
+from tests.values import ids_as_values
 
 CPU = torch.device("cpu")
 SMALL = [FeatureSpec("a", 4), FeatureSpec("b", 300), FeatureSpec("c", 20_000), FeatureSpec("d", 50_000)]
@@ -28,7 +29,7 @@ def _kjt(features, batch, seed=0, ids=None):
 
 def _emb(method, ratio, features=SMALL, **opts):
     torch.manual_seed(0)
-    return build_embedding(method, features, 16, ratio, device=CPU, options=opts)
+    return ids_as_values(build_embedding(method, features, 16, ratio, device=CPU, options=opts))
 
 
 def test_full_equals_a_plain_torchrec_ebc_bit_for_bit():
@@ -46,9 +47,14 @@ def test_full_equals_a_plain_torchrec_ebc_bit_for_bit():
 def test_byte_accounting_matches_the_requested_ratio(method, ratio):
     emb = _emb(method, ratio, CRITEO)
     got = emb.full_embedding_bytes() / emb.embedding_bytes()
-    assert got == pytest.approx(ratio, rel=0.02) if method != "full" else got == 1.0
     tables = sum(t.num_embeddings * t.embedding_dim * 4 for t in emb.tables)
-    assert emb.embedding_bytes() == tables + emb.aux_bytes()
+    listed = 8 * sum(f.cardinality - 1 for f in CRITEO if f.name in emb.budget.full)  # their lists of values
+    assert emb.values_bytes() == listed
+    assert emb.embedding_bytes() == tables + emb.aux_bytes() + listed
+    if method == "full":  # the reference is the tables alone; full also stores its vocabulary
+        assert emb.full_embedding_bytes() == tables and listed == 8 * sum(f.cardinality - 1 for f in CRITEO)
+    else:
+        assert got == pytest.approx(ratio, rel=0.02)
     if method in ("cafe", "cafe_ml"):
         medium = emb.hot_rows if method == "cafe_ml" else 0
         assert emb.aux_bytes() == emb.sketch.memory_bytes() + emb.hot_map.memory_bytes(emb.hot_rows, medium) > 0
@@ -131,7 +137,8 @@ def test_qr_pairs_are_unique_and_mult_differs_from_add():
 def test_bh_codes_are_unique_per_id():
     emb = _emb("bh", 100)
     k, m = emb.shape["d"]
-    assert m ** k >= 50_000 and k * m <= emb.rows_for(emb.budget.per_feature_bytes)
+    assert m ** k >= 50_000  # room for a code per value (raw values are hashed into the m^k codes)
+    assert sum(k * m for k, m in emb.shape.values()) <= emb.rows_for(emb.budget.compressed_bytes)
 
 
 def test_memcom_scales_the_shared_row_by_its_own_scalar():
@@ -174,7 +181,7 @@ def test_promotion_copies_exactly_the_rows_the_id_used(method):
     for _ in range(3):  # 4 occurrences per step: medium after the first, hot once the score passes 5
         emb(kjt).sum().backward()
         emb.after_step(rows)
-    key = torch.tensor([x + emb.key_offset["d"]])
+    key = emb.key_of("d", [x])
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
     table = emb.ebc.embedding_bags[emb.TABLE].weight
@@ -182,7 +189,7 @@ def test_promotion_copies_exactly_the_rows_the_id_used(method):
     used = table[emb.hash_row("d", torch.tensor([x]))][0]
     if method == "cafe_ml":  # it was medium when promoted: its second hash row was in the sum
         used = used + emb.ebc.embedding_bags["hash2_d"].weight[
-            hash_mod(torch.tensor([x]), emb.hash2_rows["d"], seed=7)][0]
+            hash_mod(emb.key_of("d", [x]), emb.hash2_rows["d"], seed=7)][0]
     assert torch.equal(hot_row, used)
     # the id's embedding does not jump when it changes tables (plain EBC here: no optimizer step)
     assert torch.allclose(emb(kjt)[0, 3], before if method == "cafe" else used)
@@ -194,7 +201,7 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     kjt = _batch_of(emb, 3, [777] * 8)
     emb(kjt).sum().backward()
     emb.after_step(rows)
-    key = torch.tensor([777 + emb.key_offset["d"]])
+    key = emb.key_of("d", [777])
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0 and len(emb.hot_map) == 1
     emb.sketch.decay(0.1)  # score 8 → 0.8 < threshold 5: the next version demotes it
@@ -207,7 +214,7 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     # the freed slot is the next one handed out
     emb(_batch_of(emb, 2, [5] * 8)).sum().backward()
     emb.after_step(rows)
-    assert int(emb.hot_map.lookup(torch.tensor([5 + emb.key_offset["c"]]))) == slot
+    assert int(emb.hot_map.lookup(emb.key_of("c", [5]))) == slot
 
 
 def test_decay_runs_when_the_inserted_mass_passes_the_bound():
@@ -216,7 +223,7 @@ def test_decay_runs_when_the_inserted_mass_passes_the_bound():
     kjt = _batch_of(emb, 3, [9] * 30)  # 30 ids x 2 compressed features = 60 mass per step
     emb(kjt).sum().backward()
     emb.after_step(rows)
-    key = torch.tensor([9 + emb.key_offset["d"]])
+    key = emb.key_of("d", [9])
     assert float(emb.sketch.scores(key)) == 30.0  # mass 60 < 100: no decay yet
     emb(kjt).sum().backward()
     emb.after_step(rows)
@@ -232,7 +239,7 @@ def test_grad_importance_comes_from_the_backward_hook(normalise, expected):
     weights[0, 3] = 10.0  # only row 0's feature d gets a gradient... and feature c gets none
     (out * weights).sum().backward()
     emb.after_step(TableRows(emb))
-    k = lambda i: torch.tensor([i + emb.key_offset["d"]])  # noqa: E731
+    k = lambda i: emb.key_of("d", [i])  # noqa: E731
     s1, s2 = float(emb.sketch.scores(k(1))), float(emb.sketch.scores(k(2)))
     assert s1 > 0 and s2 == 0.0
     # normalised to mean 1 over field d's 4 occurrences (the artifact's rule), or over the batch's
@@ -244,7 +251,7 @@ def test_versions_arrive_every_interval_and_apply_after_the_lag():
     emb = _cafe(sync_interval=3, sync_lag=2)
     rows = TableRows(emb)
     kjt = _batch_of(emb, 3, [31] * 8)
-    key = torch.tensor([31 + emb.key_offset["d"]])
+    key = emb.key_of("d", [31])
     hot_at = []
     for step in range(1, 10):
         emb(kjt).sum().backward()
@@ -262,7 +269,7 @@ def test_cafe_keeps_hot_ids_out_of_the_hash_table():
     emb(kjt).sum().backward()
     emb.after_step(TableRows(emb))
     routed, _, _ = emb.transform(kjt)
-    slot = int(emb.hot_map.lookup(torch.tensor([42 + emb.key_offset["d"]])))
+    slot = int(emb.hot_map.lookup(emb.key_of("d", [42])))
     # all 8 occurrences look up the id's own row, in the hot part of the table (before any hash rows)
     assert 0 <= slot < emb.hot_rows <= min(emb.hash_base.values())
     assert routed["d"].values().tolist() == [slot] * 8

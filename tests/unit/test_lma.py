@@ -20,6 +20,7 @@ from cafe_dist.embeddings.lma import (
     signature_table,
 )
 from cafe_dist.embeddings.routing import Values
+from tests.values import ids_as_values
 
 CPU = torch.device("cpu")
 FEATS = [FeatureSpec("a", 5000), FeatureSpec("b", 5000), FeatureSpec("c", 5000)]
@@ -40,7 +41,7 @@ def _emb(tmp_path, ids, ratio=20.0, **opts) -> LMAEmbedding:
     path = tmp_path / "sig.parquet"
     pq.write_table(signature_table(minhash_signatures(ids, seed=0), [f.name for f in FEATS]), path)
     torch.manual_seed(0)
-    return build_embedding("lma", FEATS, 16, ratio, device=CPU, options={"signatures": str(path), **opts})
+    return ids_as_values(build_embedding("lma", FEATS, 16, ratio, device=CPU, options={"signatures": str(path), **opts}))
 
 
 def _values(emb, feature: int, ids) -> Values:
@@ -119,10 +120,10 @@ def test_data_step_samples_a_converted_dataset_and_a_run_finds_the_file(tmp_path
     t = pq.read_table(path)
     assert t.num_rows > 0 and min(t.column("count").to_pylist()) >= 2
     assert set(t.column("feature").to_pylist()) <= set(meta.sparse_features)
-    mtime = (tmp_path / "d" / "lma" / "signatures_r3000_s0_c2.parquet").stat().st_mtime_ns
+    mtime = (tmp_path / "d" / "lma" / "signatures_raw_r3000_s0_c2.parquet").stat().st_mtime_ns
     again = LMAEmbedding.prepare_data(str(tmp_path / "d"), DatasetMeta.load(tmp_path / "d"), LMAOptions(sample_rows=3000))
     assert again.signatures == path  # reused, not recomputed
-    assert (tmp_path / "d" / "lma" / "signatures_r3000_s0_c2.parquet").stat().st_mtime_ns == mtime
+    assert (tmp_path / "d" / "lma" / "signatures_raw_r3000_s0_c2.parquet").stat().st_mtime_ns == mtime
     feats = [FeatureSpec(f, meta.cardinality[f]) for f in meta.sparse_features]
     emb = build_embedding("lma", feats, 16, 100, device=CPU, options=opts)
     assert emb.n_signed > 0

@@ -88,8 +88,8 @@ class Avazu(ClickLogFormat):
 AVAZU = Avazu()
 
 
-def convert_avazu(inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7, min_count: int = 1,
+def convert_avazu(inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7,
                   progress: bool = True, overwrite: bool = False) -> DatasetMeta:
     """``cafe-dist data avazu``: :meth:`ClickLogFormat.convert` of the Avazu format."""
-    return AVAZU.convert(inputs, out_dir, test_fraction=test_fraction, min_count=min_count, progress=progress,
+    return AVAZU.convert(inputs, out_dir, test_fraction=test_fraction, progress=progress,
                          overwrite=overwrite)

@@ -109,7 +109,7 @@ class ClickLogFormat(ABC):
         return layouts
 
     def parse_file(self, path: str, layout: Layout, sink, progress: bool = False) -> None:
-        """Stream one file into ``sink`` (``add_rows`` / ``add_bad``: a writer or a RawSink)."""
+        """Stream one file into ``sink`` (``add_rows`` / ``add_bad``: a writer or a PartSink)."""
         parse_into(path, layout.columns, self.delimiter, sink,
                    lambda tb: self._deliver(tb, layout, sink, path), progress, skip_header=layout.header,
                    quote=self.quote)
@@ -127,7 +127,7 @@ class ClickLogFormat(ABC):
         sink.add_rows(block.label[good], block.dense[good], block.sparse[good],
                       **({"extra": {k: v[good] for k, v in block.extra.items()}} if block.extra else {}))
 
-    def convert(self, inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7, min_count: int = 1,
+    def convert(self, inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7,
                 progress: bool = True, overwrite: bool = False) -> DatasetMeta:
         """Convert ``inputs`` into ``out_dir``, which is touched only once the new dataset is
         complete (:mod:`cafe_dist.data.target`); replacing a dataset there needs ``overwrite``."""
@@ -135,7 +135,7 @@ class ClickLogFormat(ABC):
         labeled, options = next(iter(layouts.values())).labeled, self.options()  # (libsvm's: read from the first line)
         with staged_dataset(out_dir, overwrite) as stage:
             writer = DatasetWriter(stage, self.name, self.dense_features, self.sparse_features,
-                                   test_fraction=test_fraction, labeled=labeled, min_count=min_count,
+                                   test_fraction=test_fraction, labeled=labeled,
                                    sources=list(layouts), extra_columns=dict(self.extra_columns) or None,
                                    extra_meta={"format_options": options} if options else None,
                                    progress=progress)

@@ -77,8 +77,8 @@ def parse_file(path: str, labeled: bool, sink, progress: bool = False) -> None:
     CRITEO.parse_file(path, Layout(columns, labeled), sink, progress)
 
 
-def convert_criteo(inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7, min_count: int = 1,
+def convert_criteo(inputs: list[str], out_dir: str | Path, *, test_fraction: float = 1 / 7,
                    progress: bool = True, overwrite: bool = False) -> DatasetMeta:
     """``cafe-dist data criteo``: :meth:`ClickLogFormat.convert` of the Criteo format."""
-    return CRITEO.convert(inputs, out_dir, test_fraction=test_fraction, min_count=min_count, progress=progress,
+    return CRITEO.convert(inputs, out_dir, test_fraction=test_fraction, progress=progress,
                           overwrite=overwrite)

@@ -3,8 +3,14 @@
 Hot rows come first in table ``cafe`` (``[0, hot_rows)``, shared by every compressed feature). The
 cold tier is either each compressed feature's hash rows, after the hot rows in the same table
 (``cold: hash``), or one ROBE-Z array ``cafe_robe`` of width Z that cold ids read D/Z blocks of
-(``cold: robe``). ``cafe_ml`` adds a second hash table per feature. A (feature, id) pair has one
-global key (feature offset + id), which the sketch, the coordinator and the hot map use.
+(``cold: robe``). ``cafe_ml`` adds a second hash table per feature.
+
+A (feature, raw value) pair has one global key, which the sketch, the coordinator, the hot map and
+the cold rows use: the feature's offset plus a hash of the value into the feature's key space. The
+31-bit key space (the sketch's cells hold 31-bit ids) is shared in proportion to cardinality, so a
+feature gets about 2**31 / (all distinct values) keys per value: two values of one key count and
+share as one, which at CriteoTB's 188 M values happens to about 1 value in 20, almost always a
+rare one (a hot row's key drawing a rare value along costs nothing that matters).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from cafe_dist.embeddings.hashing import hash_mod
 TABLE = "cafe"  # hot rows first, then (cold: hash) each compressed feature's hash rows
 ROBE_TABLE = "cafe_robe"  # cold: robe, the shared array (rows of width Z)
 SECOND_SEED = 7  # hash seed of cafe_ml's second tables
+KEY_SEED = 11  # hash seed of a value's key within its feature's key space
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class CafeLayout:
     hash_rows: dict[str, int]  # rows of each compressed feature's hash segment
     hash2_rows: dict[str, int]  # cafe_ml: rows of each feature's second hash table ({} for cafe)
     key_offset: dict[str, int]  # first global key of each compressed feature
+    key_space: dict[str, int]  # keys of each compressed feature (its values hash into them)
     hash_base: dict[str, int]  # first row of each feature's hash segment in the table
     robe_rows: int = 0  # cold: robe, rows of the shared array (0: cold ids use hash rows)
     z: int = 0  # cold: robe, block width
@@ -35,17 +43,20 @@ class CafeLayout:
     @classmethod
     def plan(cls, cardinalities: dict[str, int], hot_rows: int, hash_rows: dict[str, int],
              hash2_rows: dict[str, int], robe_rows: int = 0, z: int = 0) -> CafeLayout:
-        """Lay out ``hash_rows`` after ``hot_rows`` and number the keys of ``cardinalities``
-        (compressed features, in order)."""
-        key_offset, hash_base, key, base = {}, {}, 0, hot_rows
+        """Lay out ``hash_rows`` after ``hot_rows`` and share the key space among ``cardinalities``
+        (compressed features, in order) in proportion to them."""
+        total = max(sum(cardinalities.values()), 1)
+        key_offset, key_space, hash_base, key, base = {}, {}, {}, 0, hot_rows
         for name, cardinality in cardinalities.items():
-            key_offset[name], key = key, key + cardinality
+            key_space[name] = max(1, MAX_ID * cardinality // total)
+            key_offset[name], key = key, key + key_space[name]
             hash_base[name], base = base, base + hash_rows.get(name, 0)
-        if key > MAX_ID:
-            raise ValueError(f"cafe: {key:,} ids across compressed features exceed the sketch's 31-bit key "
-                             f"space ({MAX_ID:,})")
-        return cls(tuple(cardinalities), hot_rows, dict(hash_rows), dict(hash2_rows), key_offset, hash_base,
-                   robe_rows, z)
+        return cls(tuple(cardinalities), hot_rows, dict(hash_rows), dict(hash2_rows), key_offset, key_space,
+                   hash_base, robe_rows, z)
+
+    def key(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Global keys of raw values ``ids`` of ``feature``."""
+        return self.key_offset[feature] + hash_mod(ids, self.key_space[feature], seed=KEY_SEED)
 
     @property
     def robe(self) -> bool:
@@ -58,16 +69,15 @@ class CafeLayout:
         """Row of ``cafe_robe`` holding block ``block`` of the cold vector of each global key."""
         return hash_mod(keys, self.robe_rows, seed=block)
 
-    def hash_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
-        """Row of the ``cafe`` table that cold ``ids`` of ``feature`` share."""
-        return self.hash_base[feature] + hash_mod(ids, self.hash_rows[feature])
+    def hash_row(self, feature: str, keys: torch.Tensor) -> torch.Tensor:
+        """Row of the ``cafe`` table that cold global ``keys`` of ``feature`` share."""
+        return self.hash_base[feature] + hash_mod(keys, self.hash_rows[feature])
 
-    def hash2_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
-        """cafe_ml: row of ``hash2_<feature>`` that medium ``ids`` add in."""
-        return hash_mod(ids, self.hash2_rows[feature], seed=SECOND_SEED)
+    def hash2_row(self, feature: str, keys: torch.Tensor) -> torch.Tensor:
+        """cafe_ml: row of ``hash2_<feature>`` that medium global ``keys`` add in."""
+        return hash_mod(keys, self.hash2_rows[feature], seed=SECOND_SEED)
 
-    def feature_of_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index into ``compressed``, id) of each global key."""
+    def feature_of_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Index into ``compressed`` of each global key's feature."""
         starts = torch.tensor([self.key_offset[n] for n in self.compressed], dtype=torch.int64)
-        fi = torch.searchsorted(starts, keys, right=True) - 1
-        return fi, keys - starts[fi]
+        return torch.searchsorted(starts, keys, right=True) - 1

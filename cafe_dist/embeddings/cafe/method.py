@@ -21,7 +21,7 @@ from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.cafe.client import HotSetClient
 from cafe_dist.embeddings.cafe.coordinator import ActorSync, CoordinatorService, MergeConfig
 from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
-from cafe_dist.embeddings.cafe.layout import ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
+from cafe_dist.embeddings.cafe.layout import KEY_SEED, ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
 from cafe_dist.embeddings.cafe.migration import init_hot_rows
 from cafe_dist.embeddings.cafe.scoring import SKETCH_CELLS, ImportanceScorer
 from cafe_dist.embeddings.cafe.sketch import CELL_BYTES, HotSketch
@@ -217,11 +217,15 @@ class CafeEmbedding(CompressedEmbedding):
     hash_rows = property(lambda self: self.layout.hash_rows)
     hash2_rows = property(lambda self: self.layout.hash2_rows)
     hash_base = property(lambda self: self.layout.hash_base)
-    key_offset = property(lambda self: self.layout.key_offset)
     sketch = property(lambda self: self.scorer.sketch)
 
+    def key_of(self, feature: str, ids: torch.Tensor | int) -> torch.Tensor:
+        """Global keys of raw values ``ids`` of ``feature`` (what the hot map and sketch hold)."""
+        return self.layout.key(feature, torch.as_tensor(ids, dtype=torch.int64))
+
     def hash_row(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
-        return self.layout.hash_row(feature, ids)
+        """Row of the ``cafe`` table that cold raw values ``ids`` of ``feature`` share."""
+        return self.layout.hash_row(feature, self.key_of(feature, ids))
 
     def aux_bytes(self) -> int:
         if not self.compressed:
@@ -258,7 +262,8 @@ class CafeEmbedding(CompressedEmbedding):
 
     def keys_of(self, v: Values) -> torch.Tensor:
         """Global sketch key of each value (meaningful for compressed features only)."""
-        return v.ids + self._per_feature(self.key_offset, 0, v)
+        space = self._per_feature(self.layout.key_space, 1, v)
+        return self._per_feature(self.layout.key_offset, 0, v) + hash_mod(v.ids, space, seed=KEY_SEED)
 
     def state_checksum(self) -> int | None:
         return self.hot_map.checksum() if self.compressed else None
@@ -279,12 +284,12 @@ class CafeEmbedding(CompressedEmbedding):
             on = ~self.is_full
             routes += [Route(s, on, lay.robe_row(cold_keys, j), at=cold) for j, s in enumerate(self.block_suffixes())]
             return routes
-        cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(v.ids, self._per_feature(self.hash_rows, 1, v))
+        cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(keys, self._per_feature(self.hash_rows, 1, v))
         main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
         routes = [Route("", torch.ones_like(self.is_full), main)]
         if self.multi_level:
             medium = compressed & ~hot & self.hot_map.is_medium(keys)
-            rows2 = hash_mod(v.ids, self._per_feature(self.hash2_rows, 1, v), seed=SECOND_SEED)
+            rows2 = hash_mod(keys, self._per_feature(self.hash2_rows, 1, v), seed=SECOND_SEED)
             routes.append(Route("@m", ~self.is_full, rows2, mask=medium))
         return routes
 
@@ -391,12 +396,12 @@ class CafeEmbedding(CompressedEmbedding):
         return merged
 
     def hot_ids(self) -> dict[str, np.ndarray]:
-        """The current hot set: ``feature`` (name), ``id``, ``slot`` and this rank's sketch ``score``
-        of every hot id (what ``cafe-dist hot`` lists)."""
+        """The current hot set: ``feature`` (name), global ``key``, ``slot`` and this rank's sketch
+        ``score`` of every hot id (what ``cafe-dist hot`` lists)."""
         keys = self.hot_map.keys.to(torch.int64).cpu()
-        fi, ids = self.layout.feature_of_keys(keys)
+        fi = self.layout.feature_of_keys(keys)
         names = np.asarray(self.layout.compressed, dtype=object)
-        return {"feature": names[fi.numpy()] if len(keys) else np.array([], dtype=object), "id": ids.numpy(),
+        return {"feature": names[fi.numpy()] if len(keys) else np.array([], dtype=object), "key": keys.numpy(),
                 "slot": self.hot_map.slots.cpu().numpy(), "score": self.sketch.scores(keys).cpu().numpy()}
 
     def serving_state(self) -> dict:

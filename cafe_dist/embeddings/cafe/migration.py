@@ -21,17 +21,17 @@ def init_hot_rows(rows: TableRows, layout: CafeLayout, dim: int, keys: torch.Ten
         got = rows.read([(ROBE_TABLE, layout.robe_row(keys, j)) for j in range(layout.blocks(dim))])
         _install(rows, slots, torch.cat(got, dim=1))
         return
-    fi, ids = layout.feature_of_keys(keys)
+    fi = layout.feature_of_keys(keys)
     requests, places = [], []
     for i, name in enumerate(layout.compressed):
         sel = (fi == i).nonzero().squeeze(1)
         if sel.numel() == 0:
             continue
-        requests.append((TABLE, layout.hash_row(name, ids[sel])))
+        requests.append((TABLE, layout.hash_row(name, keys[sel])))
         places.append(sel)
         m = sel[was_medium[sel]] if was_medium is not None else sel[:0]
         if m.numel():
-            requests.append((f"hash2_{name}", layout.hash2_row(name, ids[m])))
+            requests.append((f"hash2_{name}", layout.hash2_row(name, keys[m])))
             places.append(m)
     values = torch.zeros((keys.numel(), dim), dtype=torch.float32)
     for place, got in zip(places, rows.read(requests)):

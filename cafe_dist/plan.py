@@ -11,10 +11,16 @@ plan says which tables (or shards) it holds and what they take:
   (its storage estimate less the two above);
 - ``method_state``: what every worker keeps beside the tables (CAFE's HotSketch and hot map, MCH's
   id maps, LMA's signatures: ``CompressedEmbedding.aux_bytes``), replicated;
+- ``values``: the lists of raw values of the features with tables of their own, 8 B a value
+  (``CompressedEmbedding.values_bytes``), replicated: ``full``'s vocabulary, which grows with the
+  data; a compressed method's lists of its few small uncompressed features;
 - ``dense``: the MLPs and their Adagrad state, replicated (data parallel).
 
 For each ratio it also finds the smallest world size at which the planner finds a plan (trying
-1, 2, 4 and then multiples of ``gpus_per_node``, starting from what the bytes alone require).
+1, 2, 4 and then multiples of ``gpus_per_node``, starting from what the bytes alone require), and
+what the driver needs before training: ``full`` counts every train value to build its vocabulary
+(16 B per distinct value while counting) unless the dataset lists every feature; compressed
+methods need nothing there.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import torch
 
 from cafe_dist.config import ConfigError, JobConfig
+from cafe_dist.data.distinct import EXACT, EXACT_LIMIT, SKETCH
 from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_KAGGLE_CARDINALITIES, CRITEO_SPARSE, DatasetMeta
 from cafe_dist.logs import quiet
 
@@ -38,6 +45,7 @@ FLOAT_BYTES = 4
 # train rows of the profiles (6/7 of Criteo Kaggle's 45.8 M; CriteoTB days 0-22 of ~4.37 B)
 PROFILE_TRAIN_ROWS = {"criteo-kaggle": 39_291_958, "criteo-tb": 4_195_197_692}
 MAX_WORLD_SIZE = 4096
+COUNT_BYTES = 16  # a distinct value and its count while full's vocabulary is counted (CountMerger)
 
 
 def profile_meta(name: str) -> DatasetMeta:
@@ -48,9 +56,12 @@ def profile_meta(name: str) -> DatasetMeta:
     if cards is None:
         raise ConfigError(f"unknown profile {name!r}: criteo-kaggle or criteo-tb")
     rows = PROFILE_TRAIN_ROWS[name]
+    # as a conversion would count them: features of at most EXACT_LIMIT values exactly (and listed)
+    counted = {f: EXACT if c - 1 <= EXACT_LIMIT else SKETCH for f, c in zip(CRITEO_SPARSE, cards)}
     return DatasetMeta(format="criteo", dense_features=list(CRITEO_DENSE), sparse_features=list(CRITEO_SPARSE),
                        cardinality=dict(zip(CRITEO_SPARSE, cards)), raw_distinct=dict(zip(CRITEO_SPARSE, cards)),
-                       rows={"train": rows, "test": rows // 23}, bad_rows=0, extra={"profile": name})
+                       rows={"train": rows, "test": rows // 23}, bad_rows=0, extra={"profile": name},
+                       distinct_counted=counted)
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,12 @@ class RankMemory:
     optimizer: int = 0
     io_buffers: int = 0
     method_state: int = 0
+    values: int = 0
     dense: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.optimizer + self.io_buffers + self.method_state + self.dense
+        return self.weights + self.optimizer + self.io_buffers + self.method_state + self.values + self.dense
 
 
 @dataclass
@@ -83,7 +95,10 @@ class RatioPlan:
     ratio: float
     method: str
     table_bytes: int  # every table's rows once (what the ranks' weights must add up to)
-    embedding_bytes: int  # the method's whole budget (tables + method state)
+    embedding_bytes: int  # the method's whole budget (tables + method state + lists of values)
+    method_state_bytes: int  # per rank, replicated
+    values_bytes: int  # per rank, replicated: the lists of values of the uncompressed features
+    driver_bytes: int  # on the driver before training: counting full's vocabulary (0: nothing to count)
     tables: list[dict[str, Any]]  # table, rows, dim, sharding_type, ranks
     ranks: list[RankMemory]
     fits: bool
@@ -191,17 +206,20 @@ def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find
     method = "full" if ratio <= 1 else job.embedding.method
     model, emb = _build(job, meta, method, ratio)
     types = _sharding_types(job, topo.device)
-    fixed = emb.aux_bytes() + _dense_bytes(model)
+    fixed = emb.aux_bytes() + emb.values_bytes() + _dense_bytes(model)
     bs = job.train.batch_size
     table_bytes = sum(t.num_embeddings * t.embedding_dim * FLOAT_BYTES for t in emb.tables)
+    counted = all(meta.distinct_counted.get(f, EXACT) == EXACT for f in meta.sparse_features)
+    driver = 0 if method != "full" or counted else COUNT_BYTES * sum(meta.raw_distinct.values())
     out = RatioPlan(ratio=ratio, method=method, table_bytes=table_bytes, embedding_bytes=emb.embedding_bytes(),
+                    method_state_bytes=emb.aux_bytes(), values_bytes=emb.values_bytes(), driver_bytes=driver,
                     tables=[], ranks=[RankMemory(r) for r in range(topo.world_size)], fits=False)
     planner, plan = _try_plan(model, emb, topo, types, bs, fixed)
     if planner is None:
         out.error = plan
     else:
         out.fits = True
-        _fill(out, planner, plan, emb, fixed - emb.aux_bytes(), topo)
+        _fill(out, planner, plan, emb, fixed - emb.aux_bytes() - emb.values_bytes(), topo)
     if find_min:
         out.min_world_size = smallest_world_size(model, emb, topo, types, bs, fixed)
     return out
@@ -235,7 +253,7 @@ def _fill(out: RatioPlan, planner, plan, emb, dense: int, topo: Topo) -> None:
             for rank, held in placed.items():  # the rest of the planner's estimate: input/output buffers
                 out.ranks[rank].io_buffers += max(storage_of.get((name, rank), 0) - held, 0)
     for rm in out.ranks:
-        rm.method_state, rm.dense = emb.aux_bytes(), dense
+        rm.method_state, rm.values, rm.dense = emb.aux_bytes(), emb.values_bytes(), dense
 
 
 def _candidates(gpus_per_node: int) -> list[int]:
@@ -287,6 +305,11 @@ def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8,
                     else f"none up to {MAX_WORLD_SIZE}")
         head = f"\n{p.ratio:g}x ({p.method}): tables {_gb(p.table_bytes)} GiB, smallest world size that fits: {smallest}"
         lines.append(head)
+        driver = (f"the driver counts every train value first ({_gb(p.driver_bytes)} GiB)" if p.driver_bytes
+                  else "nothing to build on the driver")
+        lines.append(f"  every rank also holds: method state {_gb(p.method_state_bytes)} GiB, lists of values "
+                     f"{_gb(p.values_bytes)} GiB ({'the vocabulary' if p.method == 'full' else 'its uncompressed features'}"
+                     f"); {driver}")
         if not p.fits:
             lines.append(f"  does not fit: {p.error}")
             continue
@@ -295,11 +318,12 @@ def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8,
             kinds[t["sharding_type"]] = kinds.get(t["sharding_type"], 0) + 1
         lines.append("  " + ", ".join(f"{n} table(s) {k}" for k, n in sorted(kinds.items())))
         lines.append(f"  {'rank':>5s} {'tables':>6s} {'weights':>8s} {'optim':>7s} {'io':>7s} {'method':>7s} "
-                     f"{'dense':>7s} {'total':>8s}")
+                     f"{'values':>7s} {'dense':>7s} {'total':>8s}")
         busiest = sorted(p.ranks, key=lambda r: -r.total)
         for rm in sorted(busiest[:show_ranks], key=lambda r: r.rank):
             lines.append(f"  {rm.rank:>5d} {len(rm.tables):>6d} {_gb(rm.weights):>8s} {_gb(rm.optimizer):>7s} "
-                         f"{_gb(rm.io_buffers):>7s} {_gb(rm.method_state):>7s} {_gb(rm.dense):>7s} {_gb(rm.total):>8s}")
+                         f"{_gb(rm.io_buffers):>7s} {_gb(rm.method_state):>7s} {_gb(rm.values):>7s} {_gb(rm.dense):>7s} "
+                         f"{_gb(rm.total):>8s}")
         if len(p.ranks) > show_ranks:
             lines.append(f"  ... {len(p.ranks) - show_ranks} more rank(s) (the busiest shown; --output-json has all); "
                          f"least loaded {_gb(min(r.total for r in p.ranks))} GiB")

@@ -62,9 +62,11 @@ def test_export_fp32_and_int8_bytes_and_auc(tracked, tmp_path):
     emb = ServedModel.load(tmp_path / "fp32").model.embedding
     # the tables as trained; of the method's state only the hot map (the sketch is training-only)
     assert fp32["tables"] == emb.table_bytes()
-    # 4 B key + 4 B slot per hot id, its version, the per-feature flags and the compressed features' indices
+    # 4 B key + 4 B slot per hot id, its version, the per-feature flags and the compressed features' indices,
+    # and the lists of values of the uncompressed features (8 B a value, and where each feature's starts)
     hot = len(emb.hot_map)
-    assert hot > 0 and fp32["method_state"] == 8 * hot + 8 + len(emb.names) + 8 * len(emb.compressed)
+    assert hot > 0 and fp32["method_state"] == (8 * hot + 8 + len(emb.names) + 8 * len(emb.compressed)
+                                                + emb.values_bytes() + 8 * len(emb.names))
     assert 8 * hot <= emb.aux_bytes() - emb.sketch.memory_bytes()  # what training accounts for the map
     assert fp32["training_embedding_bytes"] == out.embedding_bytes
     assert int8["tables"] < 0.4 * fp32["tables"]  # 16 + 4 bytes per row of 64
@@ -73,6 +75,39 @@ def test_export_fp32_and_int8_bytes_and_auc(tracked, tmp_path):
     auc32 = evaluate(ServedModel.load(tmp_path / "fp32"), _data(out))["auc"]
     auc8 = evaluate(ServedModel.load(tmp_path / "int8"), _data(out))["auc"]
     assert round(auc32, 4) == round(out.auc, 4) and abs(auc8 - auc32) < 0.002
+
+
+def test_an_export_is_as_small_as_its_tables_and_hashes_values_it_never_saw(tracked, tmp_path):
+    """No vocabulary: the directory holds the tables, the dense weights, the hot map and the lists
+    of the few uncompressed features' values; a value never seen is hashed like any other."""
+    _, out, _ = tracked
+    d = tmp_path / "m"
+    assert main(["export", "--checkpoint", out.checkpoint_path, "--out", str(d)]) == 0
+    doc = json.loads((d / "model.json").read_text())
+    b = doc["bytes"]
+    files = {p.name: p.stat().st_size for p in d.rglob("*") if p.is_file()}
+    assert "vocab.parquet" not in files and sorted(files) == ["method_state.pt", "model.json", "values.parquet",
+                                                              "weights.pt"]
+    # file headers and model.json (the dataset's meta) are a fixed few KiB: the rest is the model itself
+    assert sum(files.values()) <= 1.05 * (b["embeddings"] + b["dense"]) + 16 * 1024, (files, b)
+    model = ServedModel.load(d)
+    emb = model.model.embedding
+    meta, rows = _test_rows(_data(out), 8)
+    listed = pq.read_table(d / "values.parquet")  # at 100x the budget keeps under 1 % of the values listed
+    assert listed.num_rows == sum(len(v) for v in emb.known.values()) == emb.values_bytes() // 8
+    assert 0 < listed.num_rows < 0.01 * sum(meta.cardinality.values())
+    dense = np.stack([np.asarray(rows[c], np.float32) for c in meta.dense_features], 1)
+    raw = np.stack([np.asarray(rows[f], np.int64) for f in meta.sparse_features])
+    seen = model.score(dense, raw)
+    j = meta.sparse_features.index(emb.compressed[0].name)  # a compressed feature
+    unseen = raw.copy()
+    unseen[j] = (1 << 31) + np.arange(8)  # values no row holds (the data's values are hashes below 2**32)
+    other = unseen.copy()
+    other[j] += 1000
+    a, b2 = model.score(dense, unseen), model.score(dense, other)
+    assert np.isfinite(a).all() and ((a > 0) & (a < 1)).all()
+    # hashed to their own rows: two unseen values score differently (one shared "unseen" id would not)
+    assert not np.allclose(a, b2) and not np.allclose(a, seen)
 
 
 def test_predict_a_raw_tsv_scores_every_good_line_and_reports_the_bad_one(tracked, tmp_path):

@@ -36,21 +36,27 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the DMP wiring the te
 log = logging.getLogger("embedding_step")
 
 
-def batches(data_dir: Path, batch_size: int, n: int) -> tuple[list, list[KeyedJaggedTensor]]:
+def batches(data_dir: Path, batch_size: int, n: int) -> tuple[list, dict, list[KeyedJaggedTensor]]:
+    """The features (as a run sees them), their lists of values, and ``n`` batches of raw values."""
+    from cafe_dist.data.schema import values_file
+    from cafe_dist.data.vocabulary import read_values
     from cafe_dist.embeddings.spec import FeatureSpec
 
     meta = json.loads((data_dir / "meta.json").read_text())
     names = meta["sparse_features"]
-    feats = [FeatureSpec(f, meta["cardinality"][f]) for f in names]
+    listed = values_file(data_dir)
+    known = read_values(listed, names) if listed else {}
+    feats = [FeatureSpec(f, len(known[f]) + 1, listed=True) if f in known else
+             FeatureSpec(f, meta["cardinality"][f], listed=False) for f in names]
     part = sorted((data_dir / "train").glob("*.parquet"))[0]
-    t = pq.read_table(part, columns=[f"{f}_idx" for f in names])
+    t = pq.read_table(part, columns=names)
     ids = np.stack([t.column(i).to_numpy()[:n * batch_size] for i in range(len(names))]).astype(np.int64)
-    return feats, [KeyedJaggedTensor(keys=names, values=torch.from_numpy(np.ascontiguousarray(
+    return feats, known, [KeyedJaggedTensor(keys=names, values=torch.from_numpy(np.ascontiguousarray(
         ids[:, i * batch_size:(i + 1) * batch_size]).reshape(-1)),
         lengths=torch.ones(batch_size * len(names), dtype=torch.int32), stride=batch_size) for i in range(n)]
 
 
-def build(method: str, feats, ratio: float, kjts: list[KeyedJaggedTensor]):
+def build(method: str, feats, known: dict, ratio: float, kjts: list[KeyedJaggedTensor]):
     """(DMP-wrapped module, its embedding) with CAFE's hot set filled as a warmed-up run holds it."""
     from dmp_helpers import shard
 
@@ -58,6 +64,7 @@ def build(method: str, feats, ratio: float, kjts: list[KeyedJaggedTensor]):
     from cafe_dist.embeddings.registry import build_embedding
 
     emb = build_embedding(method, feats, 16, ratio)
+    emb.set_known_values(known)
     dmp = shard(emb, 1)[0]
     if method in ("cafe", "cafe_ml") and emb.compressed:
         keys = []
@@ -88,9 +95,9 @@ def main() -> None:
     from cafe_dist.bench.throughput import ThroughputSpec, synthetic_dataset
 
     init(0, 1, free_port())
-    feats, kjts = batches(Path(synthetic_dataset(ThroughputSpec())), args.batch_size, args.steps + 5)
+    feats, known, kjts = batches(Path(synthetic_dataset(ThroughputSpec())), args.batch_size, args.steps + 5)
     methods = args.methods.split(",")
-    models = {m: build(m, feats, args.ratio, kjts) for m in methods}
+    models = {m: build(m, feats, known, args.ratio, kjts) for m in methods}
     weight = torch.randn(args.batch_size, len(feats), 16, generator=torch.Generator().manual_seed(0))
 
     def step(m: str, kjt: KeyedJaggedTensor) -> None:

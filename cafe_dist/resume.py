@@ -54,6 +54,7 @@ def result_config(job: JobConfig, meta: DatasetMeta) -> dict[str, Any]:
     skip = {*RUN_CONTROL_SECTIONS, *(s for s in sections() if s != active)}
     flat = {k: v for k, v in job.flat().items() if k.split(".")[0] not in skip and k not in RUN_CONTROL_KEYS}
     flat["data.digest"] = data_digest(meta)
+    flat["data.ids"] = "raw"  # what the tables were trained on (absent: contiguous vocabulary ids, before 2026-12)
     return flat
 
 

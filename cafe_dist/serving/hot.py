@@ -38,7 +38,7 @@ def describe_hot(checkpoint: str, top: int = 20) -> str:
         return fmt.show(found[key]) if key in found else "(not in the first train rows)"
 
     lines = [f"{trained.path}: step {trained.manifest['step']}, hot map version {emb.hot_map.version}, "
-             f"{len(hot['id']):,} hot ids of {emb.hot_rows:,} slots"]
+             f"{len(hot['key']):,} hot ids of {emb.hot_rows:,} slots"]
     for f in names:
         mine = np.flatnonzero(hot["feature"] == f)
         if not len(mine):

@@ -81,7 +81,8 @@ def test_method_trains_under_dmp_on_two_ranks(dmp_results, method):
         assert any(n.startswith("hash2_") for n in r0["changed"] if n not in untouched)
         untouched = [n for n in untouched if not n.startswith("hash2_")]
     assert untouched == [], f"{method}: tables never updated: {untouched}"
-    assert r0["ratio"] == pytest.approx(1.0 if method == "full" else 50, rel=0.02)
+    # full stores its vocabulary beside its tables (8 B a value against 64 B a row): 64 / 72 of the reference
+    assert r0["ratio"] == pytest.approx(64 / 72 if method == "full" else 50, rel=0.02)
     assert r0["checksum"] == r1["checksum"]  # hot sets / id maps identical on both ranks
     if method.startswith("cafe"):
         assert r0["stats"]["promoted"] > 0 and r0["changed"].get("cafe", False)

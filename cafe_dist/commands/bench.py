@@ -103,6 +103,25 @@ def _sketch(args: argparse.Namespace) -> int:
     return _emit(out, args.output_json)
 
 
+def _conversion(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.conversion import run_conversion_bench
+
+    out = run_conversion_bench(args.input, args.format, args.repeats)
+    print(f"{out['rows']:,} rows ({out['bytes'] / 2**20:,.0f} MiB) on one core: pyarrow's CSV reader "
+          f"{out['pyarrow_rows_per_s']:,.0f} rows/s, cafe-dist data {args.format} {out['conversion_rows_per_s']:,.0f} "
+          f"rows/s ({out['conversion_over_pyarrow']:.2f}x)", file=sys.stderr)
+    return _emit(out, args.output_json)
+
+
+def _conversion_parser(bsub: argparse._SubParsersAction) -> None:
+    bc = bsub.add_parser("conversion", help="conversion rows/s on one core beside pyarrow's CSV reader, same file")
+    bc.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    bc.add_argument("--format", default="criteo", help="a click-log format (criteo, avazu, libsvm)")
+    bc.add_argument("--repeats", type=lambda t: max(1, int(t)), default=3, help="alternating rounds; medians reported")
+    _common(bc)
+    bc.set_defaults(handler=_conversion)
+
+
 def _common(p: argparse.ArgumentParser, *, storage: bool = False, overrides: bool = False) -> None:
     """The flags benchmarks share: where runs go, overrides for every run, the JSON report."""
     if storage:
@@ -205,5 +224,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     for add in (_quality_parser, _throughput_parser, _sketch_parser, _serving_parser, _coordinator_parser,
-                _drift_parser):
+                _drift_parser, _conversion_parser):
         add(bsub)

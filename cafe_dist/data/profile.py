@@ -15,6 +15,14 @@ value: C10's covers 22 % of rows), the head's slope (what a hot set of N ids cov
 (how many values a sample meets, i.e. how many ids a table must hold) at once; the top value's own
 share and the shift q decouple them. The law is sampled
 by inverting its continuous CDF, so drawing is O(1) per value for any cardinality, 10^7 included.
+
+Drift (``CategoricalProfile.drift``), fitted too: a real log keeps its most frequent values for
+the whole stream while its tail turns over. The generator renews the id holding popularity rank r
+every ``lifetime x rows x (1 + r / DRIFT_KNEE)^-exponent`` rows (a new id takes the rank, at a phase
+of the rank's own). :func:`fit_drift` picks each feature's lifetime and exponent so that the
+stream's first and last thirds differ as the real sample's do (it is in time order and covers the
+whole log): how much of the last third its first third's top value and top 100 still hold, and how
+much of the last third's mass are values the first third never showed.
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ from cafe_dist.errors import BadInputError
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 QUANTILES = np.linspace(0.0, 1.0, 101)
 EMPIRICAL_MAX = 1024  # features up to this cardinality keep the sample's own value shares
+DRIFT_KNEE = 1000  # ranks past it turn over faster: lifetime x (1 + rank / knee)^-exponent
+# the fit's grid: a top id's lifetime in streams (None: never renewed), and how fast it falls with rank
+DRIFT_LIFETIMES: tuple[float | None, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, None)
+DRIFT_EXPONENTS = (0.5, 1.0, 1.5)
+DRIFT_REPEATS = 4  # phases drawn per grid point: the statistics of one draw are noisy for the top id
 # MLPerf's CriteoTB (days 0-23, ids capped at 40 M per feature), C1..C26
 CRITEO_TB_CARDINALITIES = [
     39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10, 2208, 11938,
@@ -49,6 +62,10 @@ class CategoricalProfile:
     # small features (cardinality <= EMPIRICAL_MAX): the sample's own value shares, most frequent
     # first, drawn instead of the law (which cannot leave half of 24 values unseen, as C6 does)
     empirical: list[float] | None = None
+    # the fitted drift: {"lifetime": streams or None, "exponent", "observed": the real thirds'
+    # statistics, "fitted": the generator's}; None: small features (they keep their values), or a
+    # profile fitted before drift was (the generator then uses SynthSpec.drift_period's rule)
+    drift: dict | None = None
 
     @property
     def top(self) -> float:
@@ -94,7 +111,7 @@ class Profile:
         (e.g. CriteoTB's for planning and scale checks: its laws are not fitted, Kaggle's are reused)."""
         cats = [CategoricalProfile(c.name, card, c.missing_rate, c.a, c.q, c.observed,
                                    c.empirical if card <= EMPIRICAL_MAX and c.empirical is not None
-                                   and len(c.empirical) <= card else None)
+                                   and len(c.empirical) <= card else None, c.drift)
                 for c, card in zip(self.categorical, cardinalities)]
         return Profile(name, f"{self.source}, cardinalities replaced", self.rows, self.click_rate, cats, self.dense)
 
@@ -245,6 +262,70 @@ def categorical_stats(values: np.ndarray, missing_id: int, counts: np.ndarray | 
             "loglog_slope": loglog_slope(counts), "missing_rate": float(1 - present / len(values))}
 
 
+# ---- drift ------------------------------------------------------------------------------------
+def lifetimes(ranks: np.ndarray, top_rows: float, exponent: float) -> np.ndarray:
+    """Rows the id holding each rank keeps it (at least 1)."""
+    return np.maximum(1, np.round(top_rows * (1.0 + ranks / DRIFT_KNEE) ** -exponent)).astype(np.int64)
+
+
+def renewals(ranks: np.ndarray, rows: np.ndarray, life: np.ndarray, salt: int) -> np.ndarray:
+    """How many times rank ``ranks[i]``'s id was renewed by row ``rows[i]`` (each rank at a phase of
+    its own, so renewals spread over the stream)."""
+    from cafe_dist.data.distinct import mix64
+
+    phase = (mix64(ranks.astype(np.uint64) ^ np.uint64(salt)) % life.astype(np.uint64)).astype(np.int64)
+    return (rows + phase) // life
+
+
+def drift_stats(values: np.ndarray) -> dict[str, float]:
+    """How a feature's present values (in time order) change from the first third to the last:
+    the share of the last third's top-value mass its first third's top value still holds
+    (``top1_kept``), the same for the top 100 (``top100_kept``), and the share of the last third's
+    rows whose value the first third never showed (``new_mass``); and the top value's share of the
+    whole stream (``top_share``: a renewed top value splits it)."""
+    k = len(values) // 3
+    if k == 0:
+        return {"top1_kept": 1.0, "top100_kept": 1.0, "new_mass": 0.0, "top_share": 1.0}
+    first, last = values[:k], values[-k:]
+    u1, c1 = np.unique(first, return_counts=True)
+    _, c3 = np.unique(last, return_counts=True)
+    order = np.argsort(-c1, kind="stable")
+    out = {}
+    for n, key in ((1, "top1_kept"), (100, "top100_kept")):
+        held = np.isin(last, u1[order[:n]]).sum()
+        out[key] = float(held / max(np.sort(c3)[-n:].sum(), 1))
+    out["new_mass"] = float((~np.isin(last, u1)).mean())
+    out["top_share"] = float(np.unique(values, return_counts=True)[1].max() / len(values))  # over the whole stream
+    return out
+
+
+def fit_drift(values: np.ndarray, missing_id: int, profile: CategoricalProfile, seed: int = 0) -> dict | None:
+    """The lifetime and exponent (of the grid) whose stream's thirds differ most like the real
+    sample's (``values``: one feature's raw values in time order); None for small features."""
+    if profile.empirical is not None:
+        return None
+    rows = np.flatnonzero(values != missing_id)
+    real = drift_stats(values[rows])
+    rng = np.random.default_rng([seed, 1 << 33])
+    draws = [(profile.sample_ranks(rng.random(len(rows))), int(rng.integers(1, 1 << 62))) for _ in range(DRIFT_REPEATS)]
+    best, best_loss = None, math.inf
+    for lifetime in DRIFT_LIFETIMES:
+        for exponent in DRIFT_EXPONENTS if lifetime is not None else (0.0,):
+            got = {k: 0.0 for k in real}
+            for ranks, salt in draws:
+                ids = ranks if lifetime is None else ranks + profile.cardinality * renewals(
+                    ranks, rows, lifetimes(ranks, lifetime * len(values), exponent), salt)
+                for k, v in drift_stats(ids).items():
+                    got[k] += v / DRIFT_REPEATS
+            # top1_kept is reported, not fitted: where two values share the top (C13), they trade
+            # places between thirds without any renewal; the top value's share says what matters
+            loss = ((got["top100_kept"] - real["top100_kept"]) ** 2 + (got["new_mass"] - real["new_mass"]) ** 2
+                    + ((got["top_share"] - real["top_share"]) / max(real["top_share"], 1e-3)) ** 2)
+            if loss < best_loss - 1e-12:
+                best_loss, best = loss, {"lifetime": lifetime, "exponent": exponent, "observed": real, "fitted": got}
+    return best
+
+
 def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, source: str) -> Profile:
     """Fit a profile from a converted dataset (every split, in order; the raw id columns, so the
     vocabulary does not matter) with the given full cardinality per categorical feature."""
@@ -263,7 +344,9 @@ def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, sourc
         card = max(card, st["distinct"])
         a, q = fit_law(card, st["present"], st["distinct"], st["top_share"], st["loglog_slope"])
         empirical = [float(c) for c in counts / counts.sum()] if card <= EMPIRICAL_MAX else None
-        categorical.append(CategoricalProfile(f, card, st["missing_rate"], a, q, st, empirical))
+        law = CategoricalProfile(f, card, st["missing_rate"], a, q, st, empirical)
+        categorical.append(CategoricalProfile(f, card, st["missing_rate"], a, q, st, empirical,
+                                              fit_drift(values, meta.missing_id, law)))
     dense = []
     for f in meta.dense_features:
         x = table.column(f).to_numpy()

@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from cafe_dist.data.parsing import dense_transform
-from cafe_dist.data.profile import EMPIRICAL_MAX, QUANTILES, Profile, rank_cdf, sample_ranks
+from cafe_dist.data.profile import (
+    EMPIRICAL_MAX,
+    QUANTILES,
+    Profile,
+    lifetimes,
+    rank_cdf,
+    renewals,
+    sample_ranks,
+)
 from cafe_dist.data.schema import (
     CRITEO_DENSE,
     CRITEO_KAGGLE_CARDINALITIES,
@@ -68,7 +76,7 @@ class SynthSpec:
     cardinality_scale: float = 0.01
     min_cardinality: int = 3
     zipf_a: float = 1.1
-    drift_period: int = 0  # rows between rotations; 0 = rows // 4 (profile: a top id's lifetime, 0 = 4 x rows)
+    drift_period: int = 0  # rows between rotations; 0 = rows // 4 (profile: 0 = its fitted drift; else a top id's lifetime)
     drift_fraction: float = 0.05  # fraction of each feature's id space the ranking rotates by
     missing_rate: float = 0.05
     # a fitted feature profile (cafe_dist.data.profile: "criteo-kaggle" or a JSON file): per-feature
@@ -88,7 +96,12 @@ class SynthSpec:
         """What ``meta.json`` keeps of the spec (``extra.synth``): generating again with a different
         record gives other data, so a dataset made from another spec is never silently reused."""
         return {**self.__dict__, "drift_period": self.period(), "cardinalities": self.cardinalities(),
-                "test_fraction": test_fraction}
+                "test_fraction": test_fraction, "drift": self.drift_rule()}
+
+    def drift_rule(self) -> str:
+        """"fitted": the profile's per-feature drift; "period": ``drift_period``'s rule."""
+        fitted = self.profile is not None and any(c.drift for c in load_profile(self.profile).categorical)
+        return "fitted" if fitted and self.drift_period == 0 else "period"
 
 
 @lru_cache(maxsize=4)
@@ -188,15 +201,21 @@ class SynthGenerator:
     def _profile_ids(self, feature: int, ranks: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Profile mode's drift: the id holding a popularity rank is renewed (a new id takes the rank,
         the old one is gone) every lifetime(rank) rows, at a phase of its own, so renewals are spread
-        over the stream. lifetime = drift_period / sqrt(1 + rank / ID_SIGNAL_KNEE): the head is
-        stable for most of the stream and the tail turns over fast, as new ads and users do. Small
-        features (cardinality <= EMPIRICAL_MAX) keep their values."""
+        over the stream. By default the profile's fitted drift (:func:`cafe_dist.data.profile.fit_drift`:
+        lifetime x rows x (1 + rank / 1000)^-exponent, per feature, as the real log changes between its
+        thirds); with an explicit ``drift_period``, drift_period / sqrt(1 + rank / 1000) for every
+        feature. Small features (cardinality <= EMPIRICAL_MAX) keep their values."""
         card = int(self.cards[feature])
+        drift = self.profile.categorical[feature].drift
         if card <= EMPIRICAL_MAX:
             return self.raw_id(feature, ranks)
-        life = np.maximum(1.0, self.spec.period() / np.sqrt(1.0 + ranks / ID_SIGNAL_KNEE)).astype(np.int64)
-        phase = (_mix64(ranks.astype(np.uint64) ^ self.salts[-2]) % life.astype(np.uint64)).astype(np.int64)
-        return self.raw_id(feature, ranks + card * ((rows + phase) // life))
+        if self.spec.drift_period == 0 and drift is not None:
+            if drift["lifetime"] is None:  # the real log keeps this feature's values
+                return self.raw_id(feature, ranks)
+            life = lifetimes(ranks, drift["lifetime"] * self.spec.rows, drift["exponent"])
+        else:
+            life = lifetimes(ranks, self.spec.period(), 0.5)
+        return self.raw_id(feature, ranks + card * renewals(ranks, rows, life, int(self.salts[-2])))
 
     def _shift(self, rows: np.ndarray, card: int) -> np.ndarray:
         step = max(1, int(round(card * self.spec.drift_fraction)))

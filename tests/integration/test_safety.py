@@ -102,7 +102,7 @@ def test_a_killed_conversion_leaves_the_old_dataset_and_the_next_one_cleans_up(d
     proc = subprocess.Popen([str(BIN / "cafe-dist"), "data", "synth", "--rows", "3000000", "--out", str(dataset),
                              "--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not any((p / "_raw.parquet").exists() for p in dataset.parent.glob(".ds.partial-*")):
+    while not any((p / "_parts" / "part-00000.parquet").exists() for p in dataset.parent.glob(".ds.partial-*")):
         assert proc.poll() is None and time.time() < deadline, "the conversion ended before it could be killed"
         time.sleep(0.2)
     time.sleep(1.0)  # mid-write

@@ -9,6 +9,7 @@ from torchrec import KeyedJaggedTensor
 
 from cafe_dist.embeddings import FeatureSpec, build_embedding
 from cafe_dist.embeddings.cafe.coordinator import HotSetMerger, MergeConfig
+from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
 from cafe_dist.embeddings.cafe.layout import ROBE_TABLE
 from cafe_dist.embeddings.cafe.method import PAPER_RULES, hash_fraction_for
 from cafe_dist.embeddings.cafe.scoring import ImportanceScorer, rank_report
@@ -218,26 +219,47 @@ def test_metadata_per_hot_slot_is_at_most_48_bytes(ratio):
     assert HotSketch(1000).memory_bytes() / 1000 / 4 <= 12.125  # 12 B a cell + its pin bit
 
 
-def test_a_manifest_rebuilds_cafe_ml_with_the_settings_the_job_gave():
-    """cafe_ml derives unset settings (a hash cold tier) from its own defaults: the manifest records
-    which were set, so export rebuilds what trained (recorded as all-set, the rebuild is refused)."""
+def test_a_manifest_rebuilds_cafe_with_the_settings_the_job_gave():
+    """The paper preset derives unset settings (its threshold k by ratio) from the ones given: the
+    manifest records which were set, so export rebuilds what trained (recorded as all-set, the
+    rebuild would take the default threshold instead)."""
     from cafe_dist.embeddings import FeatureSpec, build_embedding
-    from cafe_dist.embeddings.cafe.method import CafeOptions
+    from cafe_dist.embeddings.cafe.method import CafeOptions, paper_rule
     from cafe_dist.model_spec import ModelSpec
 
     def method_options(info):
         return ModelSpec.from_json({"compression_ratio": 20.0, "dim": 16, "dense_arch": [], "over_arch": [],
                                     **info}).options
 
-    given = CafeOptions.model_validate({"sync_interval": 5})
+    given = CafeOptions.model_validate({"preset": "paper", "sync_interval": 5})
     feats = [FeatureSpec(f"C{i}", 3000) for i in range(3)]
     trained = build_embedding("cafe_ml", feats, 16, 20.0, options=given)
     info = {"method": "cafe_ml", "options": given.model_dump(mode="json"), "options_set": sorted(given.model_fields_set)}
     again = build_embedding("cafe_ml", feats, 16, 20.0, options=method_options(info))
-    assert again.params == trained.params and again.params.cold == "hash"
+    assert again.threshold == trained.threshold == paper_rule(20.0)[0]
     assert [t.num_embeddings for t in again.tables] == [t.num_embeddings for t in trained.tables]
-    with pytest.raises(ValueError, match="set cafe.cold=hash"):
-        build_embedding("cafe_ml", feats, 16, 20.0, options=method_options({**info, "options_set": None}))
+    all_set = build_embedding("cafe_ml", feats, 16, 20.0, options=method_options({**info, "options_set": None}))
+    assert all_set.threshold == CafeOptions().threshold != trained.threshold
+
+
+def test_cafe_ml_has_cafes_cold_tier_and_medium_ids_add_a_second_row():
+    """cafe_ml's default cold tier is cafe's (robe blocks); a medium id reads its blocks plus a row
+    of its feature's second table, and a promoted medium id's hot row starts as that sum."""
+    emb = ids_as_values(build_embedding("cafe_ml", SMALL, 16, 100, device=torch.device("cpu")))
+    assert emb.layout.robe and emb.hash2_rows and emb.params.cold == "robe"
+    x = 4242
+    kjt = KeyedJaggedTensor(keys=[f.name for f in SMALL], values=torch.tensor([1, 1, 1, x]),
+                            lengths=torch.ones(4, dtype=torch.int32), stride=1)
+    cold = emb(kjt)[0, 3].detach().clone()
+    key = emb.key_of("d", [x])
+    emb.apply_update(HotMapUpdate(1, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                                  medium_keys=key), None)
+    second = emb.ebc.embedding_bags["hash2_d"].weight[emb.layout.hash2_row("d", key)][0]
+    medium = emb(kjt)[0, 3].detach()
+    assert torch.allclose(medium, cold + second)
+    rows = TableRows(emb)
+    emb.apply_update(HotMapUpdate(2, key, torch.tensor([0]), medium_keys=key), rows)
+    assert torch.allclose(emb(kjt)[0, 3], medium)  # promoted: the same vector, now its own row
 
 
 def test_robe_cold_share_follows_the_measured_schedule():

@@ -90,7 +90,6 @@ class CafeOptions(MethodOptions):
 PAPER_PRESET = {"admission": "threshold", "cold": "hash", "cold_rows": "cardinality", "normalise": "field",
                 "half_life_epochs": None, "decay": 0.99, "buckets_per_slot": 0.82}
 # k, the hash share and decay_mass (10 x hot slots x k) depend on the ratio: see CafeEmbedding.__init__
-ML_DEFAULTS = {"cold": "hash"}
 
 
 def hash_fraction_for(ratio: float, cold: str = "robe") -> float:
@@ -136,11 +135,7 @@ class CafeEmbedding(CompressedEmbedding):
 
     def __init__(self, features, dim, ratio=1.0, device=None, params: CafeOptions | None = None) -> None:
         p = params or CafeOptions()
-        if self.multi_level:  # cafe_ml adds second hash rows to hash rows: a hash cold tier unless told otherwise
-            p = p.model_copy(update={k: v for k, v in ML_DEFAULTS.items() if k not in p.model_fields_set})
         self.params = p
-        if self.multi_level and p.cold != "hash":
-            raise ValueError("cafe_ml adds a second hash row to medium ids' hash row: set cafe.cold=hash")
         if self.multi_level and p.admission == "threshold" and p.ml_threshold >= p.threshold:
             raise ValueError(f"cafe.ml_threshold ({p.ml_threshold}) must be below cafe.threshold ({p.threshold})")
         self.ratio = ratio
@@ -180,8 +175,8 @@ class CafeEmbedding(CompressedEmbedding):
         robe = p.cold == "robe"
         if robe and self.dim % p.robe_z:
             raise ValueError(f"cafe.robe_z ({p.robe_z}) must divide embedding.dim ({self.dim})")
-        robe_rows = self.rows_for(self.hf * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
-        first = self.hf * (1 - p.ml_fraction) if self.multi_level else self.hf
+        first = self.hf * (1 - p.ml_fraction) if self.multi_level else self.hf  # cafe_ml: the rest, second rows
+        robe_rows = self.rows_for(first * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
         hash_rows = {} if robe else self._cold_rows(first)
         hash2_rows = self._cold_rows(self.hf * p.ml_fraction) if self.multi_level else {}
         used = robe_rows * p.robe_z * FLOAT_BYTES + sum(r * row for r in (*hash_rows.values(), *hash2_rows.values()))
@@ -283,15 +278,21 @@ class CafeEmbedding(CompressedEmbedding):
             cold_keys = keys.index_select(0, cold)
             on = ~self.is_full
             routes += [Route(s, on, lay.robe_row(cold_keys, j), at=cold) for j, s in enumerate(self.block_suffixes())]
+            if self.multi_level:  # medium ids add a row of their feature's second table to their blocks
+                routes.append(self._medium_route(v, keys, compressed & ~hot))
             return routes
         cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(keys, self._per_feature(self.hash_rows, 1, v))
         main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
         routes = [Route("", torch.ones_like(self.is_full), main)]
         if self.multi_level:
-            medium = compressed & ~hot & self.hot_map.is_medium(keys)
-            rows2 = hash_mod(keys, self._per_feature(self.hash2_rows, 1, v), seed=SECOND_SEED)
-            routes.append(Route("@m", ~self.is_full, rows2, mask=medium))
+            routes.append(self._medium_route(v, keys, compressed & ~hot))
         return routes
+
+    def _medium_route(self, v: Values, keys: torch.Tensor, cold: torch.Tensor) -> Route:
+        """cafe_ml: medium ids (cold, and in the medium set) add their row of a second hash table."""
+        medium = cold & self.hot_map.is_medium(keys)
+        rows2 = hash_mod(keys, self._per_feature(self.hash2_rows, 1, v), seed=SECOND_SEED)
+        return Route("@m", ~self.is_full, rows2, mask=medium)
 
     def warmed_up(self) -> bool:
         """Whether the first hot-set version has been applied (coverage counts from then on)."""

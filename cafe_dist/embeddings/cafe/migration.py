@@ -17,11 +17,17 @@ def init_hot_rows(rows: TableRows, layout: CafeLayout, dim: int, keys: torch.Ten
     """Each new hot row starts as the cold vector the id was reading: its hash row (plus, for ids
     that were medium, its second hash row), or its D/Z blocks of the robe array side by side; the
     optimizer's state for the hot row starts from zero."""
+    fi = layout.feature_of_keys(keys)
     if layout.robe:
         got = rows.read([(ROBE_TABLE, layout.robe_row(keys, j)) for j in range(layout.blocks(dim))])
-        _install(rows, slots, torch.cat(got, dim=1))
+        values = torch.cat(got, dim=1)
+        if was_medium is not None and bool(was_medium.any()):  # cafe_ml: plus its second row
+            for i, name in enumerate(layout.compressed):
+                m = ((fi == i) & was_medium).nonzero().squeeze(1)
+                if m.numel():
+                    values[m] += rows.read([(f"hash2_{name}", layout.hash2_row(name, keys[m]))])[0]
+        _install(rows, slots, values)
         return
-    fi = layout.feature_of_keys(keys)
     requests, places = [], []
     for i, name in enumerate(layout.compressed):
         sel = (fi == i).nonzero().squeeze(1)

@@ -59,7 +59,7 @@ class ModelSpec:
         return {"method": self.method, "compression_ratio": self.compression_ratio, "dim": self.dim,
                 "dense_arch": list(self.dense_arch), "over_arch": list(self.over_arch), "seed": self.seed,
                 "options": opts.model_dump(mode="json") if opts is not None else None,
-                # which settings the job gave (a method may derive the others from them, as cafe_ml does)
+                # which settings the job gave (a method may derive the others from them, as cafe's paper preset does)
                 "options_set": sorted(opts.model_fields_set) if opts is not None else None,
                 "values": self.values}
 

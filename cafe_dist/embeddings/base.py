@@ -291,6 +291,11 @@ class FullEmbedding(CompressedEmbedding):
         features = [replace(f, listed=True) for f in features]  # every feature gets a vocabulary
         super().__init__(features, dim, 1.0, device)
 
+    def set_known_values(self, values: dict[str, np.ndarray]) -> None:
+        """A vocabulary lists no value of a feature whose values all fell below ``min_count``:
+        they all read row 0."""
+        super().set_known_values({f: values.get(f, np.zeros(0, np.int64)) for f in self.names})
+
     @classmethod
     def values_file(cls, data_dir: str, meta: Any, options: MethodOptions | None) -> str | None:
         from cafe_dist.data.schema import values_file

@@ -1,5 +1,7 @@
 """Every method sharded by real DMP across two gloo processes (no Ray: seconds, not minutes):
-it trains (its tables change, the loss is finite) and stateful methods stay identical on both ranks."""
+it trains (its tables change, the loss is finite) and stateful methods stay identical on both ranks.
+The inputs are raw 32-bit values, as a dataset holds them: compressed features hash them, the
+feature the budget keeps uncompressed maps them through its list of values."""
 
 import os
 
@@ -13,10 +15,15 @@ from dmp_helpers import free_port, init, shard
 
 from cafe_dist.embeddings import REGISTRY
 from cafe_dist.embeddings.lma import minhash_signatures, signature_table
-from tests.values import ids_as_values
 
 CAFE = {"threshold": 4.0, "ml_threshold": 1.5, "sync_interval": 2, "sync_lag": 1}
 OPTIONS = {"cafe": CAFE, "cafe_ml": {**CAFE, "admission": "threshold"}, "mch": {"eviction_interval": 2}}
+CARDS = [5, 3000, 9000, 20000]
+
+
+def raw(ranks, feature: int):
+    """The raw 32-bit value of each popularity rank of a feature (a fixed scramble)."""
+    return ((ranks + 1) * 2654435761 % 4294967291 ^ (feature * 0x5BD1E995)) & 0xFFFFFFFF
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
@@ -30,7 +37,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     results = {}
     for method in REGISTRY:
         torch.manual_seed(0)
-        emb = ids_as_values(build_embedding(method, feats, 16, 50, options=options.get(method)))
+        emb = build_embedding(method, feats, 16, 50, options=options.get(method))
+        emb.set_known_values({f.name: np.sort(raw(np.arange(f.cardinality - 1), j)) for j, f in enumerate(feats)})
         dmp, rows, _, dense = shard(emb, world, sharding)
         model = dmp.module
         before = {t.name: rows.read([(t.name, torch.arange(t.num_embeddings))])[0] for t in model.emb.tables}
@@ -38,8 +46,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
         target = torch.randn(8, 4, 16, generator=torch.Generator().manual_seed(1))
         losses, stats = [], {}
         for _ in range(6):
-            zipf = (torch.rand(4, 8, generator=g) ** 3 * torch.tensor([[5], [3000], [9000], [20000]])).long()
-            kjt = KeyedJaggedTensor(keys=["a", "b", "c", "d"], values=zipf.reshape(-1),
+            zipf = (torch.rand(4, 8, generator=g) ** 3 * torch.tensor([[c] for c in CARDS])).long()
+            values = torch.stack([raw(zipf[j], j) for j in range(4)])
+            assert int(values.max()) >= 2**31  # raw values: far past any table's rows
+            kjt = KeyedJaggedTensor(keys=["a", "b", "c", "d"], values=values.reshape(-1),
                                     lengths=torch.ones(32, dtype=torch.int32), stride=8)
             loss = (dmp(kjt) - target).pow(2).mean()
             if dense is not None:
@@ -64,7 +74,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
 @pytest.fixture(scope="module", params=["table_wise", "column_wise", "data_parallel"])
 def dmp_results(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
-    sample = (np.random.default_rng(0).random((2000, 4)) ** 3 * [5, 3000, 9000, 20000]).astype(np.int64)
+    ranks = (np.random.default_rng(0).random((2000, 4)) ** 3 * CARDS).astype(np.int64)
+    sample = np.stack([raw(ranks[:, j], j) for j in range(4)], axis=1)
     pq.write_table(signature_table(minhash_signatures(sample, seed=0), list("abcd")), out / "lma.parquet")
     mp.spawn(_worker, args=(2, free_port(), str(out), request.param), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]

@@ -42,11 +42,18 @@ def test_a_criteo_tb_plan_places_every_row_once_and_adds_up(tmp_path, capsys):
         rows = sum(t["rows"] * copies[t["table"]] for t in p["tables"])
         assert sum(r["optimizer"] for r in ranks) == rows * 4  # RowWiseAdagrad: one fp32 per row
         for r in ranks:
-            assert r["total"] == sum(r[k] for k in ("weights", "optimizer", "io_buffers", "method_state", "dense"))
+            assert r["total"] == sum(r[k] for k in ("weights", "optimizer", "io_buffers", "method_state", "values",
+                                                    "dense"))
             assert r["total"] <= 80 * 1024**3
         placed = {name for r in ranks for name in r["tables"]}
         assert placed == {t["table"] for t in p["tables"]}
     assert plans[1]["ranks"][0]["method_state"] > 0  # CAFE's sketch and hot map on every worker
+    # full's vocabulary on every rank (8 B a value), counted first on the driver; CAFE reads raw
+    # values: only its few uncompressed small features are listed, and nothing is counted
+    vocabulary = 8 * sum(c - 1 for c in CRITEO_TB_CARDINALITIES)
+    assert all(r["values"] == vocabulary for r in plans[0]["ranks"]) and plans[0]["driver_bytes"] > vocabulary
+    assert 0 < plans[1]["values_bytes"] < vocabulary / 1000 and plans[1]["driver_bytes"] == 0
+    assert "the driver counts every train value first" in text and "nothing to build on the driver" in text
 
 
 def test_an_impossible_plan_names_what_does_not_fit(tmp_path, capsys):

@@ -91,7 +91,8 @@ def build_embedding(method: str | type[CompressedEmbedding], features: list[Feat
             options = cls.options.model_validate(options)
     emb = cls.build(features, dim, compression_ratio, device, options)
     achieved = emb.full_embedding_bytes() / emb.embedding_bytes()
-    if name != BASELINE and achieved < compression_ratio * (1 - RATIO_TOLERANCE):  # full ignores the ratio
+    # full ignores the ratio; at 1x or below every listed feature keeps its table (and its list of values)
+    if name != BASELINE and compression_ratio > 1 and achieved < compression_ratio * (1 - RATIO_TOLERANCE):
         raise ValueError(
             f"embedding.compression_ratio={compression_ratio:g} cannot be met by method {name!r} on these "
             f"{len(features)} features (dim {dim}): its smallest form (one row per table, plus its fixed "

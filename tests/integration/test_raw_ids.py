@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cafe_dist.checkpoint_dirs import CheckpointError
-from cafe_dist.config import load_config
+from cafe_dist.config import ConfigError, load_config
 from cafe_dist.data.schema import VALUES_FILE, VOCAB_FILE, VOCABULARY_DIR, DatasetMeta
 from cafe_dist.data.vocabulary import read_values
 from cafe_dist.serving.export import export_checkpoint
@@ -22,7 +22,7 @@ from cafe_dist.train.launcher import run_training
 
 def _run(tmp: Path, data: Path, name: str, *overrides: str):
     job = load_config(None, [f"data.path={data}", f"ray.storage_path={tmp / 'runs'}", f"ray.name={name}",
-                             "ray.num_workers=1", "train.batch_size=512", "train.max_steps=12", "train.eval_every=0",
+                             "ray.num_workers=1", "train.batch_size=512", "train.max_steps=12",
                              "mlflow.enabled=false", *overrides])
     return run_training(job)
 
@@ -66,15 +66,17 @@ def test_full_builds_its_capped_vocabulary_and_a_dataset_of_the_old_layout_still
     # a dataset converted with a vocabulary: its vocabulary is the values file, its _idx columns unread
     old = tmp_path / "old"
     _old_layout(tiny_synth, old)
-    for method in ("hash", "full", "cafe"):
+    for method in ("hash", "full"):
         out = _run(tmp_path, old, f"old-{method}", f"embedding.method={method}", "embedding.compression_ratio=10")
         assert np.isfinite(out.auc) and 0.5 < out.auc < 1, method
     assert not (old / VOCABULARY_DIR).exists()  # full read vocab.parquet: nothing to build
 
 
-def test_a_run_trained_on_vocabulary_ids_is_refused_for_resume_and_export(ray_cluster, tiny_synth, tmp_path):
-    out = _run(tmp_path, tiny_synth, "before", "embedding.method=hash", "embedding.compression_ratio=10")
-    ckpt = Path(out.checkpoint_path)
+def test_a_run_trained_on_vocabulary_ids_is_refused_for_resume_and_export(tracked, tiny_synth, tmp_path):
+    out = tracked[1]
+    run = tmp_path / "runs" / "before"
+    shutil.copytree(Path(out.checkpoint_path).parent, run)
+    ckpt = run / Path(out.checkpoint_path).name
     for manifest in ckpt.glob("manifest-rank*.json"):  # as cafe-dist wrote it before raw ids
         doc = json.loads(manifest.read_text())
         del doc["model"]["values"]
@@ -82,8 +84,7 @@ def test_a_run_trained_on_vocabulary_ids_is_refused_for_resume_and_export(ray_cl
         manifest.write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="trained on contiguous vocabulary ids"):
         export_checkpoint(str(ckpt), tmp_path / "m")
-    from cafe_dist.config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"data.ids"):
-        _run(tmp_path, tiny_synth, "before", "embedding.method=hash", "embedding.compression_ratio=10",
-             "train.max_steps=20", "ray.resume=force")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(ConfigError, match=r"data.ids"):  # whatever else differs, this one cannot be forced
+        _run(tmp_path, tiny_synth, "before", "embedding.method=cafe", "embedding.compression_ratio=100",
+             "ray.num_workers=2", "ray.resume=force")

@@ -44,8 +44,8 @@ def values_table(features: list[str], values: dict[str, np.ndarray], counts: dic
 
 def write_values(location: str, features: list[str], values: dict[str, np.ndarray],
                  counts: dict[str, np.ndarray] | None = None) -> None:
-    buf = io.BytesIO()
-    pq.write_table(values_table(features, values, counts), buf)
+    buf = io.BytesIO()  # no min/max statistics or Arrow schema: a few hundred bytes an export need not carry
+    pq.write_table(values_table(features, values, counts), buf, write_statistics=False, store_schema=False)
     storage.write_bytes(location, buf.getvalue())
 
 

@@ -74,7 +74,10 @@ class CafeOptions(MethodOptions):
     buckets_per_slot: float = Field(0.82, gt=0)  # sketch buckets (SKETCH_CELLS 12 B cells) per hot row: <= 48 B with the map
     # cafe_ml
     ml_threshold: float = Field(10.0, gt=0)  # cafe_ml, threshold admission: medium ids score in [ml_threshold, threshold)
-    ml_fraction: float = Field(0.5, gt=0, lt=1)  # cafe_ml: share of the hash budget for the second hash tables
+    # cafe_ml: share of the cold tier's memory for the second tables; None: 0.1 with the robe cold tier,
+    # 0.5 with hash rows (measured on the real sample, BENCHMARKS.md: with robe blocks the medium ids'
+    # second rows are worth less than the blocks they take, 0.1 loses least)
+    ml_fraction: float | None = Field(None, gt=0, lt=1)
     # the exchange
     sync_interval: int = Field(10, ge=1)  # steps between hot-set versions
     sync_lag: int = Field(2, ge=0)  # a version is applied this many steps after the summaries were sent
@@ -87,6 +90,7 @@ class CafeOptions(MethodOptions):
         return data
 
 
+ML_FRACTION = {"robe": 0.1, "hash": 0.5}  # cafe_ml's second tables' share of the cold tier, by cold tier
 PAPER_PRESET = {"admission": "threshold", "cold": "hash", "cold_rows": "cardinality", "normalise": "field",
                 "half_life_epochs": None, "decay": 0.99, "buckets_per_slot": 0.82}
 # k, the hash share and decay_mass (10 x hot slots x k) depend on the ratio: see CafeEmbedding.__init__
@@ -175,10 +179,11 @@ class CafeEmbedding(CompressedEmbedding):
         robe = p.cold == "robe"
         if robe and self.dim % p.robe_z:
             raise ValueError(f"cafe.robe_z ({p.robe_z}) must divide embedding.dim ({self.dim})")
-        first = self.hf * (1 - p.ml_fraction) if self.multi_level else self.hf  # cafe_ml: the rest, second rows
+        ml = p.ml_fraction if p.ml_fraction is not None else ML_FRACTION[p.cold]
+        first = self.hf * (1 - ml) if self.multi_level else self.hf  # cafe_ml: the rest, second rows
         robe_rows = self.rows_for(first * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
         hash_rows = {} if robe else self._cold_rows(first)
-        hash2_rows = self._cold_rows(self.hf * p.ml_fraction) if self.multi_level else {}
+        hash2_rows = self._cold_rows(self.hf * ml) if self.multi_level else {}
         used = robe_rows * p.robe_z * FLOAT_BYTES + sum(r * row for r in (*hash_rows.values(), *hash2_rows.values()))
         per_slot = (row + p.buckets_per_slot * SKETCH_CELLS * (CELL_BYTES + 1 / 8) + HotMap.BYTES_PER_HOT
                     + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from cafe_dist.data.distinct import FeatureCounters
 from cafe_dist.data.schema import BAD_ROWS_FILE, SPLITS, VALUES_FILE, DatasetMeta
-from cafe_dist.data.vocabulary import values_table
+from cafe_dist.data.vocabulary import write_values
 from cafe_dist.errors import BadInputError
 
 ROWS_PER_PART = 1 << 20
@@ -201,7 +201,7 @@ def finish_dataset(out: Path, parts: list[Part], train_counters: FeatureCounters
     check_split(good, n_train, test_fraction)
     counters = split_parts(out, parts, n_train, sparse, schema, train_counters).counters
     listed = {f: c.values() for f, c in counters.items() if c.is_exact}
-    pq.write_table(values_table(sparse, listed), out / VALUES_FILE)
+    write_values(str(out / VALUES_FILE), sparse, listed)
     distinct = {f: counters[f].count() for f in sparse}
     meta = DatasetMeta(
         format=fmt, dense_features=dense, sparse_features=sparse,

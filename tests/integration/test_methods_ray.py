@@ -55,7 +55,7 @@ def test_demo_job_for_every_method_ratio_and_worker_count(ray_cluster, demo_data
                "--num-workers", str(workers), "--output-json", str(out_path)])
     assert rc == 0
     out = json.loads(out_path.read_text())
-    expected = 1.0 if method == "full" else ratio
+    expected = 64 / 72 if method == "full" else ratio  # full also holds its vocabulary: 8 B a value beside 64 B rows
     assert out["compression_ratio"] == pytest.approx(expected, rel=0.02)
     assert out["world_size"] == workers and out["auc"] > 0.55
     if method in STATEFUL and workers > 1:

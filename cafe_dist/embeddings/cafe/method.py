@@ -180,6 +180,8 @@ class CafeEmbedding(CompressedEmbedding):
         if robe and self.dim % p.robe_z:
             raise ValueError(f"cafe.robe_z ({p.robe_z}) must divide embedding.dim ({self.dim})")
         ml = p.ml_fraction if p.ml_fraction is not None else ML_FRACTION[p.cold]
+        if self.multi_level and self.compressed:  # at least a second row per feature: at tiny budgets, more share
+            ml = min(max(ml, len(self.compressed) * row / max(self.hf * self.budget.compressed_bytes, 1.0)), 0.9)
         first = self.hf * (1 - ml) if self.multi_level else self.hf  # cafe_ml: the rest, second rows
         robe_rows = self.rows_for(first * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
         hash_rows = {} if robe else self._cold_rows(first)

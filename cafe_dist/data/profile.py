@@ -327,8 +327,8 @@ def fit_drift(values: np.ndarray, missing_id: int, profile: CategoricalProfile, 
 
 
 def fit_profile(data_dir: str | Path, cardinalities: list[int], name: str, source: str) -> Profile:
-    """Fit a profile from a converted dataset (every split, in order; the raw id columns, so the
-    vocabulary does not matter) with the given full cardinality per categorical feature."""
+    """Fit a profile from a converted dataset (every split, in time order: the drift is fitted on
+    how its thirds differ) with the given full cardinality per categorical feature."""
     import pyarrow.dataset as pads
 
     from cafe_dist.data.schema import DatasetMeta

@@ -85,9 +85,8 @@ class ModelSpec:
         from cafe_dist.embeddings import FeatureSpec, build_embedding
 
         known = read_values(self.values, meta.sparse_features) if self.values is not None else None
-        counted = meta.distinct_counted  # {}: the old layout, whose vocabulary lists every feature
         features = [FeatureSpec(f, len(known[f]) + 1, listed=True) if known is not None and f in known else
-                    FeatureSpec(f, meta.cardinality[f], listed=known is None and counted.get(f, "exact") == "exact")
+                    FeatureSpec(f, meta.cardinality[f], listed=known is None and meta.counted_exactly(f))
                     for f in meta.sparse_features]
         emb = build_embedding(self.klass or self.method, features, self.dim, self.compression_ratio, device=device,
                               options=self.options)

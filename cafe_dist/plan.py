@@ -209,7 +209,7 @@ def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find
     fixed = emb.aux_bytes() + emb.values_bytes() + _dense_bytes(model)
     bs = job.train.batch_size
     table_bytes = sum(t.num_embeddings * t.embedding_dim * FLOAT_BYTES for t in emb.tables)
-    counted = all(meta.distinct_counted.get(f, EXACT) == EXACT for f in meta.sparse_features)
+    counted = all(meta.counted_exactly(f) for f in meta.sparse_features)
     driver = 0 if method != "full" or counted else COUNT_BYTES * sum(meta.raw_distinct.values())
     out = RatioPlan(ratio=ratio, method=method, table_bytes=table_bytes, embedding_bytes=emb.embedding_bytes(),
                     method_state_bytes=emb.aux_bytes(), values_bytes=emb.values_bytes(), driver_bytes=driver,

@@ -28,7 +28,7 @@ from cafe_dist.data.distinct import FeatureCounters
 from cafe_dist.data.formats.criteo import labeled_layout, parse_file
 from cafe_dist.data.schema import BAD_ROWS_FILE, CRITEO_DENSE, CRITEO_SPARSE, DatasetMeta
 from cafe_dist.data.target import staged_dataset
-from cafe_dist.data.writer import PARTS_DIR, PartSink, finish_dataset, raw_schema
+from cafe_dist.data.writer import PARTS_DIR, Part, PartSink, finish_dataset, raw_schema
 from cafe_dist.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,6 @@ def convert_criteo_distributed(inputs: list[str], out_dir: str | Path, *, test_f
 def _convert(inputs: list[str], out: Path, labeled: bool, test_fraction: float, address: str | None) -> DatasetMeta:
     import ray
     import ray.data
-
-    from cafe_dist.data.writer import Part
 
     for sub in (PARTS_DIR, "_bad"):
         (out / sub).mkdir(parents=True)

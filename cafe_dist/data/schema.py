@@ -77,6 +77,11 @@ class DatasetMeta:
     # dataset of the old layout, counted exactly through its vocabulary
     distinct_counted: dict[str, str] = field(default_factory=dict)
 
+    def counted_exactly(self, feature: str) -> bool:
+        """Whether conversion counted (and so listed) ``feature``'s values exactly; a dataset of
+        the old layout did for every feature (its vocabulary lists them all)."""
+        return self.distinct_counted.get(feature, "exact") == "exact"
+
     def save(self, out_dir: str | Path) -> None:
         path = Path(out_dir) / META_FILE
         tmp = path.with_suffix(".json.tmp")

@@ -303,7 +303,7 @@ class FullEmbedding(CompressedEmbedding):
 
         opts = options if isinstance(options, FullOptions) else FullOptions()
         listed = values_file(data_dir)
-        every = all(meta.distinct_counted.get(f, "exact") == "exact" for f in meta.sparse_features)
+        every = all(meta.counted_exactly(f) for f in meta.sparse_features)
         if listed is not None and every and opts.max_ids_per_feature is None and opts.min_count == 1:
             return listed
         return build_vocabulary(data_dir, meta, opts.max_ids_per_feature, opts.min_count)

@@ -63,7 +63,8 @@ def _raw_values(trained, hot: dict[str, np.ndarray]) -> dict[int, int]:
     rows = 0
     for path in files:
         try:
-            table = pq.read_table(storage.open_input_file(path), columns=wanted)
+            with storage.open_input_file(path) as f:
+                table = pq.read_table(f, columns=wanted)
         except (OSError, ValueError):
             return {}
         for f in wanted:

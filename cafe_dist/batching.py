@@ -1,4 +1,4 @@
-"""Columnar numpy batches (from Ray Data) → model inputs, with no per-row Python."""
+"""Columnar numpy batches (read by cafe_dist.data.reader) → model inputs, with no per-row Python."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ class Batch:
     dense: torch.Tensor  # (B, n_dense) float32; (B, 1) zeros when the data has no dense features
     sparse: KeyedJaggedTensor  # one id per feature per row
     labels: torch.Tensor  # (B,) float32
+
+    def pinned(self) -> Batch:
+        """In page-locked host memory: the copy to a GPU then runs asynchronously."""
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device, non_blocking=True),

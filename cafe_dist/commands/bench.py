@@ -113,6 +113,35 @@ def _conversion(args: argparse.Namespace) -> int:
     return _emit(out, args.output_json)
 
 
+def _input(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.input import run_input_bench
+
+    out = run_input_bench(args.data, args.batch_size, args.num_workers, args.rows, args.repeats, args.ray_data,
+                          args.use_gpu, args.storage_path, args.output_json)
+    for r in out["records"]:
+        print(f"batch {r['batch_size']:>7,}: {r['rows_per_s']:>12,.0f} rows/s per worker ({r['num_workers']} "
+              f"worker(s), {out['device']}), pyarrow on one core {r['pyarrow_rows_per_s']:,.0f} ({r['ratio']:.2f}x); "
+              f"{r['rows_per_cpu_s']:,.0f} rows per core-second: {r['cores_per_h200']:.1f} cores feed one H200",
+              file=sys.stderr)
+    return _emit(out, None)
+
+
+def _input_parser(bsub: argparse._SubParsersAction) -> None:
+    bi = bsub.add_parser("input", help="rows/s per worker through the trainer's input path beside pyarrow's, "
+                                       "per core, resumed and per-worker bytes")
+    bi.add_argument("--data", required=True, help="a converted dataset directory (its train split is read)")
+    bi.add_argument("--batch-size", type=lambda t: csv_list(t, int), default=[8192, 65536], metavar="N[,N...]",
+                    help="rows per worker per step (default 8192,65536)")
+    bi.add_argument("--num-workers", type=int, default=1, help="Ray Train workers reading side by side")
+    bi.add_argument("--rows", type=int, default=None, help="read only the first N train rows (default: all)")
+    bi.add_argument("--repeats", type=lambda t: max(1, int(t)), default=3, help="rounds; medians reported")
+    bi.add_argument("--ray-data", action="store_true",
+                    help="also time Ray Data's iter_batches + the Collator (the path before row-addressed reads)")
+    bi.add_argument("--use-gpu", action="store_true", help="workers on GPUs: the batches are copied there (pinned)")
+    _common(bi, storage=True)
+    bi.set_defaults(handler=_input)
+
+
 def _conversion_parser(bsub: argparse._SubParsersAction) -> None:
     bc = bsub.add_parser("conversion", help="conversion rows/s on one core beside pyarrow's CSV reader, same file")
     bc.add_argument("--input", nargs="+", required=True, metavar="FILE")
@@ -224,5 +253,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     for add in (_quality_parser, _throughput_parser, _sketch_parser, _serving_parser, _coordinator_parser,
-                _drift_parser, _conversion_parser):
+                _drift_parser, _conversion_parser, _input_parser):
         add(bsub)

@@ -1,6 +1,6 @@
 """Dataset locations as pyarrow sees them: a local path, or a URI of any filesystem pyarrow reads
 (``file://``, ``s3://``, ``gs://``, ``hdfs://``, ``abfs://``). Training reads ``meta.json``, lists
-the Parquet files and streams them through Ray Data with the same location string, so a cluster can
+the Parquet files and the workers read their rows with the same location string, so a cluster can
 train from shared storage or an object store without copying the data to each node."""
 
 from __future__ import annotations

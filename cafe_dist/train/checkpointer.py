@@ -38,12 +38,19 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on (skipped on resume)
+    batch_in_epoch: int = 0  # steps of ``epoch`` taken
     samples: int = 0
-    epoch_rows: int = 0  # elastic runs: rows of this epoch trained by all ranks (a prefix of it)
+    epoch_rows: int = 0  # rows of this epoch trained by all ranks
+    # the data position (cafe_dist.train.row_order): the rows of the epoch left when this segment of it
+    # began, how they were dealt (workers, rows per worker and step, rows per unit), the steps taken since
+    segment: list[list[int]] = field(default_factory=list)
+    segment_world: int = 0  # 0: no segment yet (a fresh run, or a checkpoint from before these fields)
+    segment_batch: int = 0
+    segment_unit: int = 0
+    segment_steps: int = 0
     global_batch: int = 0  # elastic runs: rows per step over all workers, kept when resumed on another count
     global_batch_from: int = 0  # ... and the train.batch_size it came from (changing that sets a new one)
-    rows_digest: int = 0  # elastic runs: sum of hashes of the epoch row indices this rank trained on
+    rows_digest: int = 0  # sum of hashes of the epoch row indices this rank trained on (cafe_dist.train.elastic)
     data_digest: int = 0  # CRC32 chained over every batch this rank trained on, in order
     hot_map_digest: int = 0  # chained over the per-step state checksum (hot map / id maps)
     train_time_s: float = 0.0  # in earlier attempts

@@ -1,13 +1,10 @@
 """Elastic resume (``ray.elastic: true``): a checkpoint of N workers continues on M.
 
-What stands in the way with a split stream is the data position: each worker's place in its own
-shard. So in an elastic run no worker has a shard. Every worker reads the whole train stream, cut
-into batches of the per-worker batch size, and at each step the W workers train on the next W
-batches, rank r on the r-th. What was trained is then always a prefix of the epoch's stream,
-``epoch_rows`` rows long, the same number on every rank: the one data position a checkpoint needs.
-Resumed on M workers, the rest of the epoch (from row ``epoch_rows``) is cut again and rank r
-takes its batches ``r + k*M``. The price is reading: each worker reads every row (W times the I/O
-of a split stream), acceptable for CPU clusters and small W, not for hundreds of GPUs.
+The data position is a segment of the epoch and the steps taken in it
+(:mod:`cafe_dist.train.row_order`): the rows left when the segment began, dealt to the workers in
+units of whole batches. Resumed on M workers, the rows no rank had trained are dealt again to the M
+(a new segment), each worker reading only its own rows. So every row of the epoch is trained at
+most once, and all of it but less than a last round of batches.
 
 The batch: by default (``ray.elastic_batch: global``) a resumed run keeps the rows per step over
 all workers that it started with, so each worker takes ``global / M`` rows (rounded): the run goes
@@ -23,13 +20,13 @@ from rank 0; per-rank state through the method's
 into each new one, scaled to a worker's share); RNG states by rank modulo the old world size.
 
 Proof of "every sample exactly once": ``rows_digest``, the sum over trained rows of a 64-bit hash
-of the row's index in the epoch, kept per rank and summed, equals the digest of the prefix
-``[0, epoch_rows)`` only if each of those rows was trained exactly once.
+of the row's index in the epoch, kept per rank and summed, equals the digest of the rows the deals
+say were trained (a prefix ``[0, epoch_rows)`` when every unit is one batch) only if each of them
+was trained exactly once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -54,45 +51,10 @@ def rows_digest(start: int, stop: int) -> int:
     return total
 
 
-def owns(batch: int, rank: int, world_size: int) -> bool:
-    """Whether ``rank`` trains the ``batch``-th batch after the point where training (re)started."""
-    return batch % world_size == rank
-
-
-def steps_left(train_rows: int, batch_size: int, start_row: int, world_size: int) -> int:
-    """Whole steps (every rank a whole batch) left in an epoch that is ``start_row`` rows in."""
-    return max(train_rows - start_row, 0) // batch_size // world_size
-
-
 def per_worker_batch(global_batch: int, world_size: int) -> int:
     """Rows per worker that keep ``global_batch`` rows per step on ``world_size`` workers: the
     nearest whole number (the step then holds at most ``world_size / 2`` rows more or fewer)."""
     return max(1, round(global_batch / world_size))
-
-
-def rebatch(batches: Iterable[dict[str, np.ndarray]], size: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
-    """The stream of column batches ``batches`` from row ``skip`` on, cut again into whole batches
-    of ``size`` rows (a partial last one is dropped): a resumed elastic run's position is a row
-    count, not necessarily a multiple of its new batch size. Slices and concatenations per batch."""
-    pending: list[dict[str, np.ndarray]] = []
-    held = 0
-    for batch in batches:
-        n = len(next(iter(batch.values())))
-        if skip >= n:
-            skip -= n
-            continue
-        if skip:
-            batch, n, skip = {k: v[skip:] for k, v in batch.items()}, n - skip, 0
-        pending.append(batch)
-        held += n
-        if held < size:
-            continue
-        joined = pending[0] if len(pending) == 1 else {k: np.concatenate([b[k] for b in pending]) for k in batch}
-        cut = held - held % size
-        for lo in range(0, cut, size):
-            yield {k: v[lo:lo + size] for k, v in joined.items()}
-        held -= cut
-        pending = [{k: v[cut:] for k, v in joined.items()}] if held else []
 
 
 def merge_states(states: list[dict[str, Any]], rank: int, world_size: int, embedding) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""When to evaluate, what (test AUC and logloss over every rank's test shard), and whether the
+"""When to evaluate, what (test AUC and logloss over every rank's part of the test split), and whether the
 target AUC is reached."""
 
 from __future__ import annotations
@@ -11,22 +11,27 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from torchmetrics.classification import BinaryAUROC
 
 from cafe_dist.batching import Collator
+from cafe_dist.data.reader import RowReader, SplitFiles
 from cafe_dist.errors import BadInputError
+from cafe_dist.train.feed import Feed
+from cafe_dist.train.row_order import eval_batches
 
 
-def evaluate(model: torch.nn.Module, shard, collate: Collator, device: torch.device,
+def evaluate(model: torch.nn.Module, split: SplitFiles, collate: Collator, device: torch.device,
              batch_size: int) -> dict[str, float]:
-    """AUC and logloss over this rank's test shard, reduced across all ranks."""
+    """AUC and logloss over this rank's part of the test split, reduced across all ranks."""
     model.eval()
     auroc = BinaryAUROC().to(device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, rows)
-    with torch.no_grad():
-        for np_batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                           drop_last=False, prefetch_batches=2):
-            try:
-                batch = collate(np_batch).to(device)
-            except BadInputError as e:
-                raise BadInputError(f"test split, rank {dist.get_rank()}: {e}") from None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    plan = ([rows] for rows in eval_batches(split.rows, world, rank, batch_size))
+    with torch.no_grad(), Feed(RowReader(split, collate.columns), collate, device, plan, digests=False) as feed:
+        for fed in feed:
+            if fed.error is not None:
+                (a, b), = fed.rows
+                raise BadInputError(f"test split, rank {rank} (rows {a:,}–{b - 1:,} of the split; below, the row "
+                                    f"within the batch): {fed.error}") from None
+            batch = fed.batch
             logits = model(batch.dense, batch.sparse)
             auroc.update(torch.sigmoid(logits), batch.labels.long())
             totals[0] += binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum").double()
@@ -50,9 +55,9 @@ class Evaluator:
     end, unless the last periodic evaluation was at the last step; remembers where ``target_auc``
     was first reached."""
 
-    def __init__(self, model: torch.nn.Module, shard, collate: Collator, device: torch.device, batch_size: int,
-                 every: int | None, target_auc: float | None) -> None:
-        self.model, self.shard, self.collate, self.device, self.batch_size = model, shard, collate, device, batch_size
+    def __init__(self, model: torch.nn.Module, split: SplitFiles, collate: Collator, device: torch.device,
+                 batch_size: int, every: int | None, target_auc: float | None) -> None:
+        self.model, self.split, self.collate, self.device, self.batch_size = model, split, collate, device, batch_size
         self.every, self.target_auc = every, target_auc
         self.last: Evaluation | None = None
         self.reached_at: int | None = None
@@ -61,7 +66,7 @@ class Evaluator:
         return self.every is not None and step % self.every == 0
 
     def _evaluate(self, step: int) -> dict[str, float]:
-        result = evaluate(self.model, self.shard, self.collate, self.device, self.batch_size)
+        result = evaluate(self.model, self.split, self.collate, self.device, self.batch_size)
         self.last = Evaluation(step, result)
         return result
 

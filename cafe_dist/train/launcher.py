@@ -17,7 +17,8 @@ import yaml
 from cafe_dist.checkpoint_dirs import Found, keep_run_dataset
 from cafe_dist.config import ConfigError, JobConfig, SynthConfig
 from cafe_dist.data import storage
-from cafe_dist.data.schema import SPLITS, DatasetMeta
+from cafe_dist.data.reader import SplitFiles
+from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings import REGISTRY
 from cafe_dist.errors import BadInputError, user_error
 from cafe_dist.mlflow_store import resolve_uri
@@ -88,9 +89,6 @@ def ensure_data(job: JobConfig) -> DatasetMeta:
     return meta
 
 
-DATA_CPUS = 2  # logical CPUs a local cluster adds for Ray Data's tasks (listing, reading), never for workers
-
-
 def _joins_a_cluster(job: JobConfig) -> bool:
     import ray
 
@@ -111,50 +109,49 @@ def _init_ray(job: JobConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True, **quiet)
         return
-    # A local cluster: the machine's CPUs for the workers (check_resources held them to that), plus
-    # DATA_CPUS logical ones so Ray Data's read tasks run while the workers hold every real CPU.
-    ray.init(num_cpus=(os.cpu_count() or 1) + DATA_CPUS, log_to_driver=True, **quiet)
+    # A local cluster: the machine's CPUs for the workers (check_resources held them to that); each
+    # worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its own.
+    ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
 
 
-def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None, values: str | None = None) -> None:
+def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None,
+              values: str | None = None) -> dict[str, SplitFiles]:
     """What can be checked on the driver is checked before any worker starts: the Parquet schema,
     whether the compression ratio can be met (tables sized on the meta device: no memory).
     ``options``: the method's settings as the workers get them (default: the job's); ``values``:
-    the list of values they get."""
+    the list of values they get. Returns the splits' row-group indices (the workers read by them)."""
     import torch
 
     from cafe_dist.data.validate import check_parquet_schema
     from cafe_dist.model_spec import ModelSpec
 
-    check_parquet_schema(job.data.path, meta)
+    splits = check_parquet_schema(storage.resolve(job.data.path), meta)  # workers elsewhere read these paths
     try:
         ModelSpec.from_job(job, options, values=values).embedding(meta, torch.device("meta"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    return splits
 
 
-READ_CPUS = 1  # what Ray Data's read tasks need beside the workers on a cluster (one task at a time)
 
 
 def check_resources(job: JobConfig, local: bool) -> None:
     """Fail with the numbers, not a hang, when the workers Ray Train asks for cannot all start: on a
-    local cluster (checked before it starts) against this machine's CPUs (its read tasks get
-    DATA_CPUS logical ones on top), else against the cluster's, where a CPU must stay free for Ray
-    Data's read tasks: workers holding every CPU leave the reads waiting forever."""
+    local cluster (checked before it starts) against this machine's CPUs, else against the
+    cluster's."""
     workers_cpu = job.ray.num_workers * job.ray.cpus_per_worker
     if not local:
         import ray
 
         have = ray.cluster_resources()
-        cpus, gpus, where, reads = have.get("CPU", 0), have.get("GPU", 0), "the Ray cluster has", READ_CPUS
+        cpus, gpus, where = have.get("CPU", 0), have.get("GPU", 0), "the Ray cluster has"
     else:
         import torch
 
-        cpus, gpus, where, reads = os.cpu_count() or 1, torch.cuda.device_count(), "this machine has", 0
-    if cpus < workers_cpu + reads:
-        need = f"{workers_cpu + reads:g} CPUs ({workers_cpu:g} for the workers at ray.cpus_per_worker=" \
-               f"{job.ray.cpus_per_worker:g}" + (f", {reads} for Ray Data's read tasks)" if reads else ")")
-        fit = max(cpus - reads, 0)
+        cpus, gpus, where = os.cpu_count() or 1, torch.cuda.device_count(), "this machine has"
+    if cpus < workers_cpu:
+        need = f"{workers_cpu:g} CPUs ({workers_cpu:g} for the workers at ray.cpus_per_worker={job.ray.cpus_per_worker:g})"
+        fit = cpus
         raise ConfigError(
             f"ray.num_workers={job.ray.num_workers} needs {need} but {where} {cpus:g}; lower ray.num_workers (at "
             f"most {int(fit // job.ray.cpus_per_worker)} fit), add nodes, or set ray.cpus_per_worker below 1 (e.g. "
@@ -179,7 +176,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     method = REGISTRY[job.embedding.method]
     options = method.prepare_data(data_dir, meta, job.method_options())
     values = method.values_file(data_dir, meta, options)  # full: its vocabulary (built if a run needs one)
-    preflight(job, meta, options, values)
+    splits = preflight(job, meta, options, values)
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
     name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage_path = storage.resolve(job.ray.storage_path)
@@ -190,7 +187,8 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
         out = _already_finished(job, name, decision.finished, data_dir)
     else:
-        out = _fit(job, meta, options, values, data_dir, name, storage_path, run_dir, decision.resume_from)
+        out = _fit(job, meta, options, values, splits, data_dir, name, storage_path, run_dir,
+                   decision.resume_from)
     _write_json(out, output_json)
     return out
 
@@ -206,26 +204,13 @@ def _already_finished(job: JobConfig, name: str, done: Found, data_dir: str) -> 
 
 
 def _start_ray(job: JobConfig) -> None:
-    """Join or start the cluster (checking it can hold the workers) and set up Ray Data."""
-    import ray.data
-
+    """Join or start the cluster, checking it can hold the workers."""
     local = not _joins_a_cluster(job)
     if local:
         check_resources(job, local)  # before the local cluster starts: what this machine can hold
     _init_ray(job)
     if not local:
         check_resources(job, local)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True  # click logs are time-ordered: train in that order
-
-
-def _datasets(job: JobConfig, meta: DatasetMeta, data_dir: str) -> dict[str, Any]:
-    """One Ray dataset per split, reading only the columns the method uses."""
-    import ray.data
-
-    columns = ["label", *meta.dense_features, *meta.sparse_features]
-    return {s: ray.data.read_parquet(storage.join(data_dir, s), columns=columns) for s in SPLITS}
 
 
 def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_: str) -> RunTracker | None:
@@ -244,12 +229,12 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
     return tracker
 
 
-def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, data_dir: str, name: str,
-         storage_path: str, run_dir: str, found: Found | None) -> RunResult:
+def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, splits: dict[str, SplitFiles],
+         data_dir: str, name: str, storage_path: str, run_dir: str, found: Found | None) -> RunResult:
     """Start the services a run needs (Ray, the method's own service, MLflow), train, collect the result.
     ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`; ``values``:
     its list of values (:meth:`~CompressedEmbedding.values_file`)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cafe_dist.train.spec import MlflowTarget, WorkerSpec
@@ -262,14 +247,13 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, da
     # export and serving read the run's own copies, whatever data_dir holds later
     values = keep_run_dataset(run_dir, data_dir, values)
     _start_ray(job)
-    datasets = _datasets(job, meta, data_dir)
     service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
     handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
     spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
                       data_dir=str(data_dir), values=values, run_dir=run_dir, run_name=name,
                       fit_id=uuid.uuid4().hex[:12],
-                      resume_key=resume_key, service=service is not None,
+                      resume_key=resume_key, splits=splits, service=service is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
     trainer = _interruptible(TorchTrainer)(
         train_loop_per_worker,
@@ -281,9 +265,6 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, da
                              logging_config=LoggingConfig(log_level="INFO" if job.ray.verbose else "WARNING"),
                              failure_config=FailureConfig(max_failures=job.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.keep)),
-        datasets=datasets,
-        # elastic: every worker reads the whole train stream and takes its batches (cafe_dist.train.elastic)
-        dataset_config=DataConfig(datasets_to_split=["test"]) if job.ray.elastic else None,
     )
     t0 = time.perf_counter()
     try:

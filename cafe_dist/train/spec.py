@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cafe_dist.config import JobConfig
+from cafe_dist.data.reader import SplitFiles
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.model_spec import ModelSpec
@@ -33,6 +34,7 @@ class WorkerSpec:
     run_name: str  # also names the hot-set coordinator actor, where the method has one
     fit_id: str  # one per ``trainer.fit()``: worker-group starts of this fit are counted as restarts
     resume_key: dict[str, Any]  # the run's settings and their fingerprint, kept in every manifest
+    splits: dict[str, SplitFiles]  # where each split's rows are: every worker reads its own
     service: bool = False  # the method's run service (CAFE's coordinator) is up for this run
     mlflow: MlflowTarget | None = None
 

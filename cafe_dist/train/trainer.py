@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray.train
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
@@ -23,18 +22,20 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
+from cafe_dist.data.reader import RowReader
 from cafe_dist.embeddings import CompressedEmbedding
 from cafe_dist.embeddings.service import CHECKPOINT_PART
 from cafe_dist.embeddings.table_rows import TableRows
 from cafe_dist.errors import BadInputError, DivergedError
 from cafe_dist.result import FINAL
-from cafe_dist.resume import steps_per_epoch
 from cafe_dist.train import elastic
 from cafe_dist.train.checkpointer import Checkpointer, Part, Progress, progress_part, rng_part
 from cafe_dist.train.drift import HotSetProbe
 from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
+from cafe_dist.train.feed import Fed, Feed
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
+from cafe_dist.train.row_order import Deal
 from cafe_dist.train.sharding import make_plan
 from cafe_dist.train.spec import WorkerSpec
 
@@ -106,13 +107,6 @@ def _plan_summary(plan: Any) -> str:
             + " ".join(f"{r}:{n}" for r, n in sorted(per_rank.items())))
 
 
-def _batch_crc(np_batch: dict[str, np.ndarray], seed: int) -> int:
-    crc = seed
-    for name in sorted(np_batch):
-        crc = zlib.crc32(np.ascontiguousarray(np_batch[name]).tobytes(), crc)
-    return crc
-
-
 @dataclass(frozen=True)
 class _Run:
     """What :meth:`Trainer._start` sets up for one attempt of the run."""
@@ -121,7 +115,6 @@ class _Run:
     restarts: int
     resume_checksum: int | None
     rows: TableRows
-    train_shard: Any
     evaluator: Evaluator
     metrics: Metrics
     probe: HotSetProbe | None
@@ -168,31 +161,30 @@ class Trainer:
         mark("method")
         return StepOutput(loss, len(batch.labels), stats)
 
-    def _record(self, out: StepOutput, np_batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> None:
+    def _record(self, out: StepOutput, fed: Fed) -> None:
         p, emb = self.progress, self.model.emb
-        if rows is not None:  # elastic: the epoch rows this rank trained on, and every rank's step
-            p.rows_digest = (p.rows_digest + elastic.rows_digest(*rows)) & elastic.MASK
-            p.epoch_rows += self.wc.world_size * self.batch_size
+        p.rows_digest = (p.rows_digest + fed.digest) & elastic.MASK  # the epoch rows this rank trained on
+        p.epoch_rows += self.wc.world_size * self.batch_size  # ... and every rank's
+        p.segment_steps += 1
         for k, val in out.stats.items():
             p.totals[k] = val if k in emb.level_stats else p.totals.get(k, 0.0) + val
         checksum = emb.state_checksum()
         if checksum is not None:
             p.checksums.append(checksum % (2**62))
             p.hot_map_digest = zlib.crc32(str(checksum).encode(), p.hot_map_digest)
-        p.data_digest = _batch_crc(np_batch, p.data_digest)
+        p.data_digest = zlib.crc32(fed.crc.to_bytes(4, "little"), p.data_digest)
         p.step += 1
         p.batch_in_epoch += 1
         p.samples += out.rows * self.wc.world_size
 
-    def _collate(self, np_batch: dict[str, np.ndarray], rows: tuple[int, int] | None):
-        p, bs = self.progress, self.batch_size
-        try:
-            return self.collate(np_batch).to(self.wc.device)
-        except BadInputError as e:  # say where: the rows of this epoch's stream (elastic) or of this rank's shard
-            lo, hi = rows if rows is not None else (p.batch_in_epoch * bs, (p.batch_in_epoch + 1) * bs)
-            where = "the epoch's train stream" if rows is not None else "this rank's shard"
-            raise BadInputError(f"train split, rank {self.wc.rank}, epoch {p.epoch + 1}, step {p.step + 1} "
-                                f"(rows {lo:,}–{hi - 1:,} of {where}): {e}") from None
+    def _checked(self, fed: Fed):
+        if fed.error is None:
+            return fed.batch
+        p = self.progress  # say where: the batch's rows of the train split
+        where = ", ".join(f"{a:,}–{b - 1:,}" for a, b in fed.rows)
+        raise BadInputError(f"train split, rank {self.wc.rank}, epoch {p.epoch + 1}, step {p.step + 1} "
+                            f"(rows {where} of the split; below, the row within the batch): "
+                            f"{fed.error}") from None
 
     # ---- the run ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -205,31 +197,32 @@ class Trainer:
         for epoch in range(p.epoch, tc.epochs):
             if done:
                 break
-            resuming = epoch == p.epoch
-            p.epoch = epoch
-            for np_batch, rows in self._epoch_batches(run.train_shard, resuming):
-                batch = self._collate(np_batch, rows)
-                phases.add("data")
-                out = self.train_step(batch, run.rows, phases)
-                self._record(out, np_batch, rows)
-                metrics.step_done(epoch, out.loss)
-                self._check_finite(out.loss)
-                if evaluator.due(p.step):  # every rank is at this step
-                    started = time.perf_counter()
-                    metrics.evaluation(p.step, evaluator.run(p.step))
-                    metrics.pause(started)
-                    done = done or evaluator.target_reached  # the same AUC on every rank
-                if tc.max_steps is not None and p.step >= tc.max_steps:
-                    done = True
-                if self.checkpointer.due(p.step) and not done:
-                    started = time.perf_counter()
-                    p.train_time_s = metrics.trained_s(started)  # so far, saved with the rest
-                    self.checkpointer.save(p.step, {"step": p.step})
-                    metrics.pause(started)
-                self.faults.after_step(p.step)
-                if done:
-                    break
-                phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
+            if epoch != p.epoch or p.segment_world == 0:  # a new epoch (a resumed one goes on: _start)
+                self._new_epoch(epoch)
+            with self._feed() as feed:
+                for fed in feed:
+                    batch = self._checked(fed)
+                    phases.add("data")
+                    out = self.train_step(batch, run.rows, phases)
+                    self._record(out, fed)
+                    metrics.step_done(epoch, out.loss)
+                    self._check_finite(out.loss)
+                    if evaluator.due(p.step):  # every rank is at this step
+                        started = time.perf_counter()
+                        metrics.evaluation(p.step, evaluator.run(p.step))
+                        metrics.pause(started)
+                        done = done or evaluator.target_reached  # the same AUC on every rank
+                    if tc.max_steps is not None and p.step >= tc.max_steps:
+                        done = True
+                    if self.checkpointer.due(p.step) and not done:
+                        started = time.perf_counter()
+                        p.train_time_s = metrics.trained_s(started)  # so far, saved with the rest
+                        self.checkpointer.save(p.step, {"step": p.step})
+                        metrics.pause(started)
+                    self.faults.after_step(p.step)
+                    if done:
+                        break
+                    phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
         return self._finish(run)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -244,29 +237,46 @@ class Trainer:
             f"from this point. Lower train.lr ({tc.lr:g}) or train.embedding_lr ({tc.embedding_lr or tc.lr:g}), "
             "or look for extreme dense values in the data")
 
-    def _epoch_batches(self, shard, resuming: bool):
-        """This rank's batches of the epoch, with (for elastic runs) their rows in the epoch's stream;
-        a resumed epoch starts after what the checkpoint had trained."""
-        p, bs = self.progress, self.batch_size
-        batches = shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=not self.elastic,
-                                     prefetch_batches=2)
-        if not self.elastic:  # this rank's own split of the stream: skip what it trained before
-            skip, p.batch_in_epoch = (p.batch_in_epoch if resuming else 0), 0
-            for np_batch in batches:
-                if p.batch_in_epoch < skip:
-                    p.batch_in_epoch += 1
-                    continue
-                yield np_batch, None
+    # ---- the data position (cafe_dist.train.row_order) --------------------------------------------
+    def _deal(self) -> Deal:
+        p = self.progress
+        return Deal(tuple((a, b) for a, b in p.segment), p.segment_world, p.segment_batch, p.segment_unit)
+
+    def _set_segment(self, deal: Deal) -> None:
+        p = self.progress
+        p.segment, p.segment_world, p.segment_batch, p.segment_unit = ([list(i) for i in deal.intervals], deal.world,
+                                                                       deal.batch, deal.unit)
+        p.segment_steps = 0
+
+    def _new_epoch(self, epoch: int) -> None:
+        p, split = self.progress, self.spec.splits["train"]
+        p.epoch, p.batch_in_epoch, p.epoch_rows, p.rows_digest = epoch, 0, 0, 0
+        self._set_segment(Deal.epoch(split.rows, self.wc.world_size, self.batch_size, split.row_group_rows))
+
+    def _resume_segment(self) -> None:
+        """After loading a checkpoint: go on with its segment of the epoch when the deal is the same
+        (same workers, batch and unit: every rank seeks to its next batch), else deal the rows it had
+        not trained to this run's workers (an elastic resize, another ``train.batch_size``)."""
+        p, split, world = self.progress, self.spec.splits["train"], self.wc.world_size
+        unit = Deal.epoch(split.rows, world, self.batch_size, split.row_group_rows).unit
+        if p.segment_world == 0:  # a checkpoint from before row-addressed reads: the epoch's first rows were trained
+            start = p.epoch_rows or p.batch_in_epoch * world * self.batch_size
+            self._set_segment(Deal(((start, split.rows),) if start < split.rows else (), world, self.batch_size,
+                                   unit))
             return
-        start = p.epoch_rows if resuming else 0  # the whole stream from row start: rank r trains batches r + k W
-        p.epoch_rows, p.batch_in_epoch = start, 0
-        rank, world = self.wc.rank, self.wc.world_size
-        left = elastic.steps_left(self.spec.meta.rows["train"], bs, start, world)
-        for g, np_batch in enumerate(elastic.rebatch(batches, bs, start)):
-            if p.batch_in_epoch >= left:
-                break
-            if elastic.owns(g, rank, world):
-                yield np_batch, (start + g * bs, start + (g + 1) * bs)
+        if (p.segment_world, p.segment_batch, p.segment_unit) == (world, self.batch_size, unit):
+            return
+        left = self._deal().remaining(p.segment_steps)
+        self._set_segment(Deal(left, world, self.batch_size, unit))
+        if self.chief:
+            log.info("the %s rows of epoch %d not yet trained are dealt to %d worker(s) of %d rows a step",
+                     f"{sum(b - a for a, b in left):,}", p.epoch + 1, world, self.batch_size)
+
+    def _feed(self) -> Feed:
+        """This rank's batches of the segment from its next step, read ahead in the background."""
+        deal, rank, done = self._deal(), self.wc.rank, self.progress.segment_steps
+        reader = RowReader(self.spec.splits["train"], self.collate.columns)
+        return Feed(reader, self.collate, self.wc.device, (deal.rows_of(rank, k) for k in range(done, deal.steps())))
 
     def _start(self) -> _Run:
         """Resume from the newest checkpoint (if any), join the method's run service, open the data shards,
@@ -280,7 +290,7 @@ class Trainer:
         rows = self.model.rows()  # after loading: live tensors
         if self.service is not None:  # restarted from the restored state, every rank joins
             self.service.join(self.model.emb)
-        evaluator = Evaluator(self.model.dmp, ray.train.get_dataset_shard("test"), self.collate, wc.device,
+        evaluator = Evaluator(self.model.dmp, spec.splits["test"], self.collate, wc.device,
                               tc.eval_batch_size, tc.eval_every, tc.target_auc)
         probe = HotSetProbe.maybe(spec.data_dir, spec.meta, self.model.emb) if self.chief else None
         sinks: list[Sink] = [ConsoleSink()]
@@ -296,18 +306,16 @@ class Trainer:
         log.debug("sharding plan:\n%s", self.model.plan)
         if self.elastic:
             self.batch_size = self._elastic_batch_size()
-        train_rows, bs = spec.meta.rows["train"], self.batch_size
-        per_epoch = steps_per_epoch(train_rows, wc.world_size, bs)
+        split, bs, p = spec.splits["train"], self.batch_size, self.progress
+        per_epoch = Deal.epoch(split.rows, wc.world_size, bs, split.row_group_rows).steps()
         total = per_epoch * tc.epochs
-        if self.elastic and found is not None:  # the checkpoint's steps, then the rest at this worker count
-            p = self.progress
-            total = (p.step + elastic.steps_left(train_rows, bs, p.epoch_rows, wc.world_size)
-                     + per_epoch * max(tc.epochs - p.epoch - 1, 0))
+        if found is not None:  # the checkpoint's steps, the rest of its epoch, then whole epochs
+            self._resume_segment()
+            total = (p.step + self._deal().steps() - p.segment_steps + per_epoch * max(tc.epochs - p.epoch - 1, 0))
         total = min(s for s in (total, tc.max_steps) if s is not None)
         metrics = Metrics(self.model.emb, self.progress, chief=self.chief, rows_per_step=bs * wc.world_size,
                           log_every=tc.log_every, sinks=sinks, total_steps=total or None, probe=probe)
-        return _Run(found, restarts, resume_checksum, rows, ray.train.get_dataset_shard("train"), evaluator,
-                    metrics, probe)
+        return _Run(found, restarts, resume_checksum, rows, evaluator, metrics, probe)
 
     def _elastic_batch_size(self) -> int:
         """Rows per worker per step in an elastic run: with ``ray.elastic_batch: global`` (default)

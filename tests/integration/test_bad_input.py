@@ -72,10 +72,10 @@ def test_a_compression_ratio_that_cannot_be_met_is_refused_with_the_limit(data_c
 
 
 def test_more_workers_than_the_cluster_has_is_refused_not_hung(ray_cluster, data_copy, tmp_path):
-    # the session's cluster has 4 CPUs: 4 workers would leave none for Ray Data's reads (was: a hang)
-    with pytest.raises(ConfigError, match=r"ray.num_workers=4 needs 5 CPUs \(4 for the workers at ray.cpus_per_worker=1, "
-                                          r"1 for Ray Data's read tasks\) but the Ray cluster has 4; .*at most 3 fit"):
-        run_training(_job(tmp_path, data_copy, "ray.num_workers=4"))
+    # the session's cluster has 4 CPUs: a fifth worker would wait for one forever (was: a hang)
+    with pytest.raises(ConfigError, match=r"ray.num_workers=5 needs 5 CPUs \(5 for the workers at "
+                                          r"ray.cpus_per_worker=1\) but the Ray cluster has 4; .*at most 4 fit"):
+        run_training(_job(tmp_path, data_copy, "ray.num_workers=5"))
     with pytest.raises(ConfigError, match=r"ray.use_gpu=true .* needs 1 GPUs but the Ray cluster has 0"):
         run_training(_job(tmp_path, data_copy, "ray.use_gpu=true"))
 
@@ -129,8 +129,8 @@ def test_a_label_that_is_not_0_or_1_is_named(tiny_synth):
 
 @pytest.mark.slow  # a training run that fails mid-way (~50 s each)
 @pytest.mark.parametrize("elastic, where", [
-    (False, r"rows 0–255 of this rank's shard"),  # each rank reads its own split from its row 0
-    (True, r"rows (0–255|256–511) of the epoch's train stream"),  # rank r trains the stream's batch r
+    (False, r"rows (0–255|256–511) of the split; below, the row within the batch"),  # rank r: the split's batch r
+    (True, r"rows (0–255|256–511) of the split; below, the row within the batch"),  # the same deal when elastic
 ])
 def test_nan_in_the_train_split_fails_the_run_naming_rank_step_and_column(ray_cluster, data_copy, tmp_path,
                                                                           elastic, where):
@@ -158,5 +158,5 @@ def test_nan_in_the_data_is_the_first_line_of_the_error_not_a_ray_wrapper(ray_cl
     with pytest.raises(BadInputError) as e:
         run_training(_job(tmp_path, data_copy))
     first = str(e.value).splitlines()[0]
-    assert first.startswith("train split, rank 0, epoch 1, step 1 (rows 0–255 of this rank's shard): row 5: "
-                            "dense column 'I4' is nan"), first
+    assert first.startswith("train split, rank 0, epoch 1, step 1 (rows 0–255 of the split; below, the row within "
+                            "the batch): row 5: dense column 'I4' is nan"), first

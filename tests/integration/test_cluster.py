@@ -126,15 +126,15 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_s
 @pytest.mark.slow  # the cluster of the test above (its start-up: ~1 min)
 def test_a_job_whose_workers_would_take_every_cpu_is_refused_with_the_numbers(head, tiny_synth, tmp_path,
                                                                              monkeypatch, capsys):
-    """Was: workers holding all of the head's CPUs, Ray Data's read task waiting for one forever."""
+    """Was: a worker waiting forever for a CPU the head does not have."""
     monkeypatch.chdir(REPO)
     t0 = time.time()
-    rc = main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "4", "--wait",
+    rc = main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "5", "--wait",
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *_overrides(tiny_synth, tmp_path)])
     out = capsys.readouterr().out
     assert rc != 0 and time.time() - t0 < 300
-    assert "ray.num_workers=4 needs 5 CPUs (4 for the workers at ray.cpus_per_worker=1, 1 for Ray Data's read " \
-           "tasks) but the Ray cluster has 4" in out, out[-3000:]
+    assert "ray.num_workers=5 needs 5 CPUs (5 for the workers at ray.cpus_per_worker=1) but the Ray cluster has 4" in out, \
+        out[-3000:]
 
 
 @pytest.mark.slow  # a full training run each (default run: 15 min on 2 cores)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from cafe_dist.config import ConfigError, load_config
-from cafe_dist.train.elastic import per_worker_batch, rows_digest, steps_left
+from cafe_dist.train.elastic import per_worker_batch, rows_digest
 from cafe_dist.train.launcher import run_training
 
 BATCH = 256
@@ -21,6 +21,12 @@ def _job(tmp_path, tiny_synth, name: str, workers: int, *extra: str):
                              "ray.elastic=true", f"ray.num_workers={workers}", "ray.cpus_per_worker=0.5",
                              "mlflow.enabled=false", f"ray.storage_path={tmp_path / 'runs'}", f"ray.name={name}",
                              *extra])
+
+
+def steps_left(train_rows: int, bs: int, done: int, workers: int) -> int:
+    """Whole steps left after ``done`` rows: this stream is shorter than a row group, so every unit
+    is one batch and what was trained is a prefix (cafe_dist.train.row_order)."""
+    return (train_rows - done) // bs // workers
 
 
 def _check_resumed(out, train_rows: int, workers: int, bs: int) -> int:

@@ -27,7 +27,8 @@ def test_two_worker_training(ray_cluster, tiny_synth, tmp_path):
     assert out.world_size == 2 and out.steps == 60
     assert out.auc > 0.6, out
     assert 0 < out.logloss < 0.69
-    assert out.embedding_bytes == out.full_embedding_bytes and out.compression_ratio == 1.0
+    # full pays for its list of values (8 B a value) on top of the uncompressed tables
+    assert out.embedding_bytes > out.full_embedding_bytes and out.compression_ratio < 1.0
 
 
 @pytest.mark.slow  # one more Ray Train start-up (~60 s) for a stopping rule

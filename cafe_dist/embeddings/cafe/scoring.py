@@ -7,9 +7,17 @@ per field (the artifact's rule: a field with large gradients does not crowd out 
 over the whole batch. Scores then decay: by half every ``half_life_samples`` samples (global, so
 the hot set does not depend on batch size or worker count), or by a factor per step or per mass
 of inserted importance. The sketch only scores; which ids are hot is the coordinator's decision.
+
+Off the step's critical path: the sketch's work for step t (its decay and inserts, tens of
+milliseconds at batch 65,536) runs in a background thread while step t+1 runs (the numba kernel
+holds no GIL); whatever reads the sketch (a summary for the coordinator, pinning the hot ids, a
+checkpoint) waits for it first. Only one step's work is in flight, in order, so the sketch holds
+exactly what a synchronous insert would have left; the hot set is one round late by design anyway.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -44,7 +52,9 @@ Decay = tuple[str, float, float | None] | None  # ("step", factor, None) | ("mas
 
 class ImportanceScorer:
     def __init__(self, num_buckets: int, importance: str, normalise: str, decay: Decay) -> None:
-        self.sketch = HotSketch(num_buckets, cells=SKETCH_CELLS)
+        self._sketch = HotSketch(num_buckets, cells=SKETCH_CELLS)
+        self._worker: ThreadPoolExecutor | None = None
+        self._inflight: Future | None = None
         self.by_grad = importance == "grad"
         self.per_field = normalise == "field"
         self.decay = decay
@@ -52,6 +62,25 @@ class ImportanceScorer:
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._samples = 0
         self._mass = 0.0
+
+    @property
+    def sketch(self) -> HotSketch:
+        """The sketch, once the work in flight is done (every reader goes through here)."""
+        self.wait()
+        return self._sketch
+
+    def wait(self) -> None:
+        """Finish the sketch work in flight (and raise what it raised)."""
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            done.result()
+
+    def _submit(self, work) -> None:
+        """Run ``work`` (the sketch's part of a step) beside the next step, after the one before."""
+        self.wait()
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cafe-sketch")
+        self._inflight = self._worker.submit(work)
 
     def to(self, device: torch.device) -> None:
         if self.sketch.device != device:
@@ -93,26 +122,34 @@ class ImportanceScorer:
         weights = None
         if pending[0][2] is not None:
             weights = self._normalised(torch.cat([f for _, f, _ in pending]), torch.cat([w for _, _, w in pending]))
+        decays: list[float] = []  # applied before the insert (half-life) or after it
         if self.decay is None:  # half-life: age what is there by these samples, count the new at half
             if self.half_life_samples:  # their age (the batch's mid-point), whatever the batch size
                 factor = 0.5 ** (samples * world_size / self.half_life_samples)
-                self.sketch.decay(factor)
                 weights = (torch.ones(keys.shape) if weights is None else weights) * factor ** 0.5
-            self._insert(keys, weights)
-            return
-        self._insert(keys, weights)
-        kind, factor, mass = self.decay
-        if kind == "step":
-            self.sketch.decay(factor)
-            return
-        self._mass += float(keys.numel())  # weights average 1: the mass is the number of occurrences
-        share = mass / world_size  # one decay per ``mass`` of global importance; this rank sees 1/world
-        while self._mass >= share:
-            self._mass -= share
-            self.sketch.decay(factor)
+                self._submit(lambda: self._apply([factor], keys, weights, []))
+                return
+        else:
+            kind, factor, mass = self.decay
+            if kind == "step":
+                decays = [factor]
+            else:
+                self._mass += float(keys.numel())  # weights average 1: the mass is the number of occurrences
+                share = mass / world_size  # one decay per ``mass`` of global importance; this rank sees 1/world
+                while self._mass >= share:
+                    self._mass -= share
+                    decays.append(factor)
+        self._submit(lambda: self._apply([], keys, weights, decays))
 
-    def _insert(self, keys: torch.Tensor, weights: torch.Tensor | None) -> None:
-        self.sketch.insert(keys.to(self.sketch.device), None if weights is None else weights.to(self.sketch.device))
+    def _apply(self, before: list[float], keys: torch.Tensor, weights: torch.Tensor | None,
+               after: list[float]) -> None:
+        """One step's sketch work, in the background thread."""
+        sketch = self._sketch
+        for f in before:
+            sketch.decay(f)
+        sketch.insert(keys.to(sketch.device), None if weights is None else weights.to(sketch.device))
+        for f in after:
+            sketch.decay(f)
 
     def candidates(self, min_score: float) -> tuple[np.ndarray, np.ndarray]:
         return self.sketch.candidates(min_score)

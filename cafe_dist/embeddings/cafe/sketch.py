@@ -40,7 +40,7 @@ _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 _NO_WEIGHTS = np.zeros(1, np.float32)
 
 
-@numba.njit(cache=True, boundscheck=False)
+@numba.njit(cache=True, boundscheck=False, nogil=True)  # nogil: it runs beside the step (scoring.py)
 def _insert_kernel(ids, weights, unit, st, sf, pins, randomized, rng):
     """Sequential Space-Saving over ``ids``. ``st`` is the state flattened to int32 (12 words per
     4-cell bucket), ``sf`` the same memory as float32, ``pins`` one bit per cell. The 4-cell probe

@@ -297,9 +297,24 @@ def _gb(n: float) -> str:
     return f"{n / GIB:,.2f}"
 
 
+def input_cores(topo: Topo) -> dict[str, float]:
+    """CPU cores a GPU's input path needs to keep it at one H200's training rate (reading, checking,
+    collating and copying its rows: cafe_dist.train.feed, as ``bench input`` measured it)."""
+    from cafe_dist.train.feed import H200_SAMPLES_PER_S, ROWS_PER_CORE_S
+
+    per_gpu = H200_SAMPLES_PER_S / ROWS_PER_CORE_S
+    return {"samples_per_s_per_gpu": H200_SAMPLES_PER_S, "rows_per_core_s": ROWS_PER_CORE_S,
+            "cores_per_gpu": per_gpu, "cores_per_node": per_gpu * topo.gpus_per_node}
+
+
 def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8, find_min: bool = True) -> str:
     lines = [f"plan for {source} on {topo.world_size} {topo.device} device(s) ({topo.gpus_per_node} per node, "
              f"{topo.device_gb:g} GiB each); GiB per rank"]
+    if topo.device == "cuda":
+        need = input_cores(topo)
+        lines.append(f"input: {need['cores_per_gpu']:.1f} CPU core(s) per GPU ({need['cores_per_node']:.0f} per node) "
+                     f"read and collate {need['samples_per_s_per_gpu'] / 1e6:.1f} M samples/s (one H200's rate) at the "
+                     f"measured {need['rows_per_core_s'] / 1e6:.1f} M rows per core-second")
     for p in plans:
         smallest = ("not searched (--no-min)" if not find_min else p.min_world_size if p.min_world_size
                     else f"none up to {MAX_WORLD_SIZE}")

@@ -126,6 +126,32 @@ def _input(args: argparse.Namespace) -> int:
     return _emit(out, None)
 
 
+def _cafe_step(args: argparse.Namespace) -> int:
+    from cafe_dist.bench.cafe_step import run_cafe_step_bench
+
+    out = run_cafe_step_bench(args.data, args.batch_size, args.ratio, args.device, args.repeats)
+    for r in out["records"]:
+        parts = ", ".join(f"{p} {r[f'{p}_ids_per_s'] / 1e6:,.1f} M ids/s ({r[f'{p}_over_h200']:.2f}x)"
+                          for p in ("keys", "lookup", "scoring", "insert_numba", "insert_tensor")
+                          if f"{p}_ids_per_s" in r)
+        print(f"batch {r['batch_size']:>7,}: {parts}; one H200 brings {r['h200_ids_per_s'] / 1e6:,.1f} M ids/s",
+              file=sys.stderr)
+    return _emit(out, args.output_json)
+
+
+def _cafe_step_parser(bsub: argparse._SubParsersAction) -> None:
+    bc = bsub.add_parser("cafe-step", help="CAFE's per-step work (keys, hot-map lookup, scoring, sketch insert) "
+                                           "at GPU batch sizes, beside one H200's rate")
+    bc.add_argument("--data", required=True, help="a converted dataset directory (its features and first rows)")
+    bc.add_argument("--batch-size", type=lambda t: csv_list(t, int), default=[8192, 65536], metavar="N[,N...]",
+                    help="rows per step (default 8192,65536)")
+    bc.add_argument("--ratio", type=float, default=100.0, help="CAFE's compression ratio (sets the hot slots)")
+    bc.add_argument("--device", default="cpu", help="cpu (one torch thread) or cuda")
+    bc.add_argument("--repeats", type=lambda t: max(1, int(t)), default=5, help="timed repeats; medians reported")
+    _common(bc)
+    bc.set_defaults(handler=_cafe_step)
+
+
 def _input_parser(bsub: argparse._SubParsersAction) -> None:
     bi = bsub.add_parser("input", help="rows/s per worker through the trainer's input path beside pyarrow's, "
                                        "per core, resumed and per-worker bytes")
@@ -253,5 +279,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmarks (results belong in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     for add in (_quality_parser, _throughput_parser, _sketch_parser, _serving_parser, _coordinator_parser,
-                _drift_parser, _conversion_parser, _input_parser):
+                _drift_parser, _conversion_parser, _input_parser, _cafe_step_parser):
         add(bsub)

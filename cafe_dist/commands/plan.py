@@ -13,7 +13,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from cafe_dist.data import storage
     from cafe_dist.data.schema import DatasetMeta
     from cafe_dist.outputs import write_text
-    from cafe_dist.plan import Topo, plan_job, profile_meta, render
+    from cafe_dist.plan import Topo, input_cores, plan_job, profile_meta, render
 
     job = load_config(args.config, list(args.set or []))
     profile = args.profile
@@ -34,7 +34,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                  find_min=not args.no_min))
     if args.output_json:
         write_text(args.output_json, json.dumps({"config": args.config, "source": source, "topology": topo.__dict__,
-                                                 "plans": [p.to_json() for p in plans]}, indent=1))
+                                                 "plans": [p.to_json() for p in plans],
+                                                 **({"input": input_cores(topo)} if topo.device == "cuda" else {})},
+                                                indent=1))
     return 0 if all(p.fits for p in plans) else 1
 
 

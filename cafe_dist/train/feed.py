@@ -1,8 +1,8 @@
 """Batches read, checked, collated and copied to the device ahead of the training loop.
 
-A background thread does the input work of step t+1 while the loop runs step t: pyarrow's reads
-and numpy's copies release the GIL, so on a machine with a core to spare the loop waits only when
-the input is slower than the step. What a step records about its data (a CRC of its columns, the
+Background threads do the input work of the next steps while the loop runs this one: pyarrow's
+reads and numpy's copies release the GIL, so on a machine with cores to spare the loop waits only
+when the input is slower than the step. What a step records about its data (a CRC of its columns, the
 digest of its rows) is computed there too. A batch that fails its checks travels as its error, so
 the loop raises it at that step with the step's context. The thread stops when the loop stops
 early (``max_steps``, a target AUC, an error): :meth:`Feed.close`."""
@@ -25,6 +25,12 @@ from cafe_dist.train.elastic import MASK, rows_digest
 from cafe_dist.train.row_order import Interval
 
 DEPTH = 3  # batches held ready: enough to cover a slow read, few enough to bound memory
+# What one GPU consumes: MLPerf Training v4.0, NVIDIA's DLRM-DCNv2 on 8x H200 (per GPU).
+H200_SAMPLES_PER_S = 2.1e6
+# What this input path delivers per CPU core-second (``cafe-dist bench input``, batch 65,536, the
+# Criteo-Kaggle profile's 40 columns, step digests on; BENCHMARKS.md "Feeding a GPU"): what
+# ``plan`` turns into CPU cores per GPU.
+ROWS_PER_CORE_S = 2.0e6
 
 
 @dataclass(frozen=True)
@@ -45,21 +51,40 @@ def columns_crc(columns: dict[str, np.ndarray]) -> int:
     return crc
 
 
+class _End:
+    """What a stage passes on after its last item (``error``: why it stopped early)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
 class Feed:
-    """Iterates ``Fed`` batches for ``plan`` (each item: the rows of one batch) in order."""
+    """Iterates ``Fed`` batches for ``plan`` (each item: the rows of one batch) in order, through
+    two background threads: one reads (pyarrow, mostly without the GIL), one checks, collates,
+    digests and copies (numpy, zlib and the copy release it too), so on two cores the input runs
+    at the rate of the slower of the two and the loop's own thread is free for the step."""
 
     def __init__(self, reader: RowReader, collate: Collator, device: torch.device,
                  plan: Iterable[list[Interval]], digests: bool = True, depth: int = DEPTH) -> None:
         self.reader, self.collate, self.device, self.digests = reader, collate, device, digests
         self.pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._read: queue.Queue = queue.Queue(maxsize=depth)
+        self._ready: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(iter(plan),), daemon=True,
-                                        name="cafe-dist-feed")
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._stage, args=(iter(plan), self._read_one, self._read), daemon=True,
+                             name="cafe-dist-feed-read"),
+            threading.Thread(target=self._stage, args=(self._items(self._read), self._prepare, self._ready),
+                             daemon=True, name="cafe-dist-feed"),
+        ]
+        for t in self._threads:
+            t.start()
 
-    def _one(self, rows: list[Interval]) -> Fed:
-        columns = self.reader.read(rows)
+    def _read_one(self, rows: list[Interval]) -> tuple[list[Interval], dict[str, np.ndarray]]:
+        return rows, self.reader.read(rows)
+
+    def _prepare(self, item: tuple[list[Interval], dict[str, np.ndarray]]) -> Fed:
+        rows, columns = item
         crc = columns_crc(columns) if self.digests else 0
         digest = 0
         if self.digests:
@@ -73,38 +98,52 @@ class Feed:
             batch = batch.pinned()
         return Fed(rows, batch.to(self.device), None, crc, digest)
 
-    def _put(self, item: object) -> bool:
-        """Hand ``item`` to the loop; False once the loop has stopped taking them."""
+    def _put(self, q: queue.Queue, item: object) -> bool:
+        """Hand ``item`` on; False once the loop has stopped taking them."""
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _produce(self, plan: Iterator[list[Interval]]) -> None:
+    def _items(self, q: queue.Queue) -> Iterator:
+        """What the stage before hands on, until its end (raising what stopped it)."""
+        while not self._stop.is_set():
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+
+    def _stage(self, source: Iterator, work, out: queue.Queue) -> None:
         try:
-            for rows in plan:
-                if not self._put(self._one(rows)):
+            for item in source:
+                if not self._put(out, work(item)):
                     return
-        except BaseException as e:  # noqa: BLE001 (an I/O error: the loop raises it)
-            self._put(e)
+        except BaseException as e:  # noqa: BLE001 (an I/O error, a bug: the loop raises it)
+            self._put(out, _End(e))
             return
-        self._put(None)
+        self._put(out, _End())
 
     def __iter__(self) -> Iterator[Fed]:
         while True:
-            item = self._queue.get()
-            if item is None:
+            item = self._ready.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
                 return
-            if isinstance(item, BaseException):
-                raise item
             yield item
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()  # it stops after the batch in hand
+        for t in self._threads:
+            t.join()  # each stops after the item in hand
         self.reader.close()
 
     def __enter__(self) -> Feed:

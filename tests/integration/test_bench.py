@@ -120,6 +120,32 @@ def test_bench_throughput_tiny(ray_cluster, tiny_synth, tmp_path):
     assert "method" in m["hash"]["time_split"]
 
 
+@pytest.mark.slow  # two Ray Train worker groups (~40 s each)
+def test_bench_input_tiny(ray_cluster, tiny_synth, tmp_path):
+    """Two workers read their own rows: each a half of the split's bytes (one row group here, so
+    each reads it whole: the figure says so), at a rate beside pyarrow's, resumed by a seek."""
+    out = tmp_path / "i.json"
+    rc = main(["bench", "input", "--data", str(tiny_synth), "--batch-size", "256,1024", "--num-workers", "2",
+               "--repeats", "1", "--storage-path", str(tmp_path / "runs"), "--output-json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [r["batch_size"] for r in res["records"]] == [256, 1024] and res["device"] == "cpu"
+    for r in res["records"]:
+        assert r["rows_per_s"] > 0 and r["pyarrow_rows_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["rows_per_s"] / r["pyarrow_rows_per_s"])
+        assert r["cores_per_h200"] == pytest.approx(res["h200_samples_per_s"] / r["rows_per_cpu_s"])
+        assert len(r["bytes_read_over_share"]) == 2 and r["resumed_first_batch_s"] > 0
+
+
+def test_bench_cafe_step_tiny(tiny_synth, capsys):
+    rc = main(["bench", "cafe-step", "--data", str(tiny_synth), "--batch-size", "512", "--repeats", "1"])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)["records"][0]
+    assert rec["batch_size"] == 512 and rec["ids"] > 0 and rec["hot_keys"] > 0
+    for part in ("keys", "lookup", "scoring", "insert_numba", "insert_tensor"):
+        assert rec[f"{part}_ids_per_s"] == pytest.approx(rec["ids"] / rec[f"{part}_s"])
+
+
 def test_bench_sketch_tiny(tmp_path):
     out = tmp_path / "s.json"
     assert main(["bench", "sketch", "--num-ids", "200000", "--distinct", "50000", "--hot-slots", "2000",

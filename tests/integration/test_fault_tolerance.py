@@ -148,3 +148,27 @@ def test_fault_injection_needs_recovery_configured(tmp_path):
         load_config(cfg)
     with pytest.raises(ConfigError, match=r"needs a method with a coordinator \(cafe, cafe_ml\), not full"):
         load_config(cfg, ["ray.max_failures=1", "fault.kill_worker_at_step=null", "fault.kill_coordinator_at_step=3"])
+
+
+@pytest.mark.slow  # three 2-worker runs (~40 s each)
+def test_a_resume_inside_a_unit_seeks_to_the_next_batch(ray_cluster, tiny_synth, tmp_path):
+    """Row groups of 1,024 rows make each rank's unit 4 batches of 256 (cafe_dist.train.row_order):
+    a run stopped at step 10 (halfway through a unit) and resumed trains the same batches, in the
+    same order on every rank, as the run that never stopped."""
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    for path in sorted((data / "train").glob("*.parquet")):
+        pq.write_table(pq.read_table(path), path, row_group_size=1024)
+
+    def job(name: str, *extra: str):
+        return _job(tmp_path, data, name, "embedding.method=hash", "checkpoint.every_steps=10", "train.max_steps=30",
+                    *extra)
+
+    whole = run_training(job("whole"))
+    run_training(job("stopped", "train.max_steps=10"))
+    resumed = run_training(job("stopped", "ray.resume=force"))
+    assert resumed.stats["resumed_from_step"] == 10 and resumed.steps == whole.steps == 30
+    assert resumed.stats["data_digest"] == whole.stats["data_digest"]
+    assert resumed.train_samples == whole.train_samples

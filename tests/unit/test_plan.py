@@ -54,6 +54,10 @@ def test_a_criteo_tb_plan_places_every_row_once_and_adds_up(tmp_path, capsys):
     assert all(r["values"] == vocabulary for r in plans[0]["ranks"]) and plans[0]["driver_bytes"] > vocabulary
     assert 0 < plans[1]["values_bytes"] < vocabulary / 1000 and plans[1]["driver_bytes"] == 0
     assert "the driver counts every train value first" in text and "nothing to build on the driver" in text
+    # the input path's CPU cores per GPU at one H200's rate, from the measured rows per core-second
+    need = json.loads(out.read_text())["input"]
+    assert need["cores_per_gpu"] == pytest.approx(need["samples_per_s_per_gpu"] / need["rows_per_core_s"])
+    assert f"input: {need['cores_per_gpu']:.1f} CPU core(s) per GPU" in text
 
 
 def test_an_impossible_plan_names_what_does_not_fit(tmp_path, capsys):

@@ -139,12 +139,17 @@ def _cafe_step(args: argparse.Namespace) -> int:
     return _emit(out, args.output_json)
 
 
+def _gpu_batches(p: argparse.ArgumentParser, data: str, per: str) -> None:
+    """--data and --batch-size as the GPU-scale benches take them."""
+    p.add_argument("--data", required=True, help=f"a converted dataset directory ({data})")
+    p.add_argument("--batch-size", type=lambda t: csv_list(t, int), default=[8192, 65536], metavar="N[,N...]",
+                   help=f"rows {per} (default 8192,65536)")
+
+
 def _cafe_step_parser(bsub: argparse._SubParsersAction) -> None:
     bc = bsub.add_parser("cafe-step", help="CAFE's per-step work (keys, hot-map lookup, scoring, sketch insert) "
                                            "at GPU batch sizes, beside one H200's rate")
-    bc.add_argument("--data", required=True, help="a converted dataset directory (its features and first rows)")
-    bc.add_argument("--batch-size", type=lambda t: csv_list(t, int), default=[8192, 65536], metavar="N[,N...]",
-                    help="rows per step (default 8192,65536)")
+    _gpu_batches(bc, "its features and first rows", "per step")
     bc.add_argument("--ratio", type=float, default=100.0, help="CAFE's compression ratio (sets the hot slots)")
     bc.add_argument("--device", default="cpu", help="cpu (one torch thread) or cuda")
     bc.add_argument("--repeats", type=lambda t: max(1, int(t)), default=5, help="timed repeats; medians reported")
@@ -155,9 +160,7 @@ def _cafe_step_parser(bsub: argparse._SubParsersAction) -> None:
 def _input_parser(bsub: argparse._SubParsersAction) -> None:
     bi = bsub.add_parser("input", help="rows/s per worker through the trainer's input path beside pyarrow's, "
                                        "per core, resumed and per-worker bytes")
-    bi.add_argument("--data", required=True, help="a converted dataset directory (its train split is read)")
-    bi.add_argument("--batch-size", type=lambda t: csv_list(t, int), default=[8192, 65536], metavar="N[,N...]",
-                    help="rows per worker per step (default 8192,65536)")
+    _gpu_batches(bi, "its train split is read", "per worker per step")
     bi.add_argument("--num-workers", type=int, default=1, help="Ray Train workers reading side by side")
     bi.add_argument("--rows", type=int, default=None, help="read only the first N train rows (default: all)")
     bi.add_argument("--repeats", type=lambda t: max(1, int(t)), default=3, help="rounds; medians reported")

@@ -104,9 +104,8 @@ class RayConfig(_Section):
     # cafe_dist.resume); force: continue it even when train.* settings changed
     resume: Literal["auto", "force"] = "auto"
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the latest checkpoint (-1: no limit)
-    # every rank reads the whole train stream and trains on every num_workers-th batch of it, so the
-    # data position is one global count and a checkpoint resumes on any number of workers (see
-    # cafe_dist.train.elastic); the price: each worker reads all rows, not 1/num_workers of them
+    # a checkpoint resumes on any number of workers: the rows of the epoch no rank had trained are
+    # dealt to the new workers (cafe_dist.train.row_order, cafe_dist.train.elastic)
     elastic: bool = False
     # an elastic run resumed on another number of workers: "global" keeps its rows per step over all
     # workers (each takes global / num_workers, rounded), so the run goes on with the same steps and

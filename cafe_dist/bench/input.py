@@ -42,16 +42,21 @@ log = logging.getLogger("cafe_dist.bench")
 
 @contextmanager
 def one_core():
-    """This process on one CPU, Arrow's pools at one thread: a per-core reference."""
-    before, threads = os.sched_getaffinity(0), (pa.cpu_count(), pa.io_thread_count())
+    """This process on one CPU, Arrow's pools and torch at one thread: a per-core reference (torch's
+    threads pinned to one core would spin against each other on the Collator's small ops)."""
+    import torch
+
+    before, threads = os.sched_getaffinity(0), (pa.cpu_count(), pa.io_thread_count(), torch.get_num_threads())
     os.sched_setaffinity(0, {sorted(before)[0]})
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         pa.set_cpu_count(threads[0])
         pa.set_io_thread_count(threads[1])
+        torch.set_num_threads(threads[2])
         os.sched_setaffinity(0, before)
 
 
@@ -150,7 +155,7 @@ def _split_bytes(split: SplitFiles, columns: list[str], rows: int) -> int:
     return total
 
 
-def run_input_bench(data: str, batch_sizes: list[int], num_workers: int = 1, rows: int | None = None,
+def run_input_bench(data: str, batch_sizes: list[int], *, num_workers: int = 1, rows: int | None = None,
                     repeats: int = 3, ray_data: bool = False, use_gpu: bool = False, digests: bool = True,
                     storage_path: str = "runs/bench", output_json: str | Path | None = None) -> dict[str, Any]:
     from ray.train import RunConfig, ScalingConfig
@@ -201,7 +206,7 @@ def run_input_bench(data: str, batch_sizes: list[int], num_workers: int = 1, row
                "pyarrow_rows_per_s": pa_rate, "ratio": rate / pa_rate,
                "pyarrow_collate_rows_per_s": statistics.median(refs[bs]["collate"]),
                "rows_per_cpu_s": per_core,
-               "cores_used": statistics.median(x["cores"] for rnd in per_round for x in rnd),
+               "cores": statistics.median(x["cores"] for rnd in per_round for x in rnd),  # CPU s per wall s
                "cores_per_h200": H200_SAMPLES_PER_S / per_core,
                "bytes_read_over_share": [x["bytes_read"] / share for x in last],
                "first_batch_s": statistics.median(x["first_batch_s"] for rnd in per_round for x in rnd),

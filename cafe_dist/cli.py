@@ -13,9 +13,12 @@ from cafe_dist.errors import USER_ERRORS, os_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cafe_dist import __version__
     from cafe_dist.commands import MODULES
 
     p = argparse.ArgumentParser(prog="cafe-dist", description=__doc__)
+    p.add_argument("--version", action="version", version=f"cafe-dist {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     for module in MODULES:
         module.register(sub)

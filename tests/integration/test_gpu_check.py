@@ -52,3 +52,25 @@ def test_the_dry_run_writes_every_part_of_the_report(tmp_path):
     assert all(r["steps"] == 20 and 0.5 < r["auc"] < 1 for r in report["train"])
     assert report["sketch"]["insert_mids_per_s"] > 0 and report["sketch"]["device"] == "cpu"
     assert "runs" in report["quality"] or "skipped" in report["quality"]
+
+
+def test_the_core_check_runs_without_torchrec_ray_or_mlflow(tmp_path):
+    """``--core --dry-run`` on the CPU with the venv's Python, where TorchRec, fbgemm, Ray and MLflow are
+    installed but made unimportable: every part is measured and none of them was imported."""
+    out = tmp_path / "core"
+    r = _run("--core", "--dry-run", "--out", str(out), env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "gpu-core.json").read_text())
+    assert report["dry_run"] is True and report["forbidden_imported"] == []
+    assert report["sketch_insert"]["ids_per_s"] > 0
+    for batch in ("256", "1024"):
+        assert report["hashing"][batch]["ids_per_s"] > 0
+        cafe = report["cafe"][batch]
+        assert cafe["remap_ids_per_s"] > 0 and cafe["scoring_ids_per_s"] > 0 and cafe["hot_keys"] > 0
+        assert report["feeding"][batch]["rows_per_s"] > 0
+        step = report["dlrm_step"][batch]
+        assert step["over_h200"] == pytest.approx(step["samples_per_s"] / report["h200_samples_per_s"])
+    # the guard is real: the same module asked to import one of them fails
+    blocked = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torchrec'] = None; import torchrec"],
+                             capture_output=True, text=True)
+    assert blocked.returncode != 0 and "import of torchrec halted" in blocked.stderr

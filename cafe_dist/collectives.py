@@ -1,4 +1,11 @@
-"""Collectives that degrade to no-ops outside a process group (one code path for 1 and N workers)."""
+"""Collectives that degrade to no-ops outside a process group (one code path for 1 and N workers).
+
+One place decides where a collective's tensors live (:func:`group_device`): NCCL takes CUDA tensors
+on the rank's current device only, gloo CPU ones. Every collective cafe-dist makes goes through here,
+so its callers may hand over tensors wherever they keep them (the trainer's counters on the CPU,
+CAFE's migration on the device of the hot keys): each is moved to the group's device for the call
+and the result comes back where the caller's tensor was.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +20,44 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def group_device() -> torch.device:
+    """The device the default process group's backend takes tensors on."""
+    if world()[1] > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``t`` along dim 0 in rank order (sizes may differ between ranks)."""
     _, n = world()
     if n == 1:
         return t
-    size = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    dev = group_device()
+    size = torch.tensor([t.shape[0]], dtype=torch.int64, device=dev)
     sizes = [torch.zeros_like(size) for _ in range(n)]
     dist.all_gather(sizes, size)
     sizes_i = [int(s) for s in sizes]
     top = max(sizes_i)
-    padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
+    padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[: t.shape[0]] = t.to(dev)
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes_i)])
+    return torch.cat([p[:s] for p, s in zip(parts, sizes_i)]).to(t.device)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks, in place (through the group's device when it lives elsewhere)."""
     if world()[1] > 1:
-        dist.all_reduce(t)
+        dev = group_device()
+        if t.device == dev:
+            dist.all_reduce(t)
+        else:
+            on = t.to(dev)
+            dist.all_reduce(on)
+            t.copy_(on)
     return t
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier(device_ids=[group_device().index] if group_device().type == "cuda" else None)

@@ -11,6 +11,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from torchmetrics.classification import BinaryAUROC
 
 from cafe_dist.batching import Collator
+from cafe_dist.collectives import all_reduce_sum
 from cafe_dist.data.reader import RowReader, SplitFiles
 from cafe_dist.errors import BadInputError
 from cafe_dist.train.feed import Feed
@@ -36,7 +37,7 @@ def evaluate(model: torch.nn.Module, split: SplitFiles, collate: Collator, devic
             auroc.update(torch.sigmoid(logits), batch.labels.long())
             totals[0] += binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum").double()
             totals[1] += len(batch.labels)
-    dist.all_reduce(totals)
+    all_reduce_sum(totals)
     model.train()
     if totals[1] == 0:
         return {"auc": float("nan"), "logloss": float("nan"), "eval_rows": 0}

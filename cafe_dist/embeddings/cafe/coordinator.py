@@ -436,14 +436,15 @@ class CoordinatorService(RunService):
 
     def join(self, emb: Any) -> None:
         import ray
-        import torch.distributed as dist
+
+        from cafe_dist.collectives import barrier
 
         state = self.state
         if state and state["config"]["world_size"] != self.world_size:  # elastic: resumed on another count
             state = {**state, "config": {**state["config"], "world_size": self.world_size}}
         if self.rank == 0:
             ray.get(self.actor.reset.remote(state))
-        dist.barrier()
+        barrier()
         emb.connect(self.run_name, self.world_size)
 
     def restarted(self) -> bool:

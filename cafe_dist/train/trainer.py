@@ -283,8 +283,8 @@ class Trainer:
         return Feed(reader, self.collate, self.wc.device, (deal.rows_of(rank, k) for k in range(done, deal.steps())))
 
     def _start(self) -> _Run:
-        """Resume from the newest checkpoint (if any), join the method's run service, open the data shards,
-        the evaluator and the metrics."""
+        """Resume from the newest checkpoint (if any) and its data position, join the method's run
+        service, set up the evaluator and the metrics."""
         spec, wc, tc = self.spec, self.wc, self.job.train
         restarts = self.markers.count_start() if self.chief else 0
         found = self.checkpointer.resume()

@@ -51,6 +51,13 @@ class RunResult:
         stats = {k: v for k, v in d.items() if k not in names and k not in ("stats", FINAL)}
         return cls(**{k: v for k, v in d.items() if k in names}, stats={**d.get("stats", {}), **stats})
 
+    @property
+    def steady_samples_per_sec(self) -> float:
+        """Samples/s once warmed up (the first steps, with the JIT compiles, and evaluations left out):
+        the rate to compare methods by; ``samples_per_sec`` includes start-up. A run that reported no
+        steady figure (too few steps) gives its whole-run rate."""
+        return float(self.stats.get("steady_samples_per_sec") or self.samples_per_sec)
+
     def to_dict(self) -> dict[str, Any]:
         """Flat: the fields, then the stats."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "stats"}

@@ -74,8 +74,8 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     plot = tmp_path / "auc.png"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--plot", str(plot)]) == 0
     header, rule, row = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert header.split() == ["run", "method", "ratio", "emb", "MB", "AUC", "logloss", "samples/s", "workers",
-                              "status"]
+    assert header.split() == ["run", "method", "ratio", "emb", "MB", "AUC", "logloss", "steady", "samples/s",
+                              "workers", "status"]
     assert row.split()[:2] == ["tracked-cafe", "cafe"] and f"{out.auc:.4f}" in row and "FINISHED" in row
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--format", "json"]) == 0
@@ -83,7 +83,9 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     assert entry["run_id"] == out.mlflow_run_id and entry["world_size"] == 2
     assert abs(entry["compression_ratio"] - out.compression_ratio) < 1e-6
     assert abs(entry["embedding_mb"] - out.embedding_bytes / 1e6) < 1e-9
-    assert entry["samples_per_sec"] == out.samples_per_sec  # the figure --output-json has
+    # steady state, as --output-json has it (the whole run's rate, with start-up, is samples_per_sec there)
+    assert entry["samples_per_sec"] == pytest.approx(out.steady_samples_per_sec)
+    assert out.steady_samples_per_sec > out.samples_per_sec
 
 
 def test_compare_all_experiments_and_says_where_other_runs_are(tracked, capsys):

@@ -60,4 +60,5 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def barrier() -> None:
     if world()[1] > 1:
-        dist.barrier(device_ids=[group_device().index] if group_device().type == "cuda" else None)
+        dev = group_device()
+        dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)

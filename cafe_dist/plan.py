@@ -300,10 +300,10 @@ def _gb(n: float) -> str:
 def input_cores(topo: Topo) -> dict[str, float]:
     """CPU cores a GPU's input path needs to keep it at one H200's training rate (reading, checking,
     collating and copying its rows: cafe_dist.train.feed, as ``bench input`` measured it)."""
-    from cafe_dist.train.feed import H200_SAMPLES_PER_S, ROWS_PER_CORE_S
+    from cafe_dist.rates import H200_SAMPLES_PER_S, INPUT_ROWS_PER_CORE_S
 
-    per_gpu = H200_SAMPLES_PER_S / ROWS_PER_CORE_S
-    return {"samples_per_s_per_gpu": H200_SAMPLES_PER_S, "rows_per_core_s": ROWS_PER_CORE_S,
+    per_gpu = H200_SAMPLES_PER_S / INPUT_ROWS_PER_CORE_S
+    return {"samples_per_s_per_gpu": H200_SAMPLES_PER_S, "rows_per_core_s": INPUT_ROWS_PER_CORE_S,
             "cores_per_gpu": per_gpu, "cores_per_node": per_gpu * topo.gpus_per_node}
 
 

@@ -16,26 +16,13 @@ keep up with a step, not to fit inside one; the others are on the step's critica
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import torch
 
-from cafe_dist.bench.input import H200_SAMPLES_PER_S
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
+from cafe_dist.bench.gpu_core import timed_rate
+from cafe_dist.embeddings.cafe.scoring import occurrence_norms
+from cafe_dist.rates import H200_SAMPLES_PER_S
 
 
 def _one_batch(emb, v, dev: torch.device, repeats: int) -> dict[str, Any]:
@@ -50,24 +37,25 @@ def _one_batch(emb, v, dev: torch.device, repeats: int) -> dict[str, Any]:
     hot = unique[torch.randperm(unique.numel(), device=dev)[: emb.hot_rows]]
     emb.hot_map.apply(HotMapUpdate(emb.hot_map.version + 1, promoted_keys=hot,
                                    promoted_slots=torch.arange(hot.numel(), device=dev)))
-    nf, d = len(emb.names), emb.dim
-    grad = torch.randn(v.batch_size, nf, d, device=dev)
+    grad = torch.randn(v.batch_size, len(emb.names), emb.dim, device=dev)
     scorer = emb.scorer
 
     def scoring() -> torch.Tensor:
-        norms = grad.norm(dim=2).t().reshape(nf * v.batch_size).index_select(0, cv.segment)
-        return scorer._normalised(cv.feature, norms)
+        return scorer.normalised(cv.feature, occurrence_norms(grad, cv.segment))
 
     weights = scoring()
     n = keys.numel()
+
+    def seconds(fn) -> float:
+        return n / timed_rate(fn, n, dev, repeats)
+
     rec = {"batch_size": v.batch_size, "ids": n, "hot_keys": int(hot.numel()),
-           "keys_s": _time(lambda: emb.keys_of(cv), dev, repeats),
-           "lookup_s": _time(lambda: emb.hot_map.lookup(keys), dev, repeats),
-           "scoring_s": _time(scoring, dev, repeats)}
+           "keys_s": seconds(lambda: emb.keys_of(cv)), "lookup_s": seconds(lambda: emb.hot_map.lookup(keys)),
+           "scoring_s": seconds(scoring)}
     paths = ["numba", "tensor"] if dev.type == "cpu" else ["tensor"]
     for path in paths:
         sketch = HotSketch(scorer.sketch.w, device=dev, use_numba=path == "numba")
-        rec[f"insert_{path}_s"] = _time(lambda s=sketch: s.insert(keys, weights), dev, repeats)
+        rec[f"insert_{path}_s"] = seconds(lambda s=sketch: s.insert(keys, weights))
     need = H200_SAMPLES_PER_S * n / v.batch_size  # ids/s one H200's training rate brings
     rec["h200_ids_per_s"] = need
     for part in ("keys", "lookup", "scoring", *(f"insert_{p}" for p in paths)):

@@ -10,7 +10,6 @@ counters and the Parquet parts). The ratio is the conversion's rows/s over pyarr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import statistics
 import tempfile
@@ -18,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from cafe_dist.bench.cpu import one_core
 from cafe_dist.data.formats import FORMATS
 
 log = logging.getLogger("cafe_dist.bench")
@@ -36,29 +35,21 @@ def run_conversion_bench(inputs: list[str], fmt: str = "criteo", repeats: int = 
     if fmt not in FORMATS or fmt == "csv":
         raise ValueError(f"--format: one of {', '.join(f for f in FORMATS if f != 'csv')}")
     plugin = FORMATS[fmt]()
-    cpu = sorted(os.sched_getaffinity(0))[0]
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    threads = pa.cpu_count(), pa.io_thread_count()
-    pa.set_cpu_count(1)
-    pa.set_io_thread_count(1)
     work = Path(tempfile.mkdtemp(prefix="cafe-bench-conversion-"))
     arrow_s, convert_s, rows = [], [], 0
     try:
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            rows = sum(_pyarrow_rows(p, plugin.delimiter) for p in inputs)
-            arrow_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            meta = plugin.convert(inputs, work / f"out{i}", progress=False)
-            convert_s.append(time.perf_counter() - t0)
-            shutil.rmtree(work / f"out{i}")
-            log.info("round %d: pyarrow %.2f s, conversion %.2f s", i + 1, arrow_s[-1], convert_s[-1])
+        with one_core() as cpu:
+            for i in range(repeats):
+                t0 = time.perf_counter()
+                rows = sum(_pyarrow_rows(p, plugin.delimiter) for p in inputs)
+                arrow_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                meta = plugin.convert(inputs, work / f"out{i}", progress=False)
+                convert_s.append(time.perf_counter() - t0)
+                shutil.rmtree(work / f"out{i}")
+                log.info("round %d: pyarrow %.2f s, conversion %.2f s", i + 1, arrow_s[-1], convert_s[-1])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        pa.set_cpu_count(threads[0])
-        pa.set_io_thread_count(threads[1])
-        os.sched_setaffinity(0, before)
     good = meta.rows["train"] + meta.rows["test"]
     a, c = statistics.median(arrow_s), statistics.median(convert_s)
     return {"inputs": inputs, "format": fmt, "bytes": sum(Path(p).stat().st_size for p in inputs),

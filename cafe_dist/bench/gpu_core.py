@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
-from cafe_dist.embeddings.cafe.scoring import ImportanceScorer
+from cafe_dist.embeddings.cafe.scoring import ImportanceScorer, occurrence_norms
 from cafe_dist.embeddings.cafe.sketch import HotSketch
 from cafe_dist.embeddings.hashing import hash_mod
+from cafe_dist.rates import H200_SAMPLES_PER_S
 
-H200_SAMPLES_PER_S = 2.1e6  # as cafe_dist.train.feed (not imported: it needs the Collator's TorchRec)
 FEATURES, DENSE = 26, 13
 H200_IDS_PER_S = H200_SAMPLES_PER_S * FEATURES
 FORBIDDEN = ("torchrec", "fbgemm_gpu", "ray", "mlflow")
@@ -46,7 +46,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rate(fn, items: int, device: torch.device, repeats: int) -> float:
+def timed_rate(fn, items: int, device: torch.device, repeats: int) -> float:
     """Items per second of ``fn`` (median of ``repeats`` timed calls after one warm-up)."""
     fn()
     _sync(device)
@@ -80,7 +80,7 @@ def sketch_insert(device: torch.device, num_ids: int, batch: int) -> dict[str, A
 def hashing(device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
     values = torch.randint(0, 2**32, (batch * FEATURES,), device=device, dtype=torch.int64)
     rows = torch.full_like(values, 1_000_003)
-    rate = _rate(lambda: hash_mod(values, rows), values.numel(), device, repeats)
+    rate = timed_rate(lambda: hash_mod(values, rows), values.numel(), device, repeats)
     return {"ids_per_s": rate, "over_h200": rate / H200_IDS_PER_S, "batch": batch}
 
 
@@ -99,16 +99,15 @@ def cafe_parts(device: torch.device, batch: int, hot: int, repeats: int) -> dict
     hot_map = HotMap(device)
     top = torch.unique(keys)[:hot]
     hot_map.apply(HotMapUpdate(1, promoted_keys=top, promoted_slots=torch.arange(top.numel(), device=device)))
-    remap = _rate(lambda: hot_map.lookup(keys_of()), n, device, repeats)
+    remap = timed_rate(lambda: hot_map.lookup(keys_of()), n, device, repeats)
     grad = torch.randn(batch, FEATURES, 16, device=device)
     segment = torch.arange(n, device=device)  # one value per bag, feature-major as the KJT has them
     scorer = ImportanceScorer(1024, "grad", "field", None)
 
     def scoring() -> torch.Tensor:
-        norms = grad.norm(dim=2).t().reshape(n).index_select(0, segment)
-        return scorer._normalised(feature, norms)
+        return scorer.normalised(feature, occurrence_norms(grad, segment))
 
-    score = _rate(scoring, n, device, repeats)
+    score = timed_rate(scoring, n, device, repeats)
     return {"batch": batch, "hot_keys": int(top.numel()), "remap_ids_per_s": remap,
             "remap_over_h200": remap / H200_IDS_PER_S, "scoring_ids_per_s": score,
             "scoring_over_h200": score / H200_IDS_PER_S}
@@ -125,7 +124,7 @@ def feeding(device: torch.device, batch: int, repeats: int) -> dict[str, Any]:
     def copy() -> list[torch.Tensor]:
         return [t.to(device, non_blocking=pin) for t in host]
 
-    rate = _rate(copy, batch, device, repeats)
+    rate = timed_rate(copy, batch, device, repeats)
     return {"batch": batch, "pinned": pin, "rows_per_s": rate, "over_h200": rate / H200_SAMPLES_PER_S,
             "bytes_per_row": sum(t.numel() * t.element_size() for t in host) / batch}
 
@@ -171,7 +170,7 @@ def dlrm_step(device: torch.device, batch: int, rows: int, dim: int, repeats: in
         loss.backward()
         opt.step()
 
-    rate = _rate(step, batch, device, repeats)
+    rate = timed_rate(step, batch, device, repeats)
     return {"batch": batch, "rows_per_table": rows, "dim": dim, "samples_per_s": rate,
             "over_h200": rate / H200_SAMPLES_PER_S}
 

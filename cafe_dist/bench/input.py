@@ -23,41 +23,20 @@ import os
 import statistics
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cafe_dist.batching import Collator
+from cafe_dist.bench.cpu import one_core
 from cafe_dist.data import storage
 from cafe_dist.data.reader import RowReader, SplitFiles
 from cafe_dist.data.schema import DatasetMeta
-from cafe_dist.train.feed import H200_SAMPLES_PER_S
+from cafe_dist.rates import H200_SAMPLES_PER_S
 
 log = logging.getLogger("cafe_dist.bench")
 
-
-
-@contextmanager
-def one_core():
-    """This process on one CPU, Arrow's pools and torch at one thread: a per-core reference (torch's
-    threads pinned to one core would spin against each other on the Collator's small ops)."""
-    import torch
-
-    before, threads = os.sched_getaffinity(0), (pa.cpu_count(), pa.io_thread_count(), torch.get_num_threads())
-    os.sched_setaffinity(0, {sorted(before)[0]})
-    pa.set_cpu_count(1)
-    pa.set_io_thread_count(1)
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        pa.set_cpu_count(threads[0])
-        pa.set_io_thread_count(threads[1])
-        torch.set_num_threads(threads[2])
-        os.sched_setaffinity(0, before)
 
 
 def _pyarrow_rate(split: SplitFiles, columns: list[str], rows: int, batch: int, collate: Collator | None) -> float:

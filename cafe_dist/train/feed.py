@@ -25,12 +25,6 @@ from cafe_dist.train.elastic import MASK, rows_digest
 from cafe_dist.train.row_order import Interval
 
 DEPTH = 3  # batches held ready: enough to cover a slow read, few enough to bound memory
-# What one GPU consumes: MLPerf Training v4.0, NVIDIA's DLRM-DCNv2 on 8x H200 (per GPU).
-H200_SAMPLES_PER_S = 2.1e6
-# What this input path delivers per CPU core-second (``cafe-dist bench input``, batch 65,536, the
-# Criteo-Kaggle profile's 40 columns, step digests on; BENCHMARKS.md "Feeding a GPU"): what
-# ``plan`` turns into CPU cores per GPU.
-ROWS_PER_CORE_S = 2.0e6
 
 
 @dataclass(frozen=True)

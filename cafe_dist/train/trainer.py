@@ -35,7 +35,7 @@ from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
 from cafe_dist.train.feed import Fed, Feed
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
-from cafe_dist.train.row_order import Deal
+from cafe_dist.train.row_order import Deal, unit_rows
 from cafe_dist.train.sharding import make_plan
 from cafe_dist.train.spec import WorkerSpec
 
@@ -262,7 +262,7 @@ class Trainer:
         (same workers, batch and unit: every rank seeks to its next batch), else deal the rows it had
         not trained to this run's workers (an elastic resize, another ``train.batch_size``)."""
         p, split, world = self.progress, self.spec.splits["train"], self.wc.world_size
-        unit = Deal.epoch(split.rows, world, self.batch_size, split.row_group_rows).unit
+        unit = unit_rows(self.batch_size, split.row_group_rows)
         if p.segment_world == 0:  # a checkpoint from before row-addressed reads: the epoch's first rows were trained
             start = p.epoch_rows or p.batch_in_epoch * world * self.batch_size
             self._set_segment(Deal(((start, split.rows),) if start < split.rows else (), world, self.batch_size,

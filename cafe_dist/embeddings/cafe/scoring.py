@@ -45,6 +45,13 @@ def rank_report(ids: torch.Tensor, scores: torch.Tensor, k: int, rank: int, worl
     return ids[keep].to(torch.int64).cpu().numpy(), scores[keep].cpu().numpy() * world
 
 
+def occurrence_norms(grad: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of the gradient ``grad`` (B, F, D) of each occurrence's bag (``segment`` = f * B + b):
+    an occurrence's raw importance."""
+    b, nf = grad.shape[0], grad.shape[1]
+    return grad.detach().float().norm(dim=2).t().reshape(nf * b).index_select(0, segment)  # bags in (f, b) order
+
+
 SKETCH_CELLS = 4  # cells per sketch bucket
 
 Decay = tuple[str, float, float | None] | None  # ("step", factor, None) | ("mass", factor, mass) | None: half-life
@@ -90,19 +97,18 @@ class ImportanceScorer:
                 batch_size: int) -> None:
         """Score ``keys`` (one per occurrence, of field ``fields``, pooled into bag ``segment`` =
         f * B + b) by the gradient that reaches ``out`` (B, F, D) in backward."""
-        nf = out.shape[1]
         self._samples += batch_size
 
         def record(grad: torch.Tensor) -> None:
             if self.by_grad:
-                norms = grad.detach().float().norm(dim=2).t().reshape(nf * batch_size)  # per bag, (f, b) order
-                self._pending.append((keys, fields, norms.index_select(0, segment)))
+                self._pending.append((keys, fields, occurrence_norms(grad, segment)))
             else:
                 self._pending.append((keys, fields, None))
 
         out.register_hook(record)
 
-    def _normalised(self, fields: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def normalised(self, fields: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` scaled to mean 1 per field (``normalise: field``) or over all of them."""
         if not self.per_field:
             mean = weights.mean()
             return weights / mean if mean > 0 else torch.ones_like(weights)
@@ -121,7 +127,7 @@ class ImportanceScorer:
         keys = torch.cat([k for k, _, _ in pending])
         weights = None
         if pending[0][2] is not None:
-            weights = self._normalised(torch.cat([f for _, f, _ in pending]), torch.cat([w for _, _, w in pending]))
+            weights = self.normalised(torch.cat([f for _, f, _ in pending]), torch.cat([w for _, _, w in pending]))
         decays: list[float] = []  # applied before the insert (half-life) or after it
         if self.decay is None:  # half-life: age what is there by these samples, count the new at half
             if self.half_life_samples:  # their age (the batch's mid-point), whatever the batch size

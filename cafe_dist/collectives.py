@@ -9,6 +9,8 @@ and the result comes back where the caller's tensor was.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -21,10 +23,15 @@ def world() -> tuple[int, int]:
 
 
 def group_device() -> torch.device:
-    """The device the default process group's backend takes tensors on."""
-    if world()[1] > 1 and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """The device the default process group's backend takes tensors on: the CPU when it takes CPU
+    tensors (gloo), else the rank's current device of the accelerator it is registered for (NCCL:
+    the rank's CUDA device)."""
+    if world()[1] == 1:
+        return torch.device("cpu")
+    kinds = dist.Backend.backend_capability.get(dist.get_backend(), ["cpu"])
+    if "cpu" in kinds:
+        return torch.device("cpu")
+    return torch.device(kinds[0], torch.get_device_module(kinds[0]).current_device())
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
@@ -56,6 +63,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
             dist.all_reduce(on)
             t.copy_(on)
     return t
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled through a tensor on the group's device)."""
+    box = [obj]
+    if world()[1] > 1:
+        dist.broadcast_object_list(box, src=0, device=group_device())
+    return box[0]
 
 
 def barrier() -> None:

@@ -71,7 +71,7 @@ class ModelSpec:
         options = None
         klass = method_class(doc["method"])
         if klass.options and doc.get("options"):
-            options = klass.options.model_validate(doc["options"])
+            options = klass.options.from_saved(doc["options"])
             if doc.get("options_set") is not None:  # the same values, and which of them the job set
                 options = klass.options.model_construct(_fields_set=set(doc["options_set"]), **dict(options))
         return cls(doc["method"], doc["compression_ratio"], doc["dim"], tuple(doc["dense_arch"]),

@@ -16,6 +16,12 @@ plan says which tables (or shards) it holds and what they take:
   data; a compressed method's lists of its few small uncompressed features;
 - ``dense``: the MLPs and their Adagrad state, replicated (data parallel).
 
+Methods with a hot set (CAFE) also get each rank's hot rows and the hot lookups it is expected to
+serve per step, from a profile's value laws (the traffic of a perfect hot set, slot by slot,
+strongest first, placed where the method puts each slot), and ``hot_balance``: the busiest rank's
+expected hot lookups over the mean rank's (1.0: even; under table-wise sharding the rank holding
+the hot rows serves them all, so W).
+
 For each ratio it also finds the smallest world size at which the planner finds a plan (trying
 1, 2, 4 and then multiples of ``gpus_per_node``, starting from what the bytes alone require), and
 what the driver needs before training: ``full`` counts every train value to build its vocabulary
@@ -35,6 +41,7 @@ import torch
 
 from cafe_dist.config import ConfigError, JobConfig
 from cafe_dist.data.distinct import EXACT, EXACT_LIMIT, SKETCH
+from cafe_dist.data.profile import Profile
 from cafe_dist.data.schema import CRITEO_DENSE, CRITEO_KAGGLE_CARDINALITIES, CRITEO_SPARSE, DatasetMeta
 from cafe_dist.logs import quiet
 
@@ -82,6 +89,8 @@ class RankMemory:
     method_state: int = 0
     values: int = 0
     dense: int = 0
+    hot_rows: int = 0  # hot slots whose rows this rank holds
+    hot_lookups: float = 0.0  # expected lookups of hot rows this rank serves per step
 
     @property
     def total(self) -> int:
@@ -104,6 +113,10 @@ class RatioPlan:
     fits: bool
     error: str | None = None
     min_world_size: int | None = None
+    hot_balance: float | None = None  # max / mean of the ranks' expected hot lookups (None: no hot rows)
+    # the least hot_balance any placement of whole rows reaches: the busiest row's lookups over the mean rank's
+    hot_balance_floor: float | None = None
+    hot_traffic: str | None = None  # where the expected hot lookups come from
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -201,8 +214,10 @@ def _dense_bytes(model) -> int:
     return params * FLOAT_BYTES * 2  # weights + Adagrad's sum
 
 
-def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find_min: bool = True) -> RatioPlan:
-    """Plan ``ratio`` (1: ``full``) on ``topo``; with ``find_min``, also the smallest world size that fits."""
+def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find_min: bool = True,
+               traffic: Profile | None = None) -> RatioPlan:
+    """Plan ``ratio`` (1: ``full``) on ``topo``; with ``find_min``, also the smallest world size that
+    fits; with ``traffic``, the ranks' expected hot lookups under that profile's value laws."""
     method = "full" if ratio <= 1 else job.embedding.method
     model, emb = _build(job, meta, method, ratio)
     types = _sharding_types(job, topo.device)
@@ -220,6 +235,8 @@ def plan_ratio(job: JobConfig, meta: DatasetMeta, topo: Topo, ratio: float, find
     else:
         out.fits = True
         _fill(out, planner, plan, emb, fixed - emb.aux_bytes() - emb.values_bytes(), topo)
+        if traffic is not None:
+            _hot_traffic(out, plan, emb, traffic, bs)
     if find_min:
         out.min_world_size = smallest_world_size(model, emb, topo, types, bs, fixed)
     return out
@@ -256,6 +273,40 @@ def _fill(out: RatioPlan, planner, plan, emb, dense: int, topo: Topo) -> None:
         rm.method_state, rm.values, rm.dense = emb.aux_bytes(), emb.values_bytes(), dense
 
 
+def _hot_traffic(out: RatioPlan, plan, emb, traffic: Profile, batch_size: int) -> None:
+    """Each rank's hot rows and expected hot lookups per step (a step: ``batch_size`` rows on every
+    rank): a sharded table's rank serves every rank's lookups of the rows it holds; a data-parallel
+    one serves its own batch's."""
+    if not emb.keeps_hot_set or not emb.compressed:
+        return
+    world_size = len(out.ranks)
+    per_row = traffic.top_lookups([f.name for f in emb.compressed], emb.hot_rows)  # per sample, strongest first
+    places = emb.hot_row_places(per_row, world_size)
+    if places is None:
+        return
+    name, rows = places
+    per_row = per_row[: len(rows)]
+    ps = next(tables[name] for tables in plan.plan.values() if name in tables)
+    spec = ps.sharding_spec
+    if spec is None:  # data-parallel: every rank holds every row and serves its own batch
+        shards = [(0, int(rows.max(initial=0)) + 1, r, batch_size) for r in ps.ranks or range(world_size)]
+    else:
+        shards = [(md.shard_offsets[0], md.shard_sizes[0], md.placement.rank(), batch_size * world_size)
+                  for md in spec.shards]
+    for first, count, rank, samples in shards:
+        on = (rows >= first) & (rows < first + count)
+        out.ranks[rank].hot_rows += int(on.sum())
+        out.ranks[rank].hot_lookups += float(per_row[on].sum()) * samples
+    loads = [r.hot_lookups for r in out.ranks]
+    if sum(loads) > 0:
+        mean = sum(loads) / world_size
+        out.hot_balance = max(loads) / mean
+        heaviest = float(per_row.max()) * (batch_size if spec is None else batch_size * world_size)
+        out.hot_balance_floor = max(1.0, heaviest / mean)
+    out.hot_traffic = (f"the {traffic.name} profile's value laws: a perfect hot set's lookups, "
+                       f"{batch_size:,} rows per rank per step")
+
+
 def _candidates(gpus_per_node: int) -> list[int]:
     out, n = [1, 2, 4], gpus_per_node
     while n <= MAX_WORLD_SIZE:
@@ -284,12 +335,12 @@ def smallest_world_size(model, emb, topo: Topo, types, batch_size: int, fixed: i
 
 
 def plan_job(job: JobConfig, meta: DatasetMeta, topo: Topo, ratios: list[float],
-             find_min: bool = True) -> list[RatioPlan]:
+             find_min: bool = True, traffic: Profile | None = None) -> list[RatioPlan]:
     from tqdm import tqdm
 
     # TorchRec's dry-run advice ("construct the topology via a factory") is about real jobs, not this estimate
     with quiet("torchrec", enabled=not job.ray.verbose):
-        return [plan_ratio(job, meta, topo, ratio, find_min)
+        return [plan_ratio(job, meta, topo, ratio, find_min, traffic)
                 for ratio in tqdm(ratios, desc="plan", unit="ratio", leave=False, disable=len(ratios) < 2)]
 
 
@@ -328,17 +379,22 @@ def render(plans: list[RatioPlan], topo: Topo, source: str, show_ranks: int = 8,
         if not p.fits:
             lines.append(f"  does not fit: {p.error}")
             continue
+        if p.hot_balance is not None:
+            lines.append(f"  hot rows: busiest rank's expected hot lookups / mean rank's = {p.hot_balance:.2f} (no "
+                         f"placement of whole rows does better than {p.hot_balance_floor:.2f}; from {p.hot_traffic})")
         kinds: dict[str, int] = {}
         for t in p.tables:
             kinds[t["sharding_type"]] = kinds.get(t["sharding_type"], 0) + 1
         lines.append("  " + ", ".join(f"{n} table(s) {k}" for k, n in sorted(kinds.items())))
+        hot = p.hot_balance is not None
         lines.append(f"  {'rank':>5s} {'tables':>6s} {'weights':>8s} {'optim':>7s} {'io':>7s} {'method':>7s} "
-                     f"{'values':>7s} {'dense':>7s} {'total':>8s}")
+                     f"{'values':>7s} {'dense':>7s} {'total':>8s}" + (f" {'hot rows':>9s} {'hot lookups/step':>16s}"
+                                                                      if hot else ""))
         busiest = sorted(p.ranks, key=lambda r: -r.total)
         for rm in sorted(busiest[:show_ranks], key=lambda r: r.rank):
             lines.append(f"  {rm.rank:>5d} {len(rm.tables):>6d} {_gb(rm.weights):>8s} {_gb(rm.optimizer):>7s} "
                          f"{_gb(rm.io_buffers):>7s} {_gb(rm.method_state):>7s} {_gb(rm.values):>7s} {_gb(rm.dense):>7s} "
-                         f"{_gb(rm.total):>8s}")
+                         f"{_gb(rm.total):>8s}" + (f" {rm.hot_rows:>9,d} {rm.hot_lookups:>16,.0f}" if hot else ""))
         if len(p.ranks) > show_ranks:
             lines.append(f"  ... {len(p.ranks) - show_ranks} more rank(s) (the busiest shown; --output-json has all); "
                          f"least loaded {_gb(min(r.total for r in p.ranks))} GiB")

@@ -24,12 +24,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"{job.data.path} holds no dataset here (no meta.json): plan for a profile's published "
                           "cardinalities with --profile criteo-tb (or criteo-kaggle), or set data.profile")
+    traffic = _traffic(profile or job.data.profile or meta.extra.get("profile")
+                       or (meta.extra.get("synth") or {}).get("profile"))
     topo = Topo(args.world_size if args.world_size is not None else job.ray.num_workers, args.gpus_per_node,
                 args.hbm_gb, "cuda" if job.ray.use_gpu else "cpu")
     ratios = args.ratios or [1.0, 10.0, 100.0, 1000.0]
     if any(r < 1 for r in ratios):
         raise ConfigError(f"--ratios: every compression ratio must be at least 1, got {', '.join(map(str, ratios))}")
-    plans = plan_job(job, meta, topo, ratios, find_min=not args.no_min)
+    plans = plan_job(job, meta, topo, ratios, find_min=not args.no_min, traffic=traffic)
     print(render(plans, topo, f"{args.config} ({source}, {job.embedding.method}, dim {job.embedding.dim})",
                  find_min=not args.no_min))
     if args.output_json:
@@ -38,6 +40,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                                  **({"input": input_cores(topo)} if topo.device == "cuda" else {})},
                                                 indent=1))
     return 0 if all(p.fits for p in plans) else 1
+
+
+def _traffic(profile: str | None):
+    """The value laws the hot rows' expected traffic comes from: the profile planned for, or the one
+    the job or its (generated) dataset names; None: no law known (no hot-row balance in the plan)."""
+    from cafe_dist.data.profile import Profile
+
+    return Profile.load(profile) if profile else None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

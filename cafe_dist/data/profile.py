@@ -81,13 +81,15 @@ class CategoricalProfile:
                                 self.a, self.q)
         return np.where(u < self.top, 0, body)
 
-    def rank_probabilities(self) -> np.ndarray:
-        """P(rank k) for every rank: what a perfect hot set would pick from."""
+    def rank_probabilities(self, n: int | None = None) -> np.ndarray:
+        """P(rank k) for every rank (``n``: the first ``n`` ranks only): what a perfect hot set would
+        pick from."""
+        n = self.cardinality if n is None else min(n, self.cardinality)
         if self.empirical is not None:
             p = np.asarray(self.empirical, dtype=np.float64)
-            return p / p.sum()
-        body = np.diff(rank_cdf(np.arange(self.cardinality, dtype=np.float64), self.cardinality - 1, self.a, self.q))
-        return np.concatenate([[self.top], (1 - self.top) * body])
+            return (p / p.sum())[:n]
+        body = np.diff(rank_cdf(np.arange(n, dtype=np.float64), self.cardinality - 1, self.a, self.q))
+        return np.concatenate([[self.top], (1 - self.top) * body])[:n]
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,20 @@ class Profile:
                                    and len(c.empirical) <= card else None, c.drift)
                 for c, card in zip(self.categorical, cardinalities)]
         return Profile(name, f"{self.source}, cardinalities replaced", self.rows, self.click_rate, cats, self.dense)
+
+    def top_lookups(self, features: list[str], n: int) -> np.ndarray:
+        """Expected lookups per row of the ``n`` most frequent (feature, value) pairs of ``features``,
+        most frequent first (a feature's missing value is one of its values): the traffic of a perfect
+        hot set of ``n`` slots, slot by slot. Each feature's ranks are in falling order, so only its
+        first ``n`` are read (CriteoTB's 40 M-value features cost nothing more)."""
+        by_name = {c.name: c for c in self.categorical}
+        if missing := [f for f in features if f not in by_name]:
+            raise ValueError(f"profile {self.name} has no feature(s) {', '.join(missing)}")
+        p = np.concatenate([np.append(by_name[f].rank_probabilities(n) * (1 - by_name[f].missing_rate),
+                                      by_name[f].missing_rate) for f in features])
+        if n < len(p):
+            p = np.partition(p, len(p) - n)[len(p) - n:]
+        return np.sort(p)[::-1]
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")

@@ -29,6 +29,13 @@ class MethodOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> MethodOptions:
+        """The settings a checkpoint's manifest or an export's ``model.json`` recorded. A method whose
+        new setting changes what saved tables mean overrides this, so that records written before the
+        setting existed keep the meaning they were written with."""
+        return cls.model_validate(saved)
+
 
 class CompressedEmbedding(Router, nn.Module):
     """Base class. Subclasses add their tables in ``method_tables`` and define ``routes``/``merge``;
@@ -219,6 +226,12 @@ class CompressedEmbedding(Router, nn.Module):
     def aux_bytes(self) -> int:
         """Bytes of everything beside the storage tables (sketches, id maps, per-id scalars)."""
         return 0
+
+    def hot_row_places(self, lookups: np.ndarray, world_size: int) -> tuple[str, np.ndarray] | None:
+        """Methods with a hot set: (table, the row the method would give each of ids whose expected
+        lookups are ``lookups``, strongest first, on ``world_size`` workers), which ``plan`` weighs each
+        rank's share of the hot traffic by; None: no hot rows."""
+        return None
 
     def values_bytes(self) -> int:
         """The lists of values of the uncompressed features (8 B a value)."""

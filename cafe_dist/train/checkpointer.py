@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import ray.train
 import torch
-import torch.distributed as dist
 
 from cafe_dist.checkpoint_dirs import (
     Found,
@@ -29,6 +28,7 @@ from cafe_dist.checkpoint_dirs import (
     resize_message,
     write_rank_files,
 )
+from cafe_dist.collectives import broadcast_object
 from cafe_dist.config import ConfigError
 
 
@@ -88,14 +88,6 @@ def progress_part(progress: Progress) -> Part:
     return Part(lambda: asdict(progress), load)
 
 
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    box = [obj]
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class Checkpointer:
     """Owns the run's checkpoints: :meth:`resume` restores every part from the newest complete one,
     :meth:`due` says when a periodic one is due, :meth:`save` writes one (``final``: after the last
@@ -114,7 +106,7 @@ class Checkpointer:
 
     def resume(self) -> Found | None:
         """Load the newest complete checkpoint of the run into every part, if there is one."""
-        found = broadcast(find_latest(self.run_dir) if self.rank == 0 else None)
+        found = broadcast_object(find_latest(self.run_dir) if self.rank == 0 else None)
         if found is None:
             return None
         if found.world_size == self.world_size:

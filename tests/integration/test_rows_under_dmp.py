@@ -46,15 +46,16 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
 
     def hot_state(slot: int) -> tuple[torch.Tensor, float]:
         """(hot row, its row-wise Adagrad state) wherever they live."""
+        row = int(emb.hot_row(slot))
         momentum = torch.zeros(1)
         for state in rows.states.get(emb.TABLE, []) + rows._dense_states(emb.TABLE):
             for r0, _, local in _pieces(state):
-                if r0 <= slot < r0 + local.shape[0]:
-                    momentum += local[slot - r0].sum()
+                if r0 <= row < r0 + local.shape[0]:
+                    momentum += local[row - r0].sum()
         if sharding == "data_parallel":  # every rank holds the whole state: count it once
             momentum /= world
         dist.all_reduce(momentum)
-        return rows.read([(emb.TABLE, torch.tensor([slot]))])[0], float(momentum)
+        return rows.read([(emb.TABLE, torch.tensor([row]))])[0], float(momentum)
 
     out = {"owners": owners}
     _, slot = step(4321)  # score 8 ≥ 6: promoted after the first step

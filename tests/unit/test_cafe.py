@@ -198,7 +198,7 @@ def test_robe_cold_tier_promoted_row_equals_the_blocks_the_id_was_reading():
     _step(emb, rows, cols)
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
-    assert torch.equal(rows.read([("cafe", torch.tensor([slot]))])[0], blocks)
+    assert torch.equal(rows.read([("cafe", emb.hot_row([slot]))])[0], blocks)
     after = emb(_kjt(cols, emb.names)).detach()
     assert torch.allclose(after, before)  # promotion changes where d's vector lives, not the vector
 
@@ -208,6 +208,67 @@ def test_robe_cold_tier_reaches_10000x_where_hash_rows_cannot():
     emb = _emb(10_000, feats)
     got = emb.full_embedding_bytes() / emb.embedding_bytes()
     assert emb.params.cold == "robe" and got == pytest.approx(10_000, rel=0.05)
+
+
+# ---- the spread: hot rows over row-wise shards ----------------------------------------------------
+def _blocks(rows: torch.Tensor, table_rows: int, world: int) -> torch.Tensor:
+    """Which of TorchRec's row-wise blocks (ceil(rows / world) rows each) holds each row."""
+    return rows // -(-table_rows // world)
+
+
+@pytest.mark.parametrize("cold", ["robe", "hash"])
+def test_the_spread_is_a_bijection_whatever_the_table(cold):
+    emb = _emb(100, WIDE, cold=cold)
+    lay, n = emb.layout, emb.layout.table_rows
+    assert lay.stride > 1 and n == sum(t.num_embeddings for t in emb.tables if t.name == "cafe")
+    rows = lay.row(torch.arange(n))
+    assert torch.equal(torch.sort(rows).values, torch.arange(n))  # every row once
+    assert torch.equal(lay.logical(rows), torch.arange(n))
+
+
+@pytest.mark.parametrize("cold", ["robe", "hash"])
+@pytest.mark.parametrize("world", [2, 8, 64])
+def test_the_merger_gives_every_row_wise_shard_its_share_of_hot_rows_and_their_traffic(cold, world):
+    """A first version's ids, strongest first, with Zipf traffic: the merger deals them to the
+    row-wise blocks so that the busiest block serves little more than the mean; handed out in slot
+    order with hot rows first (as before), the first blocks served many times the mean."""
+    emb = _emb(10, [FeatureSpec(f"f{i}", 1_000_000) for i in range(4)], cold=cold)
+    lay = emb.layout
+    traffic = 1.0 / (np.arange(1, min(lay.hot_rows, 100_000) + 1) + 50.0)  # the head flat enough to split
+    table, rows = emb.hot_row_places(traffic, world)
+    assert table == "cafe" and np.unique(rows).size == rows.size == traffic.size
+    block_rows = -(-lay.table_rows // world)
+    load = np.bincount(rows // block_rows, weights=traffic, minlength=world)
+    assert load.max() / load.mean() <= 1.1, load.max() / load.mean()
+    held = np.bincount(rows // block_rows, minlength=world)
+    assert held.max() - held.min() <= max(0.02 * held.mean(), 20)  # and each its share of the hot rows
+    before = np.bincount(np.arange(traffic.size) // block_rows, weights=traffic, minlength=world)
+    assert before.max() / before.mean() > min(world / 2, 5)
+
+
+def test_later_versions_send_newcomers_to_the_blocks_with_the_least_hot_score():
+    from cafe_dist.embeddings.cafe.coordinator import spread_over_blocks
+
+    blocks = np.repeat(np.arange(4), 5)  # 20 slots, 4 blocks of 5
+    free = np.array([19, 18, 4, 3, 9, 14, 13], dtype=np.int64)  # stack: 13 on top
+    slots, left = spread_over_blocks(free, blocks, np.array([9.0, 1.0, 5.0, 0.5]), np.array([3.0, 2.0, 1.0]))
+    # the strongest to the least loaded block (3), the next to block 1, the third wants block 1 again
+    # (the least loaded now) but its one free slot is taken: the top of the stack left (13, block 2)
+    assert blocks[slots].tolist() == [3, 1, 2] and slots.tolist() == [18, 9, 13]  # each block's top of the stack
+    assert left.tolist() == [19, 4, 3, 14]  # the rest keep their order in the stack
+
+
+def test_records_from_before_the_spread_keep_their_hot_rows_first():
+    from cafe_dist.embeddings.cafe.method import CafeOptions
+    from cafe_dist.model_spec import ModelSpec
+
+    doc = {"method": "cafe", "compression_ratio": 100.0, "dim": 16, "dense_arch": [], "over_arch": [],
+           "options": CafeOptions().model_dump(mode="json")}
+    assert ModelSpec.from_json(doc).options.spread is True
+    del doc["options"]["spread"]  # a manifest written before the setting existed
+    old = ModelSpec.from_json(doc).options
+    assert old.spread is False
+    assert build_embedding("cafe", WIDE, 16, 100, options=old).layout.stride == 1
 
 
 # ---- metadata -----------------------------------------------------------------------------------

@@ -92,3 +92,26 @@ def test_cpu_jobs_plan_table_wise(tmp_path, world, capsys):
     p = json.loads(out.read_text())["plans"][0]
     assert {t["sharding_type"] for t in p["tables"]} == {"table_wise"}
     assert sum(r["weights"] for r in p["ranks"]) == p["table_bytes"]
+
+
+@pytest.mark.parametrize("world", [8, 64])
+def test_the_plan_weighs_each_ranks_hot_rows_by_their_expected_lookups(tmp_path, capsys, world):
+    """CriteoTB under row-wise sharding: each rank holds its share of CAFE's hot rows, and the
+    merger's deal keeps the busiest rank's expected hot lookups near the mean, or at the floor that
+    single rows impose (one missing value is ~10 % of the hot traffic: on 64 ranks, 6.6x the mean)."""
+    out = tmp_path / "plan.json"
+    rc = main(["plan", "--config", _job(tmp_path, sharding_types=["row_wise"]), "--profile", "criteo-tb",
+               "--world-size", str(world), "--ratios", "100,1000", "--no-min", "--output-json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "hot rows: busiest rank's expected hot lookups / mean rank's" in text and "hot lookups/step" in text
+    for p in json.loads(out.read_text())["plans"]:
+        ranks = p["ranks"]
+        hot = [r["hot_rows"] for r in ranks]
+        cafe = next(t for t in p["tables"] if t["table"] == "cafe")
+        assert cafe["sharding_type"] == "row_wise" and sum(hot) == cafe["rows"]  # robe tier: the table is hot rows
+        assert max(hot) - min(hot) <= max(hot) * 0.02 + world
+        loads = [r["hot_lookups"] for r in ranks]
+        assert p["hot_balance"] == pytest.approx(max(loads) / (sum(loads) / world))
+        assert p["hot_balance_floor"] <= p["hot_balance"] <= max(1.25, 1.05 * p["hot_balance_floor"])
+    assert json.loads(out.read_text())["plans"][1]["hot_balance"] <= (1.1 if world == 8 else 5.0)

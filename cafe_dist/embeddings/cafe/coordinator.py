@@ -39,6 +39,8 @@ NAMESPACE = "cafe-dist"
 # calls the actor holds at once: a submit and a wait per rank and round in flight (256 ranks, a
 # few rounds) is far beyond Ray's default of 1000 for async actors
 MAX_CALLS = 65_536
+# what a resumed run's merger takes from the run rather than from its saved state
+ELASTIC_CONFIG = ("world_size", "slot_rows", "slot_stride")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,68 @@ class MergeConfig:
     max_medium: int = 0
     admission: str = "threshold"  # or "capacity": fill every slot, with hysteresis
     hysteresis: float = 1.0
+    # where the slots' rows are (CafeLayout: physical row = slot * slot_stride mod slot_rows), so that
+    # newcomers go to the row-wise blocks (world_size of them) with the least hot score; 0: anywhere
+    slot_rows: int = 0
+    slot_stride: int = 1
+
+    def slot_blocks(self) -> np.ndarray | None:
+        """The row-wise block (TorchRec's: ceil(rows / world) rows each) of each slot's row; None:
+        one block, or rows unknown."""
+        if self.slot_rows <= 0 or self.world_size <= 1:
+            return None
+        rows = np.arange(self.num_slots, dtype=np.int64) * self.slot_stride % self.slot_rows
+        return rows // -(-self.slot_rows // self.world_size)
+
+
+def deal_blocks(load: np.ndarray, strength: np.ndarray, head: int = 16, rounds: int = 64) -> np.ndarray:
+    """The block each newcomer (``strength``: scores, strongest first) goes to so that the blocks'
+    hot scores (``load``) end up even and each block takes its share of the newcomers (its share of
+    the free rows): the first ``head`` per block one by one to the least loaded block (greedy,
+    largest first: the few ids that carry most of the traffic), the rest in rounds of one newcomer
+    per block, the strongest of a round to the least loaded block, the order of the blocks renewed
+    every ``rounds`` rounds (vectorised: a first version promotes every slot at once)."""
+    load = load.astype(np.float64).copy()
+    n, b = strength.size, load.size
+    want = np.empty(n, np.int64)
+    i = min(n, head * b)
+    for j in range(i):
+        want[j] = least = int(np.argmin(load))
+        load[least] += strength[j]
+    while i < n:
+        m = min(n - i, rounds * b)
+        want[i:i + m] = np.argsort(load, kind="stable")[np.arange(m) % b]
+        load += np.bincount(want[i:i + m], weights=strength[i:i + m], minlength=b)
+        i += m
+    return want
+
+
+def spread_over_blocks(free: np.ndarray, blocks: np.ndarray, load: np.ndarray,
+                       strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Free slots for newcomers (``strength``: their scores, strongest first) in the blocks
+    :func:`deal_blocks` chose, each block's free slots top of the stack first, and any free slot when
+    a block has run out. Returns (the slots, the free stack left)."""
+    n, b = strength.size, load.size
+    top_first = free[::-1]
+    block_of = blocks[top_first]
+    grouped = np.argsort(block_of, kind="stable")  # each block's free slots, top of the stack first
+    start = np.searchsorted(block_of[grouped], np.arange(b))
+    have = np.bincount(block_of, minlength=b)
+    want = deal_blocks(load, strength)
+    i = np.arange(n)
+    by_want = np.argsort(want, kind="stable")
+    nth = np.empty(n, np.int64)  # the newcomer's place among those wanting its block
+    nth[by_want] = i - np.searchsorted(want[by_want], want[by_want])
+    ok = nth < have[want]
+    out = np.empty(n, np.int64)
+    pick = grouped[start[want[ok]] + nth[ok]]
+    out[ok] = top_first[pick]
+    taken = np.zeros(free.size, bool)
+    taken[pick] = True
+    rest = np.flatnonzero(~taken)  # top of the stack first
+    out[~ok] = top_first[rest[: int((~ok).sum())]]
+    taken[rest[: int((~ok).sum())]] = True
+    return out, top_first[~taken][::-1]
 
 
 class Admission:
@@ -142,6 +206,7 @@ class HotSetMerger:
 
     def __init__(self, config: MergeConfig) -> None:
         self.config = config
+        self.blocks = config.slot_blocks()
         self.hot_keys = np.zeros(0, np.int64)  # sorted
         self.hot_slots = np.zeros(0, np.int64)
         self.hot_since = np.zeros(0, np.int64)  # the version each hot id entered at (`cafe-dist hot`)
@@ -186,8 +251,13 @@ class HotSetMerger:
         kept_keys, kept_slots, kept_since = self.hot_keys[stay], self.hot_slots[stay], self.hot_since[stay]
         cand = new_idx[: self.free.size]
         new_keys = uniq[cand]
-        new_slots = self.free[::-1][: new_keys.size].copy()
-        self.free = self.free[: self.free.size - new_keys.size]
+        blocks = self.blocks
+        if blocks is None:
+            new_slots = self.free[::-1][: new_keys.size].copy()
+            self.free = self.free[: self.free.size - new_keys.size]
+        else:
+            load = np.bincount(blocks[kept_slots], weights=score_of_hot[stay], minlength=self.config.world_size)
+            new_slots, self.free = spread_over_blocks(self.free, blocks, load, merged[cand])
         keys_all = np.concatenate([kept_keys, new_keys])
         slots_all = np.concatenate([kept_slots, new_slots])
         since_all = np.concatenate([kept_since, np.full(new_keys.size, self.version + 1, np.int64)])
@@ -212,6 +282,7 @@ class HotSetMerger:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = MergeConfig(**state["config"])
+        self.blocks = self.config.slot_blocks()
         self.hot_keys, self.hot_slots = state["hot_keys"].copy(), state["hot_slots"].copy()
         self.hot_since = state.get("hot_since", np.zeros(self.hot_keys.size, np.int64)).copy()  # older states: unknown
         self.free, self.version = state["free"].copy(), int(state["version"])
@@ -440,8 +511,9 @@ class CoordinatorService(RunService):
         from cafe_dist.collectives import barrier
 
         state = self.state
-        if state and state["config"]["world_size"] != self.world_size:  # elastic: resumed on another count
-            state = {**state, "config": {**state["config"], "world_size": self.world_size}}
+        if state:  # elastic: resumed on another count (and states from before the slots' rows were known)
+            now = emb.coordinator_config(self.world_size).__dict__
+            state = {**state, "config": {**state["config"], **{k: now[k] for k in ELASTIC_CONFIG}}}
         if self.rank == 0:
             ray.get(self.actor.reset.remote(state))
         barrier()

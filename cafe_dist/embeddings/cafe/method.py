@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +20,7 @@ from torchrec import EmbeddingBagConfig
 from cafe_dist.collectives import all_reduce_sum, world
 from cafe_dist.embeddings.base import CompressedEmbedding, MethodOptions
 from cafe_dist.embeddings.cafe.client import HotSetClient
-from cafe_dist.embeddings.cafe.coordinator import ActorSync, CoordinatorService, MergeConfig
+from cafe_dist.embeddings.cafe.coordinator import ActorSync, CoordinatorService, HotSetMerger, MergeConfig
 from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
 from cafe_dist.embeddings.cafe.layout import KEY_SEED, ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
 from cafe_dist.embeddings.cafe.migration import init_hot_rows
@@ -65,6 +66,9 @@ class CafeOptions(MethodOptions):
     robe_z: int = Field(4, gt=0, multiple_of=4)  # block size of the robe cold tier
     hash_fraction: float | None = Field(None, gt=0, lt=1)  # share for the cold tier; None: by ratio
     cold_rows: Literal["fair", "cardinality"] = "fair"  # hash rows per feature: equal, or by cardinality
+    # the cafe table's rows spread so that every row-wise shard gets its share of the hot rows and of
+    # their traffic (layout.py); False: hot rows first (what runs saved before the spread existed use)
+    spread: bool = True
     # scores
     importance: Literal["grad", "freq"] = "grad"
     normalise: Literal["field", "batch"] = "field"  # importance mean 1 per field (artifact) or over the batch
@@ -81,6 +85,11 @@ class CafeOptions(MethodOptions):
     # the exchange
     sync_interval: int = Field(10, ge=1)  # steps between hot-set versions
     sync_lag: int = Field(2, ge=0)  # a version is applied this many steps after the summaries were sent
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> CafeOptions:
+        """Records from before ``spread`` existed have their hot rows first."""
+        return cls.model_validate({"spread": False, **saved})
 
     @model_validator(mode="before")
     @classmethod
@@ -191,7 +200,7 @@ class CafeEmbedding(CompressedEmbedding):
                     + (HotMap.BYTES_PER_MEDIUM if self.multi_level else 0))
         hot_rows = max(1, int((self.budget.compressed_bytes - used) // per_slot)) if self.compressed else 0
         self.layout = CafeLayout.plan({f.name: f.cardinality for f in self.compressed}, hot_rows, hash_rows,
-                                      hash2_rows, robe_rows, p.robe_z if robe else 0)
+                                      hash2_rows, robe_rows, p.robe_z if robe else 0, spread=p.spread)
         if p.half_life_epochs is not None:
             decay = None  # set per step from the samples seen (bind_data gives the epoch's size)
         elif self.paper and "decay_mass" not in p.model_fields_set:
@@ -203,7 +212,7 @@ class CafeEmbedding(CompressedEmbedding):
         if not self.compressed:
             return []
         names = list(self.layout.compressed)
-        out = [segmented_table(TABLE, [hot_rows, *hash_rows.values()], self.dim, names)]
+        out = [segmented_table(TABLE, [hot_rows, *hash_rows.values()], self.dim, names, stride=self.layout.stride)]
         if robe:
             out.append(table(ROBE_TABLE, robe_rows, p.robe_z,
                              [f"{n}@z{j}" for n in names for j in range(self.layout.blocks(self.dim))]))
@@ -229,18 +238,40 @@ class CafeEmbedding(CompressedEmbedding):
         """Row of the ``cafe`` table that cold raw values ``ids`` of ``feature`` share."""
         return self.layout.hash_row(feature, self.key_of(feature, ids))
 
+    def hot_row(self, slots: torch.Tensor) -> torch.Tensor:
+        """Row of the ``cafe`` table that hot ``slots`` own."""
+        return self.layout.hot_row(torch.as_tensor(slots, dtype=torch.int64))
+
     def aux_bytes(self) -> int:
         if not self.compressed:
             return 0
         return self.sketch.memory_bytes() + self.hot_map.memory_bytes(
             self.hot_rows, self.hot_rows if self.multi_level else 0)
 
+    def hot_row_places(self, lookups: np.ndarray, world_size: int) -> tuple[str, np.ndarray] | None:
+        """Where the first hot-set version puts ids with these scores: the merger's own choice (the
+        strongest ids in turn to the row-wise block with the least hot score), read back as rows."""
+        if not self.compressed:
+            return None
+        n = min(len(lookups), self.hot_rows)
+        cfg = replace(self.coordinator_config(world_size), admission="capacity", hysteresis=1.0, ml_threshold=None,
+                      max_medium=0)
+        merger = HotSetMerger(cfg)
+        keys, none = np.arange(n, dtype=np.int64), np.zeros(0, np.int64)
+        for rank in range(world_size):  # one rank sees it all
+            merger.submit(0, rank, keys if rank == 0 else none, lookups[:n] if rank == 0 else none)
+        update = merger.update(0)
+        rows = np.empty(n, np.int64)
+        rows[update.promoted_keys.numpy()] = self.layout.hot_row(update.promoted_slots).numpy()
+        return TABLE, rows
+
     def coordinator_config(self, world_size: int) -> MergeConfig:
         p = self.params
         return MergeConfig(num_slots=self.hot_rows, threshold=self.threshold, world_size=world_size,
                            ml_threshold=p.ml_threshold if self.multi_level else None,
                            max_medium=self.hot_rows if self.multi_level else 0,
-                           admission=p.admission, hysteresis=p.hysteresis)
+                           admission=p.admission, hysteresis=p.hysteresis, slot_rows=self.layout.table_rows,
+                           slot_stride=self.layout.stride)
 
     def summary(self, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:
         """What this rank sends each round. Capacity admission: the strongest ``summary_factor`` x
@@ -280,7 +311,8 @@ class CafeEmbedding(CompressedEmbedding):
         hot = compressed & (slot >= 0)
         lay = self.layout
         if lay.robe:  # hot and full values on the main route, cold ones read their blocks
-            routes = [Route("", torch.ones_like(self.is_full), torch.where(hot, slot, v.ids), mask=hot | ~compressed)]
+            routes = [Route("", torch.ones_like(self.is_full), torch.where(hot, lay.hot_row(slot), v.ids),
+                            mask=hot | ~compressed)]
             cold = (compressed & ~hot).nonzero().squeeze(1)  # their blocks are hashed for them alone
             cold_keys = keys.index_select(0, cold)
             on = ~self.is_full
@@ -289,7 +321,7 @@ class CafeEmbedding(CompressedEmbedding):
                 routes.append(self._medium_route(v, keys, compressed & ~hot))
             return routes
         cold_rows = self._per_feature(self.hash_base, 0, v) + hash_mod(keys, self._per_feature(self.hash_rows, 1, v))
-        main = torch.where(hot, slot, torch.where(compressed, cold_rows, v.ids))
+        main = torch.where(compressed, lay.row(torch.where(hot, slot, cold_rows)), v.ids)
         routes = [Route("", torch.ones_like(self.is_full), main)]
         if self.multi_level:
             routes.append(self._medium_route(v, keys, compressed & ~hot))
@@ -328,7 +360,7 @@ class CafeEmbedding(CompressedEmbedding):
             self.scorer.capture(out, self.keys_of(cv), cv.feature, cv.segment, v.batch_size)
             if self.warmed_up():
                 main = routes[0]
-                on_hot = main.mask if main.mask is not None else main.values < self.hot_rows
+                on_hot = main.mask if main.mask is not None else self.layout.logical(main.values) < self.hot_rows
                 hot = compressed & on_hot
                 counts = torch.stack([hot.sum(), compressed.sum()])  # stays on the device: no sync per step
                 self._coverage = counts if self._coverage is None else self._coverage + counts

@@ -26,7 +26,7 @@ def init_hot_rows(rows: TableRows, layout: CafeLayout, dim: int, keys: torch.Ten
                 m = ((fi == i) & was_medium).nonzero().squeeze(1)
                 if m.numel():
                     values[m] += rows.read([(f"hash2_{name}", layout.hash2_row(name, keys[m]))])[0]
-        _install(rows, slots, values)
+        _install(rows, layout.hot_row(slots), values)
         return
     requests, places = [], []
     for i, name in enumerate(layout.compressed):
@@ -42,9 +42,9 @@ def init_hot_rows(rows: TableRows, layout: CafeLayout, dim: int, keys: torch.Ten
     values = torch.zeros((keys.numel(), dim), dtype=torch.float32)
     for place, got in zip(places, rows.read(requests)):
         values[place] += got
-    _install(rows, slots, values)
+    _install(rows, layout.hot_row(slots), values)
 
 
-def _install(rows: TableRows, slots: torch.Tensor, values: torch.Tensor) -> None:
-    rows.write(TABLE, slots, values)  # hot rows are the table's first rows
-    rows.reset_state(TABLE, slots)
+def _install(rows: TableRows, at: torch.Tensor, values: torch.Tensor) -> None:
+    rows.write(TABLE, at, values)
+    rows.reset_state(TABLE, at)

@@ -27,18 +27,25 @@ class RunRow:
     world_size: int
     status: str
     requested_ratio: float = math.nan  # embedding.compression_ratio as asked (the plot's x)
+    data: str = "-"  # the dataset's name (its MLflow dataset input); "-": a run logged before datasets were
 
 
-COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("compression_ratio", "ratio", "{:,.1f}"),
+COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("data", "data", "{}"),
+           ("compression_ratio", "ratio", "{:,.1f}"),
            ("embedding_mb", "emb MB", "{:,.3f}"), ("auc", "AUC", "{:.4f}"), ("logloss", "logloss", "{:.4f}"),
            ("samples_per_sec", "steady samples/s", "{:,.0f}"), ("world_size", "workers", "{}"),
            ("status", "status", "{}"))
 
 
+TEXT = {"name", "method", "data", "status"}
+
+
 def collect_runs(tracking_uri: str | None, experiment: str | None,
-                 tags: dict[str, str] | None = None) -> list[RunRow]:
+                 tags: dict[str, str] | None = None, data: str | None = None) -> list[RunRow]:
     """Every run of ``experiment`` (None: of every experiment, each run named ``experiment/run``),
-    optionally only those carrying ``tags``, by method then ratio."""
+    optionally only those carrying ``tags`` and those trained on dataset ``data`` (its name), by
+    method then ratio."""
+    tags = {**(tags or {}), **({"dataset": data} if data else {})}
     uri = resolve_uri(tracking_uri)
     client, _ = existing_store(uri)
     if experiment is None:
@@ -67,8 +74,14 @@ def collect_runs(tracking_uri: str | None, experiment: str | None,
             embedding_mb=final("embedding_bytes") / 1e6, auc=final("auc"), logloss=final("logloss"),
             samples_per_sec=final("steady_samples_per_sec", final("samples_per_sec")),
             world_size=int(t.get("world_size", 0)),
-            status=run.info.status, requested_ratio=float(t.get("compression_ratio", "nan"))))
+            status=run.info.status, requested_ratio=float(t.get("compression_ratio", "nan")),
+            data=_dataset_of(run)))
     return sorted(rows, key=lambda r: (r.method, r.compression_ratio, r.world_size, r.name))
+
+
+def _dataset_of(run) -> str:
+    inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+    return inputs[0].dataset.name if inputs else run.data.tags.get("dataset", "-")
 
 
 def runs_elsewhere(tracking_uri: str | None, shown: str) -> dict[str, int]:
@@ -96,7 +109,7 @@ def format_table(rows: list[RunRow], markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    left = {0, 1, 8}  # text columns left-aligned, numbers right-aligned
+    left = {i for i, (key, _, _) in enumerate(COLUMNS) if key in TEXT}  # numbers right-aligned
     fmt_row = lambda cells: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
                                       for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join(line.rstrip() for line in [fmt_row(header), fmt_row(["-" * w for w in widths]),

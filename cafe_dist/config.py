@@ -212,6 +212,22 @@ class JobConfig(_Section):
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump())
 
+    def run_params(self, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a run logs as its MLflow params: every setting but the other methods' sections, the
+        method's own with ``resolved`` (the values it derived for the settings the job left unset; None:
+        a setting the method does not use)."""
+        from cafe_dist.embeddings.registry import section_of, sections
+
+        own = section_of(self.embedding.method)
+        others = set(sections()) - {own}
+        params = {k: v for k, v in self.flat().items() if k.split(".", 1)[0] not in others}
+        for k, v in (resolved or {}).items():
+            if v is None:
+                params.pop(f"{own}.{k}", None)
+            else:
+                params[f"{own}.{k}"] = v
+        return params
+
     def method_options(self) -> Any:
         """The settings section of ``embedding.method`` (its options model), or None."""
         from cafe_dist.embeddings.registry import section_of

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,40 @@ def _versions() -> dict[str, str]:
             "torchrec_version": getattr(torchrec, "__version__", "unknown")}
 
 
+def dataset_name(data_dir: str | Path) -> str:
+    """A dataset's name where runs show it: its directory's name."""
+    return str(data_dir).rstrip("/").rsplit("/", 1)[-1] or str(data_dir)
+
+
+@dataclass(frozen=True)
+class TrackedDataset:
+    """The data a run trained on, as MLflow shows it in the run's inputs (and ``compare``'s data
+    column): the dataset directory's name, where it is, a digest of its ``meta.json`` (the same
+    data, the same digest) and its rows."""
+
+    name: str
+    source: str
+    digest: str
+    rows: dict[str, int]
+
+    @classmethod
+    def of(cls, data_dir: str, meta_text: str, rows: dict[str, int]) -> TrackedDataset:
+        import hashlib
+
+        return cls(dataset_name(data_dir), str(data_dir), hashlib.sha256(meta_text.encode()).hexdigest()[:16], dict(rows))
+
+    def mlflow_input(self):
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = "uri" if "://" in self.source else "local"
+        return DatasetInput(Dataset(self.name, self.digest, source_type, json.dumps({"uri": self.source}),
+                                    profile=json.dumps({"rows": self.rows})),
+                            tags=[InputTag("mlflow.data.context", "training")])
+
+
+PLOT_TITLES = {"curves.png": "training curves", "hot_set.png": "CAFE's hot set"}
+
+
 class RunTracker:
     """Driver side: open, annotate and close the run."""
 
@@ -54,10 +89,14 @@ class RunTracker:
         self.run_id: str | None = None
         self.method_plots = method_plots or {}  # the method's own plots (CompressedEmbedding.plots)
 
-    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str], config_yaml: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str], config_yaml: str,
+              dataset: TrackedDataset | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={**tags, **({"dataset": dataset.name} if dataset else {})})
         self.run_id = run.info.run_id
-        items = [(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
+        if dataset is not None:
+            self.client.log_inputs(self.run_id, datasets=[dataset.mlflow_input()])
+        items = [(k, "none" if v is None else str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             from mlflow.entities import Param
 
@@ -142,6 +181,8 @@ class RunTracker:
             if len(keys) > 1:
                 ax.legend(fontsize="small")
         axes[-1, 0].set_xlabel("step")
+        run = self.client.get_run(self.run_id)
+        fig.suptitle(f"{run.info.run_name}: {PLOT_TITLES.get(name, name.removesuffix('.png'))}", fontsize="medium")
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

@@ -10,10 +10,17 @@ from cafe_dist.commands.args import csv_list, overrides
 from cafe_dist.config import load_config
 
 
+def job_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` and the flags of train and sweep, as config assignments. ``--data DIR`` replaces the
+    job's data: its path, and no synthetic section (which would generate into it)."""
+    return overrides(args, {"ray.num_workers": args.num_workers, "ray.address": getattr(args, "address", None),
+                            "sweep.name": getattr(args, "name", None), "ray.resume": args.resume,
+                            "ray.verbose": args.verbose or None, "data.path": args.data,
+                            "data.synthetic": "null" if args.data else None})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    job = load_config(args.config, overrides(args, {"ray.num_workers": args.num_workers,
-                                                     "ray.address": args.address, "ray.resume": args.resume,
-                                                     "ray.verbose": args.verbose or None}))
+    job = load_config(args.config, job_overrides(args))
     from cafe_dist.train.launcher import run_training
 
     out = run_training(job, args.output_json)
@@ -34,8 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    job = load_config(args.config, overrides(args, {"ray.num_workers": args.num_workers, "sweep.name": args.name,
-                                                     "ray.resume": args.resume, "ray.verbose": args.verbose or None}))
+    job = load_config(args.config, job_overrides(args))
     from cafe_dist.sweep import run_sweep
 
     out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
@@ -68,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
     sw.add_argument("--output-json", metavar="PATH")
     for parser in (t, sw):
+        parser.add_argument("--data", metavar="DIR", help="train on this converted dataset instead of the job's "
+                            "data (its synthetic section included)")
         parser.add_argument("--verbose", action="store_true",
                             help="also show Ray's, TorchRec's and fbgemm's own logs and warnings (ray.verbose)")
         parser.add_argument("--resume", choices=["auto", "force"],

@@ -227,6 +227,12 @@ class CompressedEmbedding(Router, nn.Module):
         """Bytes of everything beside the storage tables (sketches, id maps, per-id scalars)."""
         return 0
 
+    def resolved_options(self) -> dict[str, Any]:
+        """The settings this method derived because the job left them unset (or a preset set them),
+        as it resolved them: what the run's MLflow params show instead of "none"; None: a setting of
+        its section this method does not use (left out of the params)."""
+        return {}
+
     def hot_row_places(self, lookups: np.ndarray, world_size: int) -> tuple[str, np.ndarray] | None:
         """Methods with a hot set: (table, the row the method would give each of ids whose expected
         lookups are ``lookups``, strongest first, on ``world_size`` workers), which ``plan`` weighs each

@@ -25,7 +25,7 @@ from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
-from cafe_dist.tracking import RunTracker, run_tags
+from cafe_dist.tracking import RunTracker, TrackedDataset, dataset_name, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,12 @@ def _write_json(out: RunResult, output_json: str | Path | None) -> None:
         write_text(output_json, json.dumps(out.to_dict(), indent=2) + "\n")
 
 
+def default_run_name(job: JobConfig, data_dir: str) -> str:
+    """An unnamed run's name: what it trains, on what, when (``cafe-100x-criteo_kaggle-20261203-1530-a1b2c3``)."""
+    return (f"{job.embedding.method}-{job.embedding.compression_ratio:g}x-{dataset_name(data_dir)}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+
+
 def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunResult:
     """Train ``job`` (or resume it, or report it as done: see :mod:`cafe_dist.resume`); returns the
     result. Everything that can be refused is refused before Ray starts."""
@@ -178,7 +184,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     values = method.values_file(data_dir, meta, options)  # full: its vocabulary (built if a run needs one)
     splits = preflight(job, meta, options, values)
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
-    name = job.ray.name or f"cafe-{job.embedding.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    name = job.ray.name or default_run_name(job, data_dir)
     storage_path = storage.resolve(job.ray.storage_path)
     if not storage.is_uri(storage_path):  # a file there, or a read-only disk: said now, not at the first checkpoint
         check_dir(storage_path, flag="ray.storage_path")
@@ -213,7 +219,8 @@ def _start_ray(job: JobConfig) -> None:
         check_resources(job, local)
 
 
-def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_: str) -> RunTracker | None:
+def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_: str, meta: DatasetMeta,
+                   options: Any, data_dir: str) -> RunTracker | None:
     """The run's MLflow run: the driver opens it (or reopens the one a resumed run logged into);
     rank 0 logs into it; nobody else does."""
     if not job.mlflow.enabled:
@@ -225,7 +232,15 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
         tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
                 **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
                 "config_fingerprint": fingerprint_}
-        tracker.start(name, job.flat(), tags, yaml.safe_dump(job.model_dump(), sort_keys=False))
+        import torch
+
+        from cafe_dist.model_spec import ModelSpec
+
+        emb = ModelSpec.from_job(job, options).embedding(meta, torch.device("meta"))  # sizes only
+        dataset = TrackedDataset.of(data_dir, storage.read_text(storage.join(data_dir, "meta.json")), meta.rows)
+        params = {**job.run_params(emb.resolved_options()), "mlflow.tracking_uri": tracker.uri}
+        tracker.start(name, params, tags,
+                      yaml.safe_dump(job.model_dump(), sort_keys=False), dataset)
     return tracker
 
 
@@ -249,7 +264,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, sp
     _start_ray(job)
     service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
     handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
-    tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"])
+    tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"], meta, options, data_dir)
     spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
                       data_dir=str(data_dir), values=values, run_dir=run_dir, run_name=name,
                       fit_id=uuid.uuid4().hex[:12],

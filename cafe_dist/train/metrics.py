@@ -28,6 +28,21 @@ def _duration(seconds: float) -> str:
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def eta_s(steps_left: int, step_s: float, paused_s: float, trained_s: float, pauses: int) -> float:
+    """Seconds until the run ends: the steps left at the current step time, the evaluations and
+    checkpoints among them at the share of time they took so far, and the final evaluation (as long
+    as the mean of those so far)."""
+    left = steps_left * step_s
+    if trained_s > 0:
+        left *= 1 + paused_s / trained_s
+    return left + (paused_s / pauses if pauses else 0.0)
+
+
+def stats_text(totals: dict[str, float]) -> str:
+    """`` hot 1,234 churn 0.153``: counts as integers, levels with their digits."""
+    return "".join(f" {k} {v:,.0f}" if float(v).is_integer() else f" {k} {v:.3g}" for k, v in totals.items())
+
+
 class StepPhases:
     """Where a training step's wall time goes (this rank's view; ``bench throughput`` reports it):
     data (waiting for and collating the batch), lookup (the embedding module's forward: id
@@ -99,7 +114,7 @@ class Metrics:
         self.first_step = progress.step
         self.resumed_samples, self.prior_train_s = progress.samples, progress.train_time_s  # earlier attempts
         self.loop_start = time.perf_counter()  # wall time, data loading included: what a user waits for
-        self.paused_s = 0.0
+        self.paused_s, self.pauses = 0.0, 0
         self.warm: tuple[float, float, int] | None = None  # (time, paused_s, samples) after the warm-up
         self.window_loss, self.window_steps, self.window_start = 0.0, 0, time.perf_counter()
 
@@ -110,6 +125,7 @@ class Metrics:
         """What ran since ``started`` (an evaluation, a checkpoint) was not training."""
         spent = time.perf_counter() - started
         self.paused_s += spent
+        self.pauses += 1
         self.window_start += spent
 
     def write(self, step: int, values: dict[str, float], line: str) -> None:
@@ -134,7 +150,7 @@ class Metrics:
                 log.info("epoch %d %s loss %.4f %s samples/s (warming up)", epoch, self._where(rate), loss_avg,
                          f"{rate:,.0f}")
             return
-        extra = "".join(f" {k} {v:,.0f}" for k, v in p.totals.items())
+        extra = stats_text(p.totals)
         values: dict[str, float] = {"loss": loss_avg, "samples_per_sec": rate, **p.totals}
         if self.probe is not None:  # rows consumed so far = position in the (time-ordered) data
             p.trace.append([p.step, p.samples, self.probe(p.samples)])
@@ -147,11 +163,13 @@ class Metrics:
         self.window_loss, self.window_steps, self.window_start = 0.0, 0, now
 
     def _where(self, rate: float) -> str:
-        """``step S/T (P%, ETA …)`` at the current rate (``step S`` when the total is unknown)."""
+        """``step S/T (P%, ETA …)`` at the current rate, evaluations included (``step S`` when the
+        total is unknown)."""
         step, total = self.progress.step, self.total_steps
         if not total:
             return f"step {step:,}"
-        left_s = (total - step) * self.rows_per_step / rate if rate > 0 else 0.0
+        step_s = self.rows_per_step / rate if rate > 0 else 0.0
+        left_s = eta_s(total - step, step_s, self.paused_s, self.trained_s() - self.prior_train_s, self.pauses)
         return f"step {step:,}/{total:,} ({100 * step / total:.0f}%, ETA {_duration(left_s)})"
 
     def evaluation(self, step: int, result: dict[str, float]) -> None:

@@ -3,6 +3,7 @@ through a real ``mlflow server`` REST API, by ``cafe-dist compare``, and (slow) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -37,6 +38,17 @@ def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     p, t, m = run.data.params, run.data.tags, run.data.metrics
     assert p["embedding.method"] == "cafe" and p["embedding.compression_ratio"] == "100.0"
     assert p["ray.num_workers"] == "2" and p["train.max_steps"] == "60" and p["cafe.threshold"] == "20.0"
+    # its own method's settings only, as resolved (the hash share the ratio gave, not "none")
+    assert not [k for k in p if k.split(".")[0] in ("lma", "mch", "qr", "robe", "full")]
+    assert 0 < float(p["cafe.hash_fraction"]) < 1 and p["cafe.decay_mass"] == "per half-life"
+    assert "cafe.ml_fraction" not in p and "cafe.ml_threshold" not in p  # cafe_ml's
+    assert p["mlflow.tracking_uri"] == uri and "none" not in {p[k] for k in p if k.startswith("cafe.")}
+    # the data it trained on, as an MLflow dataset input
+    (given,) = run.inputs.dataset_inputs
+    meta = Path(out.data_path, "meta.json").read_text()
+    assert given.dataset.name == Path(out.data_path).name == t["dataset"]
+    assert given.dataset.digest == hashlib.sha256(meta.encode()).hexdigest()[:16]
+    assert json.loads(given.dataset.profile)["rows"] == json.loads(meta)["rows"]
     assert t["method"] == "cafe" and t["world_size"] == "2" and t["compression_ratio"] == "100.0"
     assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"
     assert {"ray_version", "torch_version", "torchrec_version"} <= set(t)
@@ -74,9 +86,15 @@ def test_compare_lists_the_run_and_plots_auc_against_ratio(tracked, tmp_path, ca
     plot = tmp_path / "auc.png"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--plot", str(plot)]) == 0
     header, rule, row = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert header.split() == ["run", "method", "ratio", "emb", "MB", "AUC", "logloss", "steady", "samples/s",
+    assert header.split() == ["run", "method", "data", "ratio", "emb", "MB", "AUC", "logloss", "steady", "samples/s",
                               "workers", "status"]
-    assert row.split()[:2] == ["tracked-cafe", "cafe"] and f"{out.auc:.4f}" in row and "FINISHED" in row
+    data = Path(out.data_path).name
+    assert row.split()[:3] == ["tracked-cafe", "cafe", data] and f"{out.auc:.4f}" in row and "FINISHED" in row
+    # --data keeps the runs trained on that dataset
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--data", data]) == 0
+    assert "tracked-cafe" in capsys.readouterr().out
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--data", "criteo_real"]) == 0
+    assert "no runs in experiment 'test-exp' on data 'criteo_real'" in capsys.readouterr().out
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test-exp", "--format", "json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)

@@ -191,6 +191,7 @@ class CafeEmbedding(CompressedEmbedding):
         ml = p.ml_fraction if p.ml_fraction is not None else ML_FRACTION[p.cold]
         if self.multi_level and self.compressed:  # at least a second row per feature: at tiny budgets, more share
             ml = min(max(ml, len(self.compressed) * row / max(self.hf * self.budget.compressed_bytes, 1.0)), 0.9)
+        self.ml_fraction = ml if self.multi_level else None
         first = self.hf * (1 - ml) if self.multi_level else self.hf  # cafe_ml: the rest, second rows
         robe_rows = self.rows_for(first * self.budget.compressed_bytes, p.robe_z) if robe and self.compressed else 0
         hash_rows = {} if robe else self._cold_rows(first)
@@ -247,6 +248,16 @@ class CafeEmbedding(CompressedEmbedding):
             return 0
         return self.sketch.memory_bytes() + self.hot_map.memory_bytes(
             self.hot_rows, self.hot_rows if self.multi_level else 0)
+
+    def resolved_options(self) -> dict[str, Any]:
+        decay = self.scorer.decay
+        out = {"hash_fraction": self.hf, "threshold": self.threshold,
+               "decay_mass": "per half-life" if decay is None else decay[2] if decay[0] == "mass" else "per step"}
+        if not self.multi_level:  # cafe_ml's settings, in the section cafe shares with it
+            out.update(ml_fraction=None, ml_threshold=None)
+        else:
+            out["ml_fraction"] = self.ml_fraction
+        return out
 
     def hot_row_places(self, lookups: np.ndarray, world_size: int) -> tuple[str, np.ndarray] | None:
         """Where the first hot-set version puts ids with these scores: the merger's own choice (the

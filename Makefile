@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup-env.sh
 
 demo: setup
-	$(BIN)/cafe-dist demo --config jobs/demo.yaml --num-workers $(WORKERS) --output-json out.json
+	@$(BIN)/cafe-dist demo --config jobs/demo.yaml --num-workers $(WORKERS) --output-json out.json
 
 test: setup
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cafe_dist.checkpoint_dirs import CheckpointError
@@ -39,6 +40,8 @@ class _StderrHandler(logging.StreamHandler):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):  # before Ray is imported: our workers' lines without Ray's
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")  # "(RayTrainWorker pid=...)" prefix
     ours = logging.getLogger("cafe_dist")  # what cafe-dist says goes to stderr, one line each; libraries'
     if not ours.handlers:                  # INFO chatter (fbgemm, mlflow) stays out
         handler = _StderrHandler()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cafe_dist.config import JobConfig, load_config
+from cafe_dist.logs import quiet
 from cafe_dist.result import RunResult
 
 log = logging.getLogger("cafe_dist")
@@ -42,16 +43,18 @@ def run_demo(config: str, overrides: list[str], ratio: float, output_json: str |
         job = load_config(config, [*overrides, f"embedding.method={method}", f"embedding.compression_ratio={ratio}",
                                    f"ray.name=demo-{method}-{ratio:g}x-{stamp}", *extra])
         log.info("demo: %s at %gx", method, ratio)
-        results[method] = run_training(job)
+        with quiet("cafe_dist.train.launcher", level=logging.WARNING):  # its serve hint: the demo's own below
+            results[method] = run_training(job)
     assert job is not None
     cafe = results["cafe"]
     model_dir = Path("models", f"demo-cafe-{ratio:g}x-{stamp}")
     model_dir.parent.mkdir(exist_ok=True)
-    doc = export_checkpoint(cafe.checkpoint_path, model_dir)
-    int8 = export_checkpoint(cafe.checkpoint_path, int8_dir(model_dir), quantize="int8")
+    with quiet("cafe_dist.export"):  # the summary below says what was exported where
+        doc = export_checkpoint(cafe.checkpoint_path, model_dir)
+        int8 = export_checkpoint(cafe.checkpoint_path, int8_dir(model_dir), quantize="int8")
     model = ServedModel.load(model_dir)
     with open_source(cafe.data_path, model.meta) as src:
-        batch = next(src.batches(5, model.meta))
+        batch = next(src.batches(3, model.meta))
     scores = model.score(batch.dense, batch.raw)
 
     lines = [f"{'method':8s} {'ratio':>7s} {'test AUC':>9s} {'logloss':>8s} {'embeddings':>12s} "
@@ -72,8 +75,8 @@ def run_demo(config: str, overrides: list[str], ratio: float, output_json: str |
     nxt = [f"  .venv/bin/cafe-dist evaluate --model {model_dir} --input {cafe.data_path}"]
     if cafe.mlflow_run_id:
         nxt += [f"  .venv/bin/mlflow ui --backend-store-uri {uri}   # the runs side by side",
-                f"  source .venv/bin/activate && MLFLOW_TRACKING_URI={uri} \\",
-                f"      mlflow models serve -m runs:/{cafe.mlflow_run_id}/model --env-manager local -p 5001"]
+                f"  PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI={uri} mlflow models serve "
+                f"-m runs:/{cafe.mlflow_run_id}/model --env-manager local -p 5001"]
     print("\nNext:\n" + "\n".join(nxt))
     log.info("demo done in %.0f s", time.perf_counter() - t0)
     if output_json:

@@ -4,17 +4,49 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
+
+# a line of Ray's own C++ logging (core worker, raylet, GCS): "[2026-12-03 15:30:06,993 E 16534 16584] core_worker.cc:2465: ..."
+RAY_INTERNAL_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] [\w./-]+\.cc:\d+: ")
 
 
 @contextlib.contextmanager
-def quiet(name: str, enabled: bool = True) -> Iterator[None]:
-    """Only errors from logger ``name`` (and its children) inside the block; its level is restored after."""
+def quiet(name: str, enabled: bool = True, level: int = logging.ERROR) -> Iterator[None]:
+    """Only records of ``level`` and above (default: errors) from logger ``name`` (and its children)
+    inside the block; its level is restored after."""
     logger = logging.getLogger(name)
-    level = logger.level
+    before = logger.level
     if enabled:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
+
+
+def drop_ray_internal_lines() -> None:
+    """Ray forwards its processes' own C++ log lines to the driver's console with the workers' output
+    (e.g. an error-level line about Ray Train's PreemptionWatcher actor at every run's start); keep
+    them out (``--verbose`` shows them), everything else the workers print stays. Ray offers no
+    setting for it: its console handler is wrapped in place (if Ray changes that, nothing is dropped)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:  # noqa: SLF001
+        dispatcher.handlers = [(name, _without_ray_lines(h) if name == "ray_print_logs" else h)
+                               for name, h in dispatcher.handlers]
+
+
+def _without_ray_lines(handler: Callable) -> Callable:
+    if getattr(handler, "drops_ray_lines", False):
+        return handler
+
+    def handle(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not RAY_INTERNAL_LINE.match(line)]
+        if lines or not data.get("lines"):
+            handler({**data, "lines": lines})
+
+    handle.drops_ray_lines = True  # type: ignore[attr-defined]
+    return handle

@@ -14,6 +14,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from cafe_dist.logs import quiet
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -47,8 +49,9 @@ def open_store(uri: str, experiment: str | None = None) -> tuple[MlflowClient, s
     """A client of the store at ``uri``, created if new, and the id of ``experiment`` (created if
     missing; None when no experiment is named), both under the store's lock."""
     with _store_lock(uri):
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # creates or upgrades the store now, under the lock
+        with quiet("mlflow.store.db.utils"):  # "Creating initial MLflow database tables...": not news
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # creates or upgrades the store now, under the lock
         if experiment is None:
             return client, None
         exp = client.get_experiment_by_name(experiment)

@@ -24,6 +24,7 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cafe_dist.logs import quiet
 from cafe_dist.mlflow_store import open_store
 from cafe_dist.result import RunResult
 
@@ -140,7 +141,7 @@ class RunTracker:
         from cafe_dist.serving.export import export_checkpoint
         from cafe_dist.serving.pyfunc import log_pyfunc
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, quiet("cafe_dist.export"):  # a scratch copy: not news
             export_checkpoint(run_dir, Path(tmp, "model"))
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.run_id):

@@ -2,7 +2,7 @@
 # Start (or stop) a local multi-process Ray cluster on loopback, to try the cluster path on one machine.
 #   cluster/local_cluster.sh start [NUM_WORKER_NODES]   → prints the address and the dashboard URL
 #   cluster/local_cluster.sh stop
-# then: . .ray-local/cluster.env && cafe-dist submit jobs/demo.yaml --wait
+# then: . .ray-local/cluster.env && cafe-dist job submit --config jobs/demo.yaml --wait
 #
 # Every port a node listens on is picked free (another Ray on this machine, a test session's or a
 # colleague's, keeps its own), and each node runs `ray start --block` in a process group of its own,
@@ -54,12 +54,12 @@ C('http://127.0.0.1:$dashboard', headers=h()).list_jobs()" >/dev/null 2>&1
       start_node "$STATE_DIR/worker$i.log" --address="127.0.0.1:$port" --node-ip-address=127.0.0.1 \
         --num-cpus="${WORKER_CPUS:-2}" $(node_ports)
     done
-    # sourced, it points cafe-dist submit/status/logs/stop at this cluster's dashboard
+    # sourced, it points cafe-dist job submit/status/logs/stop at this cluster's dashboard
     echo "$port" >"$STATE_DIR/gcs_port"
     printf 'export RAY_JOBS_ADDRESS=http://127.0.0.1:%s\n# the GCS, for ray status --address: 127.0.0.1:%s\n' \
       "$dashboard" "$port" >"$STATE_DIR/cluster.env"
     echo "Ray cluster up: GCS 127.0.0.1:$port, dashboard http://127.0.0.1:$dashboard"
-    echo "then: . $STATE_DIR/cluster.env && .venv/bin/cafe-dist submit jobs/demo.yaml --wait"
+    echo "then: . $STATE_DIR/cluster.env && .venv/bin/cafe-dist job submit --config jobs/demo.yaml --wait"
     ;;
   stop)
     [[ -s "$STATE_DIR/pids" ]] || { echo "no cluster started from here ($STATE_DIR/pids is empty)"; exit 0; }

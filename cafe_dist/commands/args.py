@@ -39,6 +39,12 @@ def csv_list(text: str, kind=str) -> list:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
 
 
+def output_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``-o/--output PATH`` (``--output-json`` still works): where a command writes its JSON."""
+    parser.add_argument("-o", "--output", "--output-json", dest="output_json", metavar="PATH",
+                        help=f"write {what} as JSON to PATH")
+
+
 def overrides(args: argparse.Namespace, flags: dict[str, object]) -> list[str]:
     """``--set`` assignments, then the dedicated flags that were given (config key → value)."""
     return list(args.set or []) + [f"{key}={value}" for key, value in flags.items() if value is not None]

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cafe_dist.commands.args import csv_list
+from cafe_dist.commands.args import csv_list, output_json
 
 
 def _emit(out: dict, output_json: str | None) -> int:
@@ -174,7 +174,7 @@ def _input_parser(bsub: argparse._SubParsersAction) -> None:
 
 def _conversion_parser(bsub: argparse._SubParsersAction) -> None:
     bc = bsub.add_parser("conversion", help="conversion rows/s on one core beside pyarrow's CSV reader, same file")
-    bc.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    bc.add_argument("--input", nargs="+", required=True, metavar="FILE", help="raw Criteo TSV file(s) to convert")
     bc.add_argument("--format", default="criteo", help="a click-log format (criteo, avazu, libsvm)")
     bc.add_argument("--repeats", type=lambda t: max(1, int(t)), default=3, help="alternating rounds; medians reported")
     _common(bc)
@@ -187,7 +187,7 @@ def _common(p: argparse.ArgumentParser, *, storage: bool = False, overrides: boo
         p.add_argument("--storage-path", default="runs/bench", help="where the runs' checkpoints go")
     if overrides:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--output-json", metavar="PATH", help="the report as JSON")
+    output_json(p, "the report")
 
 
 def _quality_parser(bsub: argparse._SubParsersAction) -> None:
@@ -197,9 +197,10 @@ def _quality_parser(bsub: argparse._SubParsersAction) -> None:
                     help="train nothing: pool the runs of earlier reports (e.g. one process per seed) into one")
     bq.add_argument("--methods", type=csv_list, metavar="M1,M2",
                     help="compressed methods (default: all; full runs too, as the baseline, unless --skip-full)")
-    bq.add_argument("--ratios", type=lambda t: csv_list(t, float), default=[10, 100, 1000, 10000], metavar="R1,R2")
-    bq.add_argument("--num-workers", type=int, default=1)
-    bq.add_argument("--batch-size", type=int, default=256)
+    bq.add_argument("--ratios", type=lambda t: csv_list(t, float), default=[10, 100, 1000, 10000], metavar="R1,R2",
+                    help="compression ratios (default 10,100,1000,10000)")
+    bq.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per run (default 1)")
+    bq.add_argument("--batch-size", type=int, default=256, help="rows per worker per step (default 256)")
     bq.add_argument("--seeds", type=lambda t: csv_list(t, int), metavar="S1,S2",
                     help="run every cell once per seed; the report gives mean ± sd and the paired gap to cafe")
     bq.add_argument("--seed", type=int, default=0, help="one seed (when --seeds is not given)")
@@ -215,12 +216,13 @@ def _quality_parser(bsub: argparse._SubParsersAction) -> None:
 def _throughput_parser(bsub: argparse._SubParsersAction) -> None:
     bt = bsub.add_parser("throughput", help="training samples/s per method, as ratios to full and hash")
     bt.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: every method")
-    bt.add_argument("--num-workers", type=lambda t: csv_list(t, int), default=[1, 2], metavar="N1,N2")
+    bt.add_argument("--num-workers", type=lambda t: csv_list(t, int), default=[1, 2], metavar="N1,N2",
+                    help="worker counts to measure (default 1,2)")
     bt.add_argument("--ratio", type=float, default=100.0, help="compression ratio of every method but full")
-    bt.add_argument("--steps", type=int, default=120)
+    bt.add_argument("--steps", type=int, default=120, help="training steps per run (default 120)")
     bt.add_argument("--repeats", type=lambda t: max(1, int(t)), default=1,
                     help="rounds of every method in turn; report the median round (ratios paired within a round)")
-    bt.add_argument("--batch-size", type=int, default=1024)
+    bt.add_argument("--batch-size", type=int, default=1024, help="rows per worker per step (default 1024)")
     bt.add_argument("--data", help="dataset directory or Criteo TSV (default: synthetic, generated once)")
     _common(bt, storage=True, overrides=True)
     bt.set_defaults(handler=_throughput)
@@ -235,7 +237,8 @@ def _sketch_parser(bsub: argparse._SubParsersAction) -> None:
             ("--precision-k", 100_000, "reported ids precision is measured on"), ("--seed", 0, "the stream's seed")):
         bs.add_argument(flag, type=int, default=default, help=f"{help_} (default {default:,})")
     bs.add_argument("--threshold", type=float, default=50.0, help="admission score (default 50)")
-    bs.add_argument("--path", choices=["numba", "tensor"], default="numba")
+    bs.add_argument("--path", choices=["numba", "tensor"], default="numba",
+                    help="the sketch's numba kernel (default) or its tensor path")
     _common(bs)
     bs.set_defaults(handler=_sketch)
 
@@ -244,20 +247,21 @@ def _serving_parser(bsub: argparse._SubParsersAction) -> None:
     bv = bsub.add_parser("serving", help="exported model bytes (fp32, int8), their AUC and scoring rows/s per method")
     bv.add_argument("--data", required=True, help="converted dataset directory, or a Criteo TSV file")
     bv.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: all (full always runs, as the baseline)")
-    bv.add_argument("--ratio", type=float, default=100)
+    bv.add_argument("--ratio", type=float, default=100, help="compression ratio of the served models (default 100)")
     bv.add_argument("--batch-size", type=int, default=4096, help="scoring batch")
     bv.add_argument("--rows", type=int, help="only the first N rows of the data (a quick run)")
-    bv.add_argument("--markdown", metavar="PATH")
+    bv.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     _common(bv, storage=True)
     bv.set_defaults(handler=_serving)
 
 
 def _coordinator_parser(bsub: argparse._SubParsersAction) -> None:
     bc = bsub.add_parser("coordinator", help="hot-set exchange at 8/64/256 simulated workers: merge, store, latency")
-    bc.add_argument("--workers", type=lambda t: csv_list(t, int), default=[8, 64, 256], metavar="N1,N2")
+    bc.add_argument("--workers", type=lambda t: csv_list(t, int), default=[8, 64, 256], metavar="N1,N2",
+                    help="simulated worker counts (default 8,64,256)")
     bc.add_argument("--slots", type=int, default=100_000, help="hot slots")
     bc.add_argument("--candidates-per-worker", type=int, help="default: cafe's summary_factor (2) x slots / workers")
-    bc.add_argument("--rounds", type=int, default=12)
+    bc.add_argument("--rounds", type=int, default=12, help="hot-set rounds per worker count (default 12)")
     bc.add_argument("--no-store", action="store_true", help="without the actor's write-ahead state (what it costs)")
     bc.add_argument("--sync-interval", type=int, default=20, help="the verdict's cafe.sync_interval")
     bc.add_argument("--sync-lag", type=int, default=2, help="the verdict's cafe.sync_lag")
@@ -268,13 +272,14 @@ def _coordinator_parser(bsub: argparse._SubParsersAction) -> None:
 
 def _drift_parser(bsub: argparse._SubParsersAction) -> None:
     bd = bsub.add_parser("drift", help="CAFE vs hashing at equal memory on drifting synthetic data")
-    bd.add_argument("--rows", type=int, default=1_000_000)
-    bd.add_argument("--cardinality-scale", type=float, default=0.01)
-    bd.add_argument("--drift-period", type=int, default=200_000)
-    bd.add_argument("--ratio", type=float, default=100.0)
-    bd.add_argument("--methods", nargs="+", default=["hash", "cafe"])
-    bd.add_argument("--num-workers", type=int, default=1)
-    bd.add_argument("--data-dir", default="data/synth_drift")
+    bd.add_argument("--rows", type=int, default=1_000_000, help="rows of the drifting stream")
+    bd.add_argument("--cardinality-scale", type=float, default=0.01,
+                    help="multiplies Criteo Kaggle's cardinalities")
+    bd.add_argument("--drift-period", type=int, default=200_000, help="rows between rotations of the popular ids")
+    bd.add_argument("--ratio", type=float, default=100.0, help="compression ratio (default 100)")
+    bd.add_argument("--methods", nargs="+", default=["hash", "cafe"], help="methods to compare (default hash cafe)")
+    bd.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per run (default 1)")
+    bd.add_argument("--data-dir", default="data/synth_drift", help="where the stream is generated")
     _common(bd, overrides=True)
     bd.set_defaults(handler=_drift)
 

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tag", action="append", type=key_value, metavar="KEY=VALUE", help="only runs with this tag, e.g. sweep=NAME")
     c.add_argument("--data", metavar="NAME", help="only runs trained on this dataset (its directory's name, as the "
                    "data column shows it)")
-    c.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    c.add_argument("--format", choices=["text", "markdown", "json"], default="text",
+                   help="a text table (default), a Markdown table, or JSON")
     c.add_argument("--plot", metavar="PATH", help="write AUC versus compression ratio per method (PNG)")
     c.set_defaults(handler=cmd_compare)

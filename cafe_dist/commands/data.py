@@ -105,34 +105,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ("libsvm", "libsvm / libfm lines (label idx:val ...; the k-th pair is field k) or libffm "
                                   "(label field:idx:val ...)")):
         d = dsub.add_parser(fmt, help=help_)
-        d.add_argument("--input", nargs="+", required=True, metavar="FILE")
+        d.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                       help="the raw file(s), in time order (.gz ok; local paths or URIs)")
         if fmt == "csv":
             d.add_argument("--spec", required=True, metavar="SPEC.yaml",
                            help="delimiter, header, label, categorical, dense and time columns")
-        d.add_argument("--out", required=True, metavar="DIR")
+        d.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="DIR",
+                       help="the converted dataset (a new directory; --overwrite to replace one)")
         d.add_argument("--test-fraction", type=float, default=1 / 7,
                        help="last fraction of rows used as test split (default 1/7, as in CAFE)")
         if fmt == "criteo":
             d.add_argument("--address", help="convert as a distributed Ray Data job on this Ray cluster "
                                              "(ray://HEAD:10001, auto, or 'local'); --out must be shared storage")
     s = dsub.add_parser("synth", help="Criteo-shaped synthetic data with skew and drift")
-    s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--rows", type=positive, required=True)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="DIR", help="the dataset directory")
+    s.add_argument("--rows", type=positive, required=True, help="rows to generate (train and test)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the same seed, the same rows)")
     s.add_argument("--cardinality-scale", type=float, default=0.01,
                    help="multiplies Criteo Kaggle's per-feature cardinalities")
-    s.add_argument("--zipf-a", type=float, default=1.1)
+    s.add_argument("--zipf-a", type=float, default=1.1, help="Zipf exponent of the ids' popularity")
     s.add_argument("--drift-period", type=int, default=0, help="rows between rotations (0: rows/4)")
-    s.add_argument("--drift-fraction", type=float, default=0.05)
-    s.add_argument("--test-fraction", type=float, default=1 / 7)
+    s.add_argument("--drift-fraction", type=float, default=0.05,
+                   help="share of the popular ids replaced at each rotation")
+    s.add_argument("--test-fraction", type=float, default=1 / 7, help="last fraction of rows for the test split")
     s.add_argument("--profile", help="a fitted feature profile: criteo-kaggle (Criteo Kaggle's 26 features at full "
                                      "cardinality, fitted on the real 0.3 %% sample), criteo-tb, or a JSON file; "
                                      "--cardinality-scale and --zipf-a are then unused")
     fp = dsub.add_parser("fit-profile", help="fit a generator profile from a real Criteo TSV sample")
-    fp.add_argument("--input", nargs="+", required=True, metavar="FILE")
-    fp.add_argument("--out", required=True, metavar="JSON",
+    fp.add_argument("--input", nargs="+", required=True, metavar="FILE", help="real Criteo TSV rows (.gz ok)")
+    fp.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="JSON",
                     help="e.g. cafe_dist/data/profiles/criteo_kaggle.json (the shipped one)")
-    fp.add_argument("--name", default="criteo-kaggle")
+    fp.add_argument("--name", default="criteo-kaggle", help="the profile's name (default criteo-kaggle)")
     sg = dsub.add_parser("signatures", help="LMA's min-hash signatures of a converted dataset's values")
     sg.add_argument("dir", metavar="DIR", help="a converted dataset (local path or URI); written to DIR/lma/")
     sg.add_argument("--sample-rows", type=positive, default=125_000,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cafe_dist.commands.args import positive
+from cafe_dist.commands.args import output_json, positive
 from cafe_dist.config import ConfigError
 
 
@@ -103,21 +103,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = ex.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="a checkpoint, or a run directory (its newest one)")
     src.add_argument("--run", metavar="RUN_ID", help="an MLflow run (the checkpoint it finished with)")
-    ex.add_argument("--out", required=True, metavar="DIR", help="a new directory")
+    ex.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="DIR", help="a new directory")
     ex.add_argument("--quantize", choices=["int8"], help="tables row-wise int8 (fp16 scale and bias per row)")
     for name, help_ in (("evaluate", "AUC and logloss of a trained model on labelled rows"),
                         ("predict", "click probabilities of a trained model for every row")):
         sp = sub.add_parser(name, help=help_)
         sp.set_defaults(handler=cmd_evaluate if name == "evaluate" else cmd_predict)
-        sp.add_argument("--model", required=True, metavar="DIR|runs:/ID/model|models:/NAME/VERSION")
+        sp.add_argument("--model", required=True, metavar="DIR|runs:/ID/model|models:/NAME/VERSION",
+                        help="an exported model directory or an MLflow model URI")
         sp.add_argument("--input", required=True, metavar="FILE_OR_DATASET",
                         help="a raw Criteo TSV (.gz ok) / Avazu CSV, or a converted dataset (its --split)")
         sp.add_argument("--split", default="test", help="of a converted dataset (default: test)")
-        sp.add_argument("--batch-size", type=positive, default=4096)
+        sp.add_argument("--batch-size", type=positive, default=4096, help="rows scored at a time (default 4096)")
         if name == "evaluate":
-            sp.add_argument("--output-json", metavar="PATH")
+            output_json(sp, "the AUC and logloss")
         else:
-            sp.add_argument("--out", required=True, metavar="PARQUET", help="score (and label) per row")
+            sp.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="PARQUET",
+                            help="score (and label) per row")
         sp.add_argument("--overwrite", action="store_true",
                         help="replace an existing output file (never the input)")
     ex.set_defaults(handler=cmd_export)

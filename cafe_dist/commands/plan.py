@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cafe_dist.commands.args import csv_list, positive, positive_float
+from cafe_dist.commands.args import csv_list, output_json, positive, positive_float
 from cafe_dist.config import ConfigError, load_config
 
 
@@ -52,7 +52,7 @@ def _traffic(profile: str | None):
 
 def register(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("plan", help="the sharding plan and per-rank memory of a job on N devices (none needed here)")
-    pl.add_argument("--config", required=True, metavar="FILE")
+    pl.add_argument("--config", required=True, metavar="FILE", help="the job to plan (YAML)")
     pl.add_argument("--world-size", type=positive, help="devices (default: the job's ray.num_workers)")
     pl.add_argument("--gpus-per-node", type=positive, default=8, help="devices per node (default 8)")
     pl.add_argument("--hbm-gb", type=positive_float, default=80.0,
@@ -62,5 +62,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="plan for a profile's published cardinalities instead of the job's dataset")
     pl.add_argument("--no-min", action="store_true", help="skip the search for the smallest world size")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    pl.add_argument("--output-json", metavar="PATH")
+    output_json(pl, "every rank's plan")
     pl.set_defaults(handler=cmd_plan)

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from cafe_dist.commands.args import csv_list, overrides
+from cafe_dist.commands.args import csv_list, output_json, overrides
 from cafe_dist.config import load_config
 
 
@@ -28,10 +28,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(out.to_dict(), indent=2))
         return 0
     log = logging.getLogger("cafe_dist")
-    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx); %s samples/s steady "
+    peak = out.stats.get("peak_rss_bytes")
+    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx)%s; %s samples/s steady "
              "(%s with start-up); full result in %s", out.auc, out.logloss, out.embedding_bytes / 1e6,
-             out.compression_ratio, f"{out.steady_samples_per_sec:,.0f}", f"{out.samples_per_sec:,.0f}",
-             args.output_json)
+             out.compression_ratio, f", peak worker memory {peak / 1e9:.2f} GB" if peak else "",
+             f"{out.steady_samples_per_sec:,.0f}", f"{out.samples_per_sec:,.0f}", args.output_json)
     if out.mlflow_run_id:
         from cafe_dist.mlflow_store import resolve_uri
 
@@ -58,21 +59,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train DLRM on Ray Train + TorchRec")
-    t.add_argument("--config", required=True, metavar="FILE")
+    t.add_argument("--config", required=True, metavar="FILE", help="the job (YAML)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    t.add_argument("--num-workers", type=int)
+    t.add_argument("--num-workers", type=int, help="Ray Train workers (ray.num_workers)")
     t.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
-    t.add_argument("--output-json", metavar="PATH")
+    output_json(t, "the run's result")
     sw = sub.add_parser("sweep", help="train every (method, ratio) of a grid, each a tracked run; then compare")
-    sw.add_argument("--config", required=True, metavar="FILE")
+    sw.add_argument("--config", required=True, metavar="FILE", help="the job every cell starts from (YAML)")
     sw.add_argument("--methods", type=csv_list, metavar="M1,M2", help="default: the job's sweep.methods")
     sw.add_argument("--ratios", type=lambda t: csv_list(t, float), metavar="R1,R2",
                     help="default: the job's sweep.ratios")
     sw.add_argument("--name", help="sweep name (MLflow tag sweep=NAME); default sweep-<timestamp>")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for every run")
-    sw.add_argument("--num-workers", type=int)
+    sw.add_argument("--num-workers", type=int, help="Ray Train workers per cell (ray.num_workers)")
     sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")
-    sw.add_argument("--output-json", metavar="PATH")
+    output_json(sw, "every cell's result")
     for parser in (t, sw):
         parser.add_argument("--data", metavar="DIR", help="train on this converted dataset instead of the job's "
                             "data (its synthetic section included)")
@@ -84,10 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(handler=cmd_train)
     sw.set_defaults(handler=cmd_sweep)
     dm = sub.add_parser("demo", help="CAFE and hashing at the same memory, the CAFE model exported and scoring")
-    dm.add_argument("--config", default="jobs/demo.yaml", metavar="FILE")
-    dm.add_argument("--ratio", type=float, default=100)
-    dm.add_argument("--num-workers", type=int)
-    dm.add_argument("--set", action="append", metavar="KEY=VALUE")
-    dm.add_argument("--verbose", action="store_true")
-    dm.add_argument("--output-json", metavar="PATH")
+    dm.add_argument("--config", default="jobs/demo.yaml", metavar="FILE", help="the job (default jobs/demo.yaml)")
+    dm.add_argument("--ratio", type=float, default=100, help="compression ratio of both runs (default 100)")
+    dm.add_argument("--num-workers", type=int, help="Ray Train workers per run")
+    dm.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for both runs")
+    dm.add_argument("--verbose", action="store_true", help="also show Ray's, TorchRec's and fbgemm's own logs")
+    output_json(dm, "both runs' results")
     dm.set_defaults(handler=cmd_demo)

@@ -21,6 +21,8 @@ from cafe_dist.data.reader import SplitFiles
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.embeddings import REGISTRY
 from cafe_dist.errors import BadInputError, user_error
+from cafe_dist.logs import drop_ray_internal_lines
+from cafe_dist.logs import quiet as quiet_logs
 from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
@@ -108,10 +110,16 @@ def _init_ray(job: JobConfig) -> None:
     address = job.ray.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
     if address:
         ray.init(address=address, log_to_driver=True, **quiet)
+        if not job.ray.verbose:
+            drop_ray_internal_lines()
         return
     # A local cluster: the machine's CPUs for the workers (check_resources held them to that); each
-    # worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its own.
-    ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
+    # worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its own. Unless
+    # verbose, Ray's note that token authentication is on (its default) stays out.
+    with quiet_logs("ray._private.authentication", enabled=not job.ray.verbose):
+        ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
+    if not job.ray.verbose:
+        drop_ray_internal_lines()
 
 
 def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None,

@@ -120,6 +120,17 @@ class _Run:
     probe: HotSetProbe | None
 
 
+def peak_memory() -> dict[str, Any]:
+    """The most resident memory each worker's process has held (its peak RSS), every rank's and the
+    largest: what a worker needs beside the embedding bytes (tables, sketch, dense model, buffers).
+    Every rank must call it (an all-gather)."""
+    import resource
+
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    every = all_gather_cat(torch.tensor([mine], dtype=torch.int64)).tolist()
+    return {"peak_rss_bytes": max(every), "peak_rss_bytes_per_worker": every}
+
+
 class Trainer:
     def __init__(self, spec: WorkerSpec, wc: WorkerContext) -> None:
         self.started = time.perf_counter()  # time to the first step (a resumed run's includes its seek) counts from here
@@ -372,6 +383,7 @@ class Trainer:
                if p.trace else {}),
             "embedding_bytes": emb.embedding_bytes(),
             "full_embedding_bytes": emb.full_embedding_bytes(),
+            **peak_memory(),
             FINAL: True,
         }
         log.info("done: steps %d auc %.4f logloss %.4f %s samples/s", p.step, out["auc"], out["logloss"],

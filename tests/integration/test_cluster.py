@@ -1,5 +1,5 @@
 """The cluster path on one machine: a real Ray cluster from ``ray start --head`` on loopback, jobs
-submitted through the Ray Jobs API by ``cafe-dist submit``, tracked in a real MLflow store; and the
+submitted through the Ray Jobs API by ``cafe-dist job submit``, tracked in a real MLflow store; and the
 cluster configs and Dockerfiles checked by the tools their users would run."""
 
 from __future__ import annotations
@@ -111,13 +111,13 @@ def test_submit_wait_runs_the_demo_job_on_the_cluster_and_tracks_it(head, tiny_s
                                                                      capsys):
     monkeypatch.chdir(REPO)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = main(["submit", "jobs/demo.yaml", "--address", head, "--num-workers", "2", "--wait", "--tracking-uri", uri,
+    rc = main(["job", "submit", "--config", "jobs/demo.yaml", "--address", head, "--num-workers", "2", "--wait", "--tracking-uri", uri,
                *_overrides(tiny_synth, tmp_path), "--set", "train.max_steps=20"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     job_id = out.splitlines()[0].strip()
     assert "[cafe-dist] done: steps 20" in out  # the job's own log lines, streamed
-    info = json.loads(_run_cli(capsys, ["status", job_id, "--address", head]))
+    info = json.loads(_run_cli(capsys, ["job", "status", job_id, "--address", head]))
     assert info["status"] == "SUCCEEDED" and "cafe_dist.cli train --config jobs/demo.yaml" in info["entrypoint"]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cafe-dist").experiment_id])
@@ -152,7 +152,7 @@ def test_stop_stops_a_running_submission(head, tiny_synth, tmp_path, monkeypatch
     while str(client.get_job_status(job_id).value) != "RUNNING":
         assert time.time() < deadline, client.get_job_logs(job_id)[-2000:]
         time.sleep(1)
-    assert main(["stop", job_id, "--address", head]) == 0
+    assert main(["job", "stop", job_id, "--address", head]) == 0
     assert f"job {job_id}: STOPPED" in capsys.readouterr().out
     assert str(client.get_job_status(job_id).value) == "STOPPED"
 

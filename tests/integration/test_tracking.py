@@ -55,6 +55,9 @@ def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     assert abs(m["final_auc"] - out.auc) < 1e-9 and abs(m["final_embedding_bytes"] - out.embedding_bytes) < 1e-9
     assert m["final_sync_overhead_fraction"] == out.stats["sync_overhead_fraction"]
     assert m["final_samples_per_sec"] == out.samples_per_sec and "error" not in t
+    # each worker's peak resident memory beside the embedding bytes (a worker holds far more than them)
+    peaks = out.stats["peak_rss_bytes_per_worker"]
+    assert len(peaks) == 2 and m["final_peak_rss_bytes"] == max(peaks) > 100 * out.embedding_bytes
     # what CAFE does with its memory, in the output and in MLflow (synthetic data: against the oracle)
     assert 0 < out.stats["hot_slots_used"] <= out.stats["hot_slots"] and m["final_hot_slots"] == out.stats["hot_slots"]
     assert 0 < out.stats["hot_coverage"] <= out.stats["oracle_coverage"] + 0.05 and m["final_hot_coverage"] == out.stats["hot_coverage"]

@@ -136,7 +136,8 @@ def ratio_ticks(ratios: set[float]) -> tuple[list[float], list[str], tuple[float
 
 def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> int:
     """One line per method through its finished runs, log x; repeated runs at one ratio (seeds) give
-    their mean with a standard-deviation error bar. Returns the number of points drawn."""
+    their mean with a standard-deviation error bar; ``full`` is a dashed reference line (its spread
+    shaded). Returns the number of points drawn (the reference line counts as one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +146,13 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
     done = [r for r in rows if r.status == "FINISHED" and not math.isnan(r.auc)]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     points, ticks = 0, set()
-    for method in sorted({r.method for r in done}):
+    full = [r.auc for r in done if r.method == "full"]
+    if full:  # uncompressed: a reference line (with its spread over seeds), not a point at 1x
+        mean, sd = mean_std(full)
+        ax.axhline(mean, color="0.3", linestyle="--", linewidth=1, label=f"full (1x): {mean:.4f}")
+        if sd:
+            ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15)
+    for method in sorted({r.method for r in done} - {"full"}):
         by_ratio: dict[float, list[float]] = {}
         for r in done:
             if r.method == method:
@@ -168,10 +175,10 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
     ax.set_ylabel("test AUC")
     ax.set_title(title or "AUC versus compression")
     ax.grid(True, which="both", alpha=0.3)
-    if points:
+    if points or full:
         ax.legend()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return points
+    return points + bool(full)

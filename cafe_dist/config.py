@@ -136,6 +136,8 @@ class SweepConfig(_Section):
     methods: list[str] = Field(default_factory=list)  # --methods overrides
     ratios: list[float] = Field(default_factory=list)  # --ratios overrides
     name: str | None = None  # MLflow tag sweep=NAME on every run; None: sweep-<timestamp>
+    seeds: list[int] = Field(default_factory=list)  # --seeds overrides; each cell once per seed ([]: train.seed)
+    concurrency: int | None = Field(None, gt=0)  # --concurrency overrides; None: as many cells as the cluster holds
 
     @model_validator(mode="after")
     def _known(self) -> SweepConfig:

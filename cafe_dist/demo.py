@@ -65,7 +65,7 @@ def run_demo(config: str, overrides: list[str], ratio: float, output_json: str |
     lines.append(f"{'full':8s} {'1x':>7s} {'':>9s} {'':>8s} {_mb(cafe.full_embedding_bytes):>12s}   (what uncompressed "
                  "tables would take)")
     print("\n" + "\n".join(lines))
-    print(f"\nCAFE - hash: {cafe.auc - results['hash'].auc:+.4f} AUC at the same memory.")
+    print(f"CAFE - hash: {cafe.auc - results['hash'].auc:+.4f} AUC at the same memory.")
     print(f"Exported the CAFE model to {model_dir} (embeddings {_mb(doc['bytes']['embeddings'])}, "
           f"{_mb(int8['bytes']['embeddings'])} with int8 tables in {int8_dir(model_dir)}; dense "
           f"{_mb(doc['bytes']['dense'])}). Its scores for the first test rows:")

@@ -24,7 +24,7 @@ want=$( (cat scripts/setup-env.sh pyproject.toml; echo "$FBGEMM $TORCH_INDEX") |
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/cafe-dist" ]; then
   exit 0
 fi
-echo "[setup-env] building $VENV (torch/fbgemm/torchrec CPU recipe) ..." >&2
+echo "[setup-env] building $VENV (torch/fbgemm/torchrec CPU recipe; a minute or two, once) ..." >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 # pip, with the noise about absent local index folders filtered out of stderr (exit code kept), and
 # its resolver's complaint that torchrec's CUDA fbgemm-gpu is missing: it is, on purpose (see above)
@@ -55,4 +55,3 @@ $PIP "$TORCH" "tensordict==0.15.3" "torchmetrics==1.0.3" "pyre-extensions==0.0.3
 # 4. this package, editable, with no dependency resolution (all of the above is the resolution).
 PYTHONWARNINGS=ignore $PIP --no-deps -e .   # the build backend's editable-install notices are not ours to act on
 echo "$want" > "$STAMP"
-echo "[setup-env] ready: $VENV" >&2

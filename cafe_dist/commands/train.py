@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from cafe_dist.commands.args import csv_list, output_json, overrides
+from cafe_dist.commands.args import csv_list, output_json, overrides, positive
 from cafe_dist.config import load_config
 
 
@@ -19,6 +19,18 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
                             "data.synthetic": "null" if args.data else None})
 
 
+def result_line(out) -> str:
+    """A run's result in one line: quality, bytes, memory, speed and, for a method with hot rows, what
+    share of the compressed features' lookups they served (``hot_coverage``: uncompressed features
+    are not in the denominator)."""
+    peak, coverage = out.stats.get("peak_rss_bytes"), out.stats.get("hot_coverage")
+    return (f"result: test auc {out.auc:.4f}, logloss {out.logloss:.4f}; embeddings {out.embedding_bytes / 1e6:.2f} MB "
+            f"(compression {out.compression_ratio:.1f}x)" + (f", peak worker memory {peak / 1e9:.2f} GB" if peak else "")
+            + (f"; hot rows served {coverage:.1%} of the compressed features' lookups (hot_coverage)"
+               if coverage is not None and coverage == coverage else "")
+            + f"; {out.steady_samples_per_sec:,.0f} samples/s steady ({out.samples_per_sec:,.0f} with start-up)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     job = load_config(args.config, job_overrides(args))
     from cafe_dist.train.launcher import run_training
@@ -28,11 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(out.to_dict(), indent=2))
         return 0
     log = logging.getLogger("cafe_dist")
-    peak = out.stats.get("peak_rss_bytes")
-    log.info("result: test auc %.4f, logloss %.4f; embeddings %.2f MB (compression %.1fx)%s; %s samples/s steady "
-             "(%s with start-up); full result in %s", out.auc, out.logloss, out.embedding_bytes / 1e6,
-             out.compression_ratio, f", peak worker memory {peak / 1e9:.2f} GB" if peak else "",
-             f"{out.steady_samples_per_sec:,.0f}", f"{out.samples_per_sec:,.0f}", args.output_json)
+    log.info("%s; full result in %s", result_line(out), args.output_json)
     if out.mlflow_run_id:
         from cafe_dist.mlflow_store import resolve_uri
 
@@ -45,7 +53,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     job = load_config(args.config, job_overrides(args))
     from cafe_dist.sweep import run_sweep
 
-    out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json)
+    out = run_sweep(job, args.methods, args.ratios, plot=args.plot, output_json=args.output_json, seeds=args.seeds,
+                    concurrency=args.concurrency)
     return 1 if out["failed"] else 0
 
 
@@ -70,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--ratios", type=lambda t: csv_list(t, float), metavar="R1,R2",
                     help="default: the job's sweep.ratios")
     sw.add_argument("--name", help="sweep name (MLflow tag sweep=NAME); default sweep-<timestamp>")
+    sw.add_argument("--seeds", type=lambda t: csv_list(t, int), metavar="S1,S2",
+                    help="run every cell once per seed (train.seed); the plot shows mean and sd (default: sweep.seeds, "
+                         "else train.seed)")
+    sw.add_argument("--concurrency", type=positive, metavar="N",
+                    help="cells at once, each a Ray Tune trial (default: sweep.concurrency, else as many as the "
+                         "cluster's CPUs or GPUs hold)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for every run")
     sw.add_argument("--num-workers", type=int, help="Ray Train workers per cell (ray.num_workers)")
     sw.add_argument("--plot", metavar="PATH", help="default: <ray.storage_path>/<name>/auc_vs_ratio.png")

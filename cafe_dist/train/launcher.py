@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -299,7 +300,8 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, sp
             if not trainer.interrupted:
                 raise
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray's points at the ended run
+            if threading.current_thread() is threading.main_thread():  # (a sweep's trial: not ours to touch)
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray's points at the ended run
             if service is not None:
                 service.stop(handle)
             shutil.rmtree(worker_tmp(spec.fit_id), ignore_errors=True)  # what stopped workers left there
@@ -330,6 +332,8 @@ def _interruptible(trainer_cls: type) -> type:
         interrupted = False
 
         def _register_sigint_handler(self, controller) -> None:
+            if threading.current_thread() is not threading.main_thread():  # a sweep's Ray Tune trial
+                return  # signals reach the main thread only: Tune stops its trials itself
             super()._register_sigint_handler(controller)
             ray_handler = signal.getsignal(signal.SIGINT)
 

@@ -27,11 +27,12 @@ def _context(spec: WorkerSpec) -> WorkerContext:
     return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_world_size(), device)
 
 
-def _logging(rank: int, verbose: bool) -> None:
+def _logging(rank: int, verbose: bool, label: str = "") -> None:
     """One line per event, from rank 0; another rank speaks only with a warning (a fault, an error).
     Ray forwards the worker's stdout to the driver's console. Unless ``verbose``, the libraries'
     INFO logs (fbgemm's loads and TBE settings, TorchRec's planner tables: they reach Ray Train's
-    root handler) and their warnings stay out."""
+    root handler) and their warnings stay out. ``label``: said before each line (a sweep's cell: its
+    cells train side by side)."""
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)
         for lib in ("torchrec", "fbgemm_gpu", "torch"):  # warnings about their own internals: nothing to act on
@@ -43,7 +44,7 @@ def _logging(rank: int, verbose: bool) -> None:
     for h in list(logger.handlers):
         logger.removeHandler(h)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[cafe-dist] %(message)s"))
+    handler.setFormatter(logging.Formatter(f"[cafe-dist] {label + ': ' if label else ''}%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     logger.propagate = False
@@ -71,5 +72,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tempfile.tempdir = worker_tmp(spec.fit_id)
     os.makedirs(tempfile.tempdir, exist_ok=True)
     wc = _context(spec)
-    _logging(wc.rank, spec.job.ray.verbose)
+    sweep = spec.job.mlflow.run_tags.get("sweep")
+    _logging(wc.rank, spec.job.ray.verbose, label=spec.run_name.removeprefix(f"{sweep}-") if sweep else "")
     Trainer(spec, wc).train()

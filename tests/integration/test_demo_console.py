@@ -1,5 +1,6 @@
-"""What ``cafe-dist demo`` prints (issue 36): at most 40 lines on a successful run, none of them a
-library's (Ray's token-authentication warning, its core worker's and raylet's lines, tracebacks)."""
+"""What ``make demo`` prints on a fresh clone (issue 36): at most 40 lines on a successful run, none of
+them a library's (Ray's token-authentication warning, its core worker's and raylet's lines, MLflow's
+store creation, tracebacks). ``make`` adds one line to the demo's own: setup's "building .venv"."""
 
 from __future__ import annotations
 
@@ -24,6 +25,6 @@ def test_the_demo_prints_at_most_40_lines_none_from_a_library(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     lines = (done.stdout + done.stderr).rstrip("\n").split("\n")  # as a terminal shows them (a bar redraws with \\r)
     assert done.returncode == 0, "\n".join(lines[-30:])
-    assert len(lines) <= 40, "\n".join(lines)
+    assert len(lines) <= 40 - 1, "\n".join(lines)  # and setup's one line
     assert not [line for line in lines if LIBRARY.search(line)], "\n".join(lines)
     assert any("CAFE - hash" in line for line in lines)

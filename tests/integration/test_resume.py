@@ -50,8 +50,10 @@ def finished(ray_cluster, tiny_synth, store):
 
 
 def _runs(uri: str):
+    """The training runs (a sweep's parent run, which holds its table and plot, is no cell)."""
     client = MlflowClient(uri)
-    return client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    return client.search_runs([client.get_experiment_by_name("resume").experiment_id],
+                              "tags.sweep_parent IS NULL")
 
 
 def test_the_fingerprint_ignores_run_control_and_other_methods_settings(tiny_synth, store):

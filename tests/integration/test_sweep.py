@@ -54,7 +54,7 @@ def test_three_methods_by_two_ratios_make_six_tracked_runs_a_table_and_a_plot(
     start = max(i for i, line in enumerate(lines) if line.split()[:2] == ["run", "method"])
     rows = [line.split() for line in lines[start + 2:]]
     assert len(rows) == 6 and all(r[-1] == "FINISHED" for r in rows)
-    assert sorted((r[1], round(float(r[2]), -1)) for r in rows) == sorted(
+    assert sorted((r[1], round(float(r[3]), -1)) for r in rows) == sorted(
         (m, r) for m in ("cafe", "hash", "qr") for r in (10, 100))  # achieved ratios, within 5 of requested
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("sweep-test")
@@ -65,3 +65,31 @@ def test_three_methods_by_two_ratios_make_six_tracked_runs_a_table_and_a_plot(
     result = json.loads(out.read_text())
     assert result["failed"] == 0 and len(result["table"]) == 6 and result["plot"] == str(plot)
     assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_two_cells_run_at_once_as_tune_trials_under_one_parent_run(ray_cluster, tiny_synth, tmp_path):
+    """--concurrency 2 on this machine (one 1-CPU worker per cell): both cells' MLflow runs are open
+    at the same time, each a child of the sweep's parent run, which holds the table and the plot."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 80}}\n"
+                   f"mlflow: {{tracking_uri: '{uri}', experiment: tune-test}}\n"
+                   f"ray: {{storage_path: '{tmp_path / 'runs'}'}}\n")
+    out = tmp_path / "sweep.json"
+    rc = main(["sweep", "--config", str(cfg), "--methods", "hash,cafe", "--ratios", "100", "--name", "side",
+               "--num-workers", "1", "--concurrency", "2", "-o", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["concurrency"] == 2 and result["failed"] == 0 and len(result["runs"]) == 2
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tune-test")
+    cells = client.search_runs([exp.experiment_id], "tags.sweep = 'side'")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.sweep_parent = 'side'")
+    assert parent.info.run_id == result["parent_run_id"] and parent.info.status == "FINISHED"
+    assert len(cells) == 2 and {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
+    a, b = sorted(cells, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # the second started before the first ended: side by side
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"table.md", "sweep.json", "plots"} <= artifacts
+    assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/auc_vs_ratio.png"]

@@ -81,3 +81,38 @@ def test_the_old_job_command_names_still_work_with_a_notice(old, new, capsys):
     assert main([*new, *address]) != 0
     err = capsys.readouterr().err
     assert "is now" not in err and "cannot reach the Ray Jobs API" in err
+
+
+def test_a_sweeps_cells_are_every_method_ratio_and_seed_with_full_once_per_seed():
+    from cafe_dist.sweep import cells_of
+
+    cells = cells_of(["hash", "full", "cafe"], [10, 100], [0, 1])
+    assert len(cells) == 2 * 2 * 2 + 2 and ("full", 1.0, 0) in cells and ("full", 1.0, 1) in cells
+    assert not [c for c in cells if c[0] == "full" and c[1] != 1.0]
+
+
+def test_the_sweep_plot_draws_seeds_as_error_bars_and_full_as_a_reference_line(tmp_path):
+    import math
+
+    from cafe_dist.compare import RunRow, plot_auc_vs_ratio
+
+    def row(method, ratio, auc):
+        return RunRow("id", "n", method, ratio, 1.0, auc, 0.5, 1.0, 1, "FINISHED", requested_ratio=ratio)
+
+    rows = [row("hash", 10, 0.70), row("hash", 10, 0.72), row("hash", 100, 0.69), row("full", 1, 0.74),
+            row("full", 1, 0.745), row("cafe", 100, math.nan)]
+    path = tmp_path / "p.png"
+    assert plot_auc_vs_ratio(rows, path) == 3  # hash at 10x and 100x, and the reference line
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_result_line_says_what_hot_coverage_is_a_share_of():
+    from cafe_dist.commands.train import result_line
+    from cafe_dist.result import RunResult
+
+    out = RunResult("cafe", 0.75, 0.45, 100.0, 100.0, 1000, 100_000, 10, 2560, 5000.0, 2,
+                    stats={"hot_coverage": 0.634, "peak_rss_bytes": 2.5e9, "steady_samples_per_sec": 9000.0})
+    line = result_line(out)
+    assert "hot rows served 63.4% of the compressed features' lookups (hot_coverage)" in line
+    assert "peak worker memory 2.50 GB" in line and "9,000 samples/s steady (5,000 with start-up)" in line
+    assert "hot rows" not in result_line(RunResult("hash", 0.7, 0.5, 100.0, 100.0, 1000, 100_000, 10, 2560, 5000.0, 2))

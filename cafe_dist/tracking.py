@@ -182,11 +182,11 @@ class RunTracker:
             if len(keys) > 1:
                 ax.legend(fontsize="small")
         axes[-1, 0].set_xlabel("step")
-        run = self.client.get_run(self.run_id)
-        fig.suptitle(f"{run.info.run_name}: {PLOT_TITLES.get(name, name.removesuffix('.png'))}", fontsize="medium")
+        title = f"{self.client.get_run(self.run_id).info.run_name}: {PLOT_TITLES.get(name, name.removesuffix('.png'))}"
+        fig.suptitle(title, fontsize="medium")
         fig.tight_layout()
         buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        fig.savefig(buf, format="png", metadata={"Title": title})  # and in the file, for whoever lists plots
         plt.close(fig)
         tmp = Path(tempfile.mkdtemp()) / name
         tmp.write_bytes(buf.getvalue())

@@ -93,3 +93,22 @@ def test_two_cells_run_at_once_as_tune_trials_under_one_parent_run(ray_cluster, 
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
     assert {"table.md", "sweep.json", "plots"} <= artifacts
     assert [f.path for f in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/auc_vs_ratio.png"]
+
+
+@pytest.mark.slow
+def test_a_cell_that_fails_is_reported_and_the_others_finish(ray_cluster, tiny_synth, tmp_path, capsys):
+    """A ratio hashing cannot reach fails its trial (after ray.max_failures retries); the sweep
+    reports it with the error, finishes the other cell and exits 1."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 20}}\n"
+                   f"mlflow: {{tracking_uri: '{uri}', experiment: fail-test}}\n"
+                   f"ray: {{storage_path: '{tmp_path / 'runs'}', max_failures: 1}}\n")
+    out = tmp_path / "sweep.json"
+    rc = main(["sweep", "--config", str(cfg), "--methods", "hash", "--ratios", "100,1000000000", "--name", "bad",
+               "--num-workers", "1", "-o", str(out)])
+    assert rc == 1
+    runs = {r["ratio"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs[100.0]["status"] == "FINISHED" and runs[1e9]["status"] == "FAILED"
+    assert "1000000000" in runs[1e9]["error"] or "1e+09" in runs[1e9]["error"], runs[1e9]["error"]
+    assert "failed" in capsys.readouterr().err

@@ -80,6 +80,8 @@ def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     assert {"config.yaml", "result.json", "sharding_plan.txt", "plots"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/curves.png",
                                                                                    "plots/hot_set.png"}
+    curves = Path(client.download_artifacts(run.info.run_id, "plots/curves.png")).read_bytes()
+    assert b"tracked-cafe: training curves" in curves  # the plot's title (drawn, and in the PNG's Title)
     plan = Path(client.download_artifacts(run.info.run_id, "sharding_plan.txt")).read_text()
     assert "table_wise" in plan
 

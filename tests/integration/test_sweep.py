@@ -67,17 +67,23 @@ def test_three_methods_by_two_ratios_make_six_tracked_runs_a_table_and_a_plot(
     assert plot.read_bytes()[:4] == b"\x89PNG" and plot.stat().st_size > 10_000
 
 
+def _small_job(tmp_path, data, experiment: str, steps: int, ray: str = "") -> tuple[str, str]:
+    """(MLflow URI, job file) of a short job on ``data`` with its own store and runs directory."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"data: {{path: {data}}}\ntrain: {{batch_size: 256, max_steps: {steps}}}\n"
+                   f"mlflow: {{tracking_uri: '{uri}', experiment: {experiment}}}\n"
+                   f"ray: {{storage_path: '{tmp_path / 'runs'}'{', ' + ray if ray else ''}}}\n")
+    return uri, str(cfg)
+
+
 @pytest.mark.slow
 def test_two_cells_run_at_once_as_tune_trials_under_one_parent_run(ray_cluster, tiny_synth, tmp_path):
     """--concurrency 2 on this machine (one 1-CPU worker per cell): both cells' MLflow runs are open
     at the same time, each a child of the sweep's parent run, which holds the table and the plot."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 80}}\n"
-                   f"mlflow: {{tracking_uri: '{uri}', experiment: tune-test}}\n"
-                   f"ray: {{storage_path: '{tmp_path / 'runs'}'}}\n")
+    uri, cfg = _small_job(tmp_path, tiny_synth, "tune-test", steps=80)
     out = tmp_path / "sweep.json"
-    rc = main(["sweep", "--config", str(cfg), "--methods", "hash,cafe", "--ratios", "100", "--name", "side",
+    rc = main(["sweep", "--config", cfg, "--methods", "hash,cafe", "--ratios", "100", "--name", "side",
                "--num-workers", "1", "--concurrency", "2", "-o", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
@@ -99,13 +105,9 @@ def test_two_cells_run_at_once_as_tune_trials_under_one_parent_run(ray_cluster, 
 def test_a_cell_that_fails_is_reported_and_the_others_finish(ray_cluster, tiny_synth, tmp_path, capsys):
     """A ratio hashing cannot reach fails its trial (after ray.max_failures retries); the sweep
     reports it with the error, finishes the other cell and exits 1."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = tmp_path / "job.yaml"
-    cfg.write_text(f"data: {{path: {tiny_synth}}}\ntrain: {{batch_size: 256, max_steps: 20}}\n"
-                   f"mlflow: {{tracking_uri: '{uri}', experiment: fail-test}}\n"
-                   f"ray: {{storage_path: '{tmp_path / 'runs'}', max_failures: 1}}\n")
+    uri, cfg = _small_job(tmp_path, tiny_synth, "fail-test", steps=20, ray="max_failures: 1")
     out = tmp_path / "sweep.json"
-    rc = main(["sweep", "--config", str(cfg), "--methods", "hash", "--ratios", "100,1000000000", "--name", "bad",
+    rc = main(["sweep", "--config", cfg, "--methods", "hash", "--ratios", "100,1000000000", "--name", "bad",
                "--num-workers", "1", "-o", str(out)])
     assert rc == 1
     runs = {r["ratio"]: r for r in json.loads(out.read_text())["runs"]}

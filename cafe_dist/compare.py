@@ -27,7 +27,7 @@ class RunRow:
     world_size: int
     status: str
     requested_ratio: float = math.nan  # embedding.compression_ratio as asked (the plot's x)
-    data: str = "-"  # the dataset's name (its MLflow dataset input); "-": a run logged before datasets were
+    data: str = "-"  # the dataset's name (tag ``dataset``, beside its MLflow dataset input); "-": logged before
 
 
 COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("data", "data", "{}"),
@@ -38,6 +38,7 @@ COLUMNS = (("name", "run", "{}"), ("method", "method", "{}"), ("data", "data", "
 
 
 TEXT = {"name", "method", "data", "status"}
+FULL = "full"  # the uncompressed method: the plot's reference line
 
 
 def collect_runs(tracking_uri: str | None, experiment: str | None,
@@ -75,13 +76,8 @@ def collect_runs(tracking_uri: str | None, experiment: str | None,
             samples_per_sec=final("steady_samples_per_sec", final("samples_per_sec")),
             world_size=int(t.get("world_size", 0)),
             status=run.info.status, requested_ratio=float(t.get("compression_ratio", "nan")),
-            data=_dataset_of(run)))
+            data=t.get("dataset", "-")))
     return sorted(rows, key=lambda r: (r.method, r.compression_ratio, r.world_size, r.name))
-
-
-def _dataset_of(run) -> str:
-    inputs = run.inputs.dataset_inputs if run.inputs is not None else []
-    return inputs[0].dataset.name if inputs else run.data.tags.get("dataset", "-")
 
 
 def runs_elsewhere(tracking_uri: str | None, shown: str) -> dict[str, int]:
@@ -146,13 +142,13 @@ def plot_auc_vs_ratio(rows: list[RunRow], path: str | Path, title: str = "") -> 
     done = [r for r in rows if r.status == "FINISHED" and not math.isnan(r.auc)]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     points, ticks = 0, set()
-    full = [r.auc for r in done if r.method == "full"]
+    full = [r.auc for r in done if r.method == FULL]
     if full:  # uncompressed: a reference line (with its spread over seeds), not a point at 1x
         mean, sd = mean_std(full)
         ax.axhline(mean, color="0.3", linestyle="--", linewidth=1, label=f"full (1x): {mean:.4f}")
         if sd:
             ax.axhspan(mean - sd, mean + sd, color="0.5", alpha=0.15)
-    for method in sorted({r.method for r in done} - {"full"}):
+    for method in sorted({r.method for r in done} - {FULL}):
         by_ratio: dict[float, list[float]] = {}
         for r in done:
             if r.method == method:

@@ -288,12 +288,12 @@ def _hot_traffic(out: RatioPlan, plan, emb, traffic: Profile, batch_size: int) -
     per_row = per_row[: len(rows)]
     ps = next(tables[name] for tables in plan.plan.values() if name in tables)
     spec = ps.sharding_spec
+    samples = batch_size if spec is None else batch_size * world_size  # the rows a rank's lookups come from
     if spec is None:  # data-parallel: every rank holds every row and serves its own batch
-        shards = [(0, int(rows.max(initial=0)) + 1, r, batch_size) for r in ps.ranks or range(world_size)]
+        shards = [(0, int(rows.max(initial=0)) + 1, r) for r in ps.ranks or range(world_size)]
     else:
-        shards = [(md.shard_offsets[0], md.shard_sizes[0], md.placement.rank(), batch_size * world_size)
-                  for md in spec.shards]
-    for first, count, rank, samples in shards:
+        shards = [(md.shard_offsets[0], md.shard_sizes[0], md.placement.rank()) for md in spec.shards]
+    for first, count, rank in shards:
         on = (rows >= first) & (rows < first + count)
         out.ranks[rank].hot_rows += int(on.sum())
         out.ranks[rank].hot_lookups += float(per_row[on].sum()) * samples
@@ -301,8 +301,7 @@ def _hot_traffic(out: RatioPlan, plan, emb, traffic: Profile, batch_size: int) -
     if sum(loads) > 0:
         mean = sum(loads) / world_size
         out.hot_balance = max(loads) / mean
-        heaviest = float(per_row.max()) * (batch_size if spec is None else batch_size * world_size)
-        out.hot_balance_floor = max(1.0, heaviest / mean)
+        out.hot_balance_floor = max(1.0, float(per_row.max()) * samples / mean)
     out.hot_traffic = (f"the {traffic.name} profile's value laws: a perfect hot set's lookups, "
                        f"{batch_size:,} rows per rank per step")
 

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cafe_dist.compare import collect_runs, format_table, plot_auc_vs_ratio, to_json
+from mlflow.tracking import MlflowClient
+
+from cafe_dist.compare import FULL, collect_runs, format_table, plot_auc_vs_ratio, to_json
 from cafe_dist.config import ConfigError, JobConfig
-from cafe_dist.logs import drop_ray_internal_lines, quiet
+from cafe_dist.logs import quiet
 from cafe_dist.mlflow_store import open_store, resolve_uri
 from cafe_dist.outputs import write_text
 
 log = logging.getLogger(__name__)
 
-FULL = "full"  # the uncompressed reference: one cell per seed, at ratio 1, whatever the ratios
 
 
 def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) -> tuple[list[str], list[float]]:
@@ -52,7 +53,8 @@ def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) 
 
 
 def cells_of(methods: list[str], ratios: list[float], seeds: list[int]) -> list[tuple[str, float, int]]:
-    """(method, ratio, seed) of every cell: ``full`` once per seed at ratio 1."""
+    """(method, ratio, seed) of every cell: ``full``, the uncompressed reference, once per seed at
+    ratio 1 whatever the ratios."""
     out = [(m, 1.0 if m == FULL else r, s) for m in methods for r in (ratios if m != FULL else [1.0]) for s in seeds]
     return list(dict.fromkeys(out))
 
@@ -116,20 +118,20 @@ def _trial(config: dict[str, Any]) -> None:
                  "reused": out.already_finished, "steady_samples_per_sec": out.steady_samples_per_sec})
 
 
-def _open_parent(job: JobConfig, name: str) -> str:
-    """The sweep's parent MLflow run (tag ``sweep_parent=<name>``, not ``sweep``: it is no cell)."""
+def _open_parent(job: JobConfig, name: str) -> tuple[MlflowClient, str]:
+    """A client of the store and the sweep's parent MLflow run (tag ``sweep_parent=<name>``, not
+    ``sweep``: it is no cell)."""
     from mlflow.entities import Param
 
     client, experiment_id = open_store(resolve_uri(job.mlflow.tracking_uri), job.mlflow.experiment)
     run = client.create_run(experiment_id, run_name=name, tags={"sweep_parent": name, **job.mlflow.run_tags})
     grid_params = job.sweep.model_dump() if job.sweep else {}
     client.log_batch(run.info.run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in grid_params.items()])
-    return run.info.run_id
+    return client, run.info.run_id
 
 
-def _close_parent(job: JobConfig, run_id: str, table_md: str, result: dict[str, Any], plot: Path,
+def _close_parent(client: MlflowClient, run_id: str, table_md: str, result: dict[str, Any], plot: Path,
                   failed: int) -> None:
-    client, _ = open_store(resolve_uri(job.mlflow.tracking_uri))
     client.log_text(run_id, table_md + "\n", "table.md")
     client.log_text(run_id, json.dumps(result, indent=2) + "\n", "sweep.json")
     client.log_artifact(run_id, str(plot), "plots")
@@ -150,19 +152,18 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
     _check_cells(name, {k: _cell(job, name, *k, len(seeds) > 1, None) for k in keys})
     _start_ray(job)  # one cell's workers must fit (checked with the numbers); the cells share the cluster
     concurrency = concurrency or (job.sweep.concurrency if job.sweep else None) or cluster_concurrency(job, len(keys))
-    parent = _open_parent(job, name)
+    client, parent = _open_parent(job, name)
     cells = {k: _cell(job, name, *k, len(seeds) > 1, parent) for k in keys}
     log.info("sweep %s: %d cell(s), %d at a time (Ray Tune trials); MLflow parent run %s", name, len(cells),
              concurrency, parent)
-    storage = Path(job.ray.storage_path).resolve() / name
-    if not job.ray.verbose:  # Tune's own console (its configuration box, trial tables), Ray's lines
+    sweep_dir = Path(job.ray.storage_path).resolve() / name
+    if not job.ray.verbose:  # Tune's own console (its configuration box, trial tables)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        drop_ray_internal_lines()
     tuner = tune.Tuner(
         tune.with_resources(_trial, {"cpu": 0, "memory": 1}),  # the cell needs its Ray Train workers only (1 B: a bundle must hold something)
         param_space={"job": tune.grid_search([cell.model_dump(mode="json") for cell in cells.values()])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=tune.RunConfig(name="tune", storage_path=str(storage), verbose=0,
+        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=job.ray.max_failures)))
     with quiet("ray.tune", enabled=not job.ray.verbose, level=logging.WARNING):  # "Wrote the latest version…"
         results = tuner.fit()
@@ -183,7 +184,7 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
             runs.append({"method": method, "ratio": ratio, "seed": seed, "status": "FAILED", "error": error})
     runs.sort(key=lambda x: (x["method"], x["ratio"], x["seed"]))
     rows = collect_runs(job.mlflow.tracking_uri, job.mlflow.experiment, tags={"sweep": name})
-    plot_path = Path(plot) if plot else storage / "auc_vs_ratio.png"
+    plot_path = Path(plot) if plot else sweep_dir / "auc_vs_ratio.png"
     plot_auc_vs_ratio(rows, plot_path, title=f"{name}: AUC versus compression"
                       + (f" (mean ± sd over {len(seeds)} seeds)" if len(seeds) > 1 else ""))
     failed = sum(r["status"] != "FINISHED" for r in runs)
@@ -191,7 +192,7 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
               "experiment": job.mlflow.experiment, "parent_run_id": parent, "concurrency": concurrency,
               "seeds": seeds, "plot": str(plot_path), "runs": runs, "table": json.loads(to_json(rows)),
               "failed": failed}
-    _close_parent(job, parent, format_table(rows, markdown=True), result, plot_path, failed)
+    _close_parent(client, parent, format_table(rows, markdown=True), result, plot_path, failed)
     print(format_table(rows))
     log.info("plot: %s (also in MLflow parent run %s); MLflow UI filter: tags.sweep = '%s'", plot_path, parent, name)
     if output_json:

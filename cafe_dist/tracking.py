@@ -24,6 +24,7 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from cafe_dist.data import storage
 from cafe_dist.logs import quiet
 from cafe_dist.mlflow_store import open_store
 from cafe_dist.result import RunResult
@@ -46,11 +47,6 @@ def _versions() -> dict[str, str]:
             "torchrec_version": getattr(torchrec, "__version__", "unknown")}
 
 
-def dataset_name(data_dir: str | Path) -> str:
-    """A dataset's name where runs show it: its directory's name."""
-    return str(data_dir).rstrip("/").rsplit("/", 1)[-1] or str(data_dir)
-
-
 @dataclass(frozen=True)
 class TrackedDataset:
     """The data a run trained on, as MLflow shows it in the run's inputs (and ``compare``'s data
@@ -66,18 +62,16 @@ class TrackedDataset:
     def of(cls, data_dir: str, meta_text: str, rows: dict[str, int]) -> TrackedDataset:
         import hashlib
 
-        return cls(dataset_name(data_dir), str(data_dir), hashlib.sha256(meta_text.encode()).hexdigest()[:16], dict(rows))
+        return cls(storage.name(data_dir), str(data_dir), hashlib.sha256(meta_text.encode()).hexdigest()[:16],
+                   dict(rows))
 
     def mlflow_input(self):
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        source_type = "uri" if "://" in self.source else "local"
+        source_type = "uri" if storage.is_uri(self.source) else "local"
         return DatasetInput(Dataset(self.name, self.digest, source_type, json.dumps({"uri": self.source}),
                                     profile=json.dumps({"rows": self.rows})),
                             tags=[InputTag("mlflow.data.context", "training")])
-
-
-PLOT_TITLES = {"curves.png": "training curves", "hot_set.png": "CAFE's hot set"}
 
 
 class RunTracker:
@@ -157,11 +151,12 @@ class RunTracker:
         """PNG artifacts from the logged step metrics: ``plots/curves.png`` (loss, AUC at each
         evaluation, samples/s) and the plots the method declares (CAFE: ``plots/hot_set.png`` with
         hot-set size, churn of the last sync, promotions/demotions so far, sync overhead)."""
-        self._plot("curves.png", [("loss",), ("auc",), ("samples_per_sec",)])
+        run_name = self.client.get_run(self.run_id).info.run_name
+        self._plot("curves.png", [("loss",), ("auc",), ("samples_per_sec",)], f"{run_name}: training curves")
         for name, panels in self.method_plots.items():
-            self._plot(name, list(panels))
+            self._plot(name, list(panels), f"{run_name}: {name.removesuffix('.png').replace('_', ' ')}")
 
-    def _plot(self, name: str, panels: list[tuple[str, ...]]) -> None:
+    def _plot(self, name: str, panels: list[tuple[str, ...]], title: str) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -182,7 +177,6 @@ class RunTracker:
             if len(keys) > 1:
                 ax.legend(fontsize="small")
         axes[-1, 0].set_xlabel("step")
-        title = f"{self.client.get_run(self.run_id).info.run_name}: {PLOT_TITLES.get(name, name.removesuffix('.png'))}"
         fig.suptitle(title, fontsize="medium")
         fig.tight_layout()
         buf = io.BytesIO()

@@ -89,7 +89,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     collate = Collator(meta)
     out = {}
     for bs in config["batch_sizes"]:
-        deal = Deal(((0, rows),), world, bs, Deal.epoch(rows, world, bs, split.row_group_rows).unit)
+        deal = Deal.epoch(rows, world, bs, split.row_group_rows)
         plan = [deal.rows_of(rank, k) for k in range(deal.steps())]
         passes = []
         for _ in range(2):  # the first pass is cold (allocator, page cache): a long run's steady state is the second

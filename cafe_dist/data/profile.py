@@ -125,11 +125,9 @@ class Profile:
         by_name = {c.name: c for c in self.categorical}
         if missing := [f for f in features if f not in by_name]:
             raise ValueError(f"profile {self.name} has no feature(s) {', '.join(missing)}")
-        p = np.concatenate([np.append(by_name[f].rank_probabilities(n) * (1 - by_name[f].missing_rate),
-                                      by_name[f].missing_rate) for f in features])
-        if n < len(p):
-            p = np.partition(p, len(p) - n)[len(p) - n:]
-        return np.sort(p)[::-1]
+        top = top_shares([by_name[f].rank_probabilities(n) for f in features],
+                         [by_name[f].missing_rate for f in features], n)
+        return np.sort(top)[::-1]
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -155,6 +153,14 @@ class Profile:
         except (ValueError, KeyError, TypeError) as e:  # JSON, but not a profile (or not JSON at all)
             raise BadInputError(f"{path} is not a generator profile ({type(e).__name__}: {e}); give criteo-kaggle, "
                                 "criteo-tb, or a JSON file written by `cafe-dist data fit-profile`") from None
+
+
+def top_shares(probabilities: list[np.ndarray], missing: list[float], n: int) -> np.ndarray:
+    """The ``n`` largest expected lookups per row among the values of some features, in no order:
+    each feature's rank probabilities scaled by its present share, and its missing value, one more
+    value of it (what a perfect hot set of ``n`` slots serves)."""
+    p = np.concatenate([np.append(probs * (1 - m), m) for probs, m in zip(probabilities, missing)])
+    return p if n >= len(p) else np.partition(p, len(p) - n)[len(p) - n:]
 
 
 # ---- the law ----------------------------------------------------------------------------------

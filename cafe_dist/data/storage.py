@@ -29,6 +29,12 @@ def parent(location: str | Path) -> str:
     return loc.rsplit("/", 1)[0] if is_uri(loc) else str(Path(loc).parent)
 
 
+def name(location: str | Path) -> str:
+    """The last part of a path or URI (a dataset directory's name)."""
+    loc = str(location).rstrip("/")
+    return loc.rsplit("/", 1)[-1] if is_uri(loc) else Path(loc).name
+
+
 def _fs(location: str) -> tuple[pafs.FileSystem, str]:
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)

@@ -28,6 +28,7 @@ from cafe_dist.data.profile import (
     rank_cdf,
     renewals,
     sample_ranks,
+    top_shares,
 )
 from cafe_dist.data.schema import (
     CRITEO_DENSE,
@@ -180,9 +181,7 @@ class SynthGenerator:
         that tracked the drift perfectly would have this coverage at every row."""
         if not features or n <= 0:
             return 0.0
-        p = np.concatenate([np.append(self.rank_probabilities(f) * (1.0 - self.missing_rate(f)), self.missing_rate(f))
-                            for f in features])
-        top = p if n >= len(p) else np.partition(p, len(p) - n)[len(p) - n:]
+        top = top_shares([self.rank_probabilities(f) for f in features], [self.missing_rate(f) for f in features], n)
         return float(top.sum() / len(features))
 
     def raw_id(self, feature: int, slot: np.ndarray) -> np.ndarray:

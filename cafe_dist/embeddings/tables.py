@@ -4,6 +4,7 @@ them and however many ranks there are (seeded per table from its name and ``trai
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -22,23 +23,23 @@ def seeded_uniform(weight: torch.Tensor, bound: float, seed: int) -> torch.Tenso
 
 
 def segmented_uniform(weight: torch.Tensor | ShardedTensor, segments: tuple[tuple[int, float], ...],
-                      seed: int, stride: int = 1) -> torch.Tensor | ShardedTensor:
+                      seed: int, logical: Callable[[torch.Tensor], torch.Tensor] | None = None
+                      ) -> torch.Tensor | ShardedTensor:
     """:func:`seeded_uniform` for a table made of consecutive row segments, each ``(rows, bound)``
     initialised as if it were a table of its own (CAFE keeps hot rows and every feature's hash rows
-    in one table). ``stride`` > 1: logical row ``l`` lives at physical row ``l * stride mod rows``
-    (CAFE's spread), so each physical row takes the bound of its logical row's segment. Works on
-    whatever pieces of the table this rank holds."""
-    total = sum(rows for rows, _ in segments)
+    in one table). ``logical``: the segments' row of each of the table's rows, where a layout
+    spreads them (CAFE's ``CafeLayout.logical``), so each row takes the bound of its logical row's
+    segment. Works on whatever pieces of the table this rank holds."""
     ends = torch.tensor([rows for rows, _ in segments]).cumsum(0)
     bounds = torch.tensor([bound for _, bound in segments], dtype=torch.float32)
-    back = pow(stride, -1, total) if stride > 1 else 1
     g = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for r0, _, local in _pieces(weight):
             if local.numel() == 0:  # a rank without rows of this table
                 continue
-            logical = torch.arange(r0, r0 + local.shape[0], dtype=torch.int64) * back % max(total, 1)
-            bound = bounds[torch.searchsorted(ends, logical, right=True)].unsqueeze(1).to(local.device)
+            rows = torch.arange(r0, r0 + local.shape[0], dtype=torch.int64)
+            segment = torch.searchsorted(ends, rows if logical is None else logical(rows), right=True)
+            bound = bounds[segment].unsqueeze(1).to(local.device)
             local.copy_(torch.rand(local.shape, generator=g).to(local.device).mul_(2 * bound).sub_(bound))
     return weight
 
@@ -54,10 +55,10 @@ def table(name: str, rows: int, dim: int, features: list[str]) -> EmbeddingBagCo
 
 
 def segmented_table(name: str, segment_rows: list[int], dim: int, features: list[str],
-                    stride: int = 1) -> EmbeddingBagConfig:
+                    logical: Callable[[torch.Tensor], torch.Tensor] | None = None) -> EmbeddingBagConfig:
     """One table holding consecutive segments of ``segment_rows`` rows, each initialised with the
-    bound a table of that many rows would get (``stride``: the rows spread, as :func:`segmented_uniform`)."""
+    bound a table of that many rows would get (``logical``: where the rows are spread, as :func:`segmented_uniform`)."""
     segments = tuple((max(int(r), 1), (1.0 / max(int(r), 1)) ** 0.5) for r in segment_rows)
     return EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=sum(r for r, _ in segments),
                               feature_names=features,
-                              init_fn=partial(segmented_uniform, segments=segments, seed=_seed(name), stride=stride))
+                              init_fn=partial(segmented_uniform, segments=segments, seed=_seed(name), logical=logical))

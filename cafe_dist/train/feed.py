@@ -126,13 +126,7 @@ class Feed:
         self._put(out, _End())
 
     def __iter__(self) -> Iterator[Fed]:
-        while True:
-            item = self._ready.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+        return self._items(self._ready)
 
     def close(self) -> None:
         self._stop.set()

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
 from cafe_dist.resume import decide, fingerprint, finished_result, result_config
-from cafe_dist.tracking import RunTracker, TrackedDataset, dataset_name, run_tags
+from cafe_dist.tracking import RunTracker, TrackedDataset, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +112,29 @@ def _init_ray(job: JobConfig) -> None:
     address = job.ray.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
     if address:
         ray.init(address=address, log_to_driver=True, **quiet)
-        if not job.ray.verbose:
-            drop_ray_internal_lines()
-        return
-    # A local cluster: the machine's CPUs for the workers (check_resources held them to that); each
-    # worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its own. Unless
-    # verbose, Ray's note that token authentication is on (its default) stays out.
-    with quiet_logs("ray._private.authentication", enabled=not job.ray.verbose):
-        ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
+    else:  # a local cluster: the machine's CPUs for the workers (check_resources held them to that);
+        # each worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its
+        # own. Unless verbose, Ray's note that token authentication is on (its default) stays out.
+        with quiet_logs("ray._private.authentication", enabled=not job.ray.verbose):
+            ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
     if not job.ray.verbose:
         drop_ray_internal_lines()
 
 
-def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None,
-              values: str | None = None) -> dict[str, SplitFiles]:
+@dataclass(frozen=True)
+class Checked:
+    """What the driver's checks found: the splits' row groups (the workers read by them) and the
+    settings the method resolved for this data (the run's MLflow params show them)."""
+
+    splits: dict[str, SplitFiles]
+    resolved: dict[str, Any]
+
+
+def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None, values: str | None = None) -> Checked:
     """What can be checked on the driver is checked before any worker starts: the Parquet schema,
     whether the compression ratio can be met (tables sized on the meta device: no memory).
     ``options``: the method's settings as the workers get them (default: the job's); ``values``:
-    the list of values they get. Returns the splits' row-group indices (the workers read by them)."""
+    the list of values they get."""
     import torch
 
     from cafe_dist.data.validate import check_parquet_schema
@@ -136,10 +142,10 @@ def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None,
 
     splits = check_parquet_schema(storage.resolve(job.data.path), meta)  # workers elsewhere read these paths
     try:
-        ModelSpec.from_job(job, options, values=values).embedding(meta, torch.device("meta"))
+        emb = ModelSpec.from_job(job, options, values=values).embedding(meta, torch.device("meta"))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return splits
+    return Checked(splits, emb.resolved_options())
 
 
 
@@ -179,7 +185,7 @@ def _write_json(out: RunResult, output_json: str | Path | None) -> None:
 
 def default_run_name(job: JobConfig, data_dir: str) -> str:
     """An unnamed run's name: what it trains, on what, when (``cafe-100x-criteo_kaggle-20261203-1530-a1b2c3``)."""
-    return (f"{job.embedding.method}-{job.embedding.compression_ratio:g}x-{dataset_name(data_dir)}-"
+    return (f"{job.embedding.method}-{job.embedding.compression_ratio:g}x-{storage.name(data_dir)}-"
             f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
 
 
@@ -191,7 +197,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     method = REGISTRY[job.embedding.method]
     options = method.prepare_data(data_dir, meta, job.method_options())
     values = method.values_file(data_dir, meta, options)  # full: its vocabulary (built if a run needs one)
-    splits = preflight(job, meta, options, values)
+    checked = preflight(job, meta, options, values)
     # an unnamed run gets a fresh name (a named one resumes its newest checkpoint)
     name = job.ray.name or default_run_name(job, data_dir)
     storage_path = storage.resolve(job.ray.storage_path)
@@ -202,7 +208,7 @@ def run_training(job: JobConfig, output_json: str | Path | None = None) -> RunRe
     if decision.finished is not None:  # the same settings ran to the end already: that is the answer
         out = _already_finished(job, name, decision.finished, data_dir)
     else:
-        out = _fit(job, meta, options, values, splits, data_dir, name, storage_path, run_dir,
+        out = _fit(job, meta, options, values, checked, data_dir, name, storage_path, run_dir,
                    decision.resume_from)
     _write_json(out, output_json)
     return out
@@ -229,7 +235,7 @@ def _start_ray(job: JobConfig) -> None:
 
 
 def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_: str, meta: DatasetMeta,
-                   options: Any, data_dir: str) -> RunTracker | None:
+                   resolved: dict[str, Any], data_dir: str) -> RunTracker | None:
     """The run's MLflow run: the driver opens it (or reopens the one a resumed run logged into);
     rank 0 logs into it; nobody else does."""
     if not job.mlflow.enabled:
@@ -241,19 +247,14 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
         tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
                 **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
                 "config_fingerprint": fingerprint_}
-        import torch
-
-        from cafe_dist.model_spec import ModelSpec
-
-        emb = ModelSpec.from_job(job, options).embedding(meta, torch.device("meta"))  # sizes only
         dataset = TrackedDataset.of(data_dir, storage.read_text(storage.join(data_dir, "meta.json")), meta.rows)
-        params = {**job.run_params(emb.resolved_options()), "mlflow.tracking_uri": tracker.uri}
+        params = {**job.run_params(resolved), "mlflow.tracking_uri": tracker.uri}
         tracker.start(name, params, tags,
                       yaml.safe_dump(job.model_dump(), sort_keys=False), dataset)
     return tracker
 
 
-def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, splits: dict[str, SplitFiles],
+def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, checked: Checked,
          data_dir: str, name: str, storage_path: str, run_dir: str, found: Found | None) -> RunResult:
     """Start the services a run needs (Ray, the method's own service, MLflow), train, collect the result.
     ``options``: the method's settings after :meth:`~CompressedEmbedding.prepare_data`; ``values``:
@@ -273,11 +274,12 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, sp
     _start_ray(job)
     service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
     handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
-    tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"], meta, options, data_dir)
+    tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"], meta, checked.resolved,
+                             data_dir)
     spec = WorkerSpec(job=job, meta=meta, method=REGISTRY[job.embedding.method], method_options=options,
                       data_dir=str(data_dir), values=values, run_dir=run_dir, run_name=name,
                       fit_id=uuid.uuid4().hex[:12],
-                      resume_key=resume_key, splits=splits, service=service is not None,
+                      resume_key=resume_key, splits=checked.splits, service=service is not None,
                       mlflow=MlflowTarget(tracker.uri, tracker.run_id) if tracker else None)
     trainer = _interruptible(TorchTrainer)(
         train_loop_per_worker,

@@ -33,6 +33,7 @@ import torch
 from cafe_dist.collectives import all_gather_cat, world
 from cafe_dist.data import storage
 from cafe_dist.embeddings.cafe.hotmap import HotMapUpdate
+from cafe_dist.embeddings.cafe.layout import spread_row
 from cafe_dist.embeddings.service import RunService
 
 NAMESPACE = "cafe-dist"
@@ -62,7 +63,7 @@ class MergeConfig:
         one block, or rows unknown."""
         if self.slot_rows <= 0 or self.world_size <= 1:
             return None
-        rows = np.arange(self.num_slots, dtype=np.int64) * self.slot_stride % self.slot_rows
+        rows = spread_row(np.arange(self.num_slots, dtype=np.int64), self.slot_stride, self.slot_rows)
         return rows // -(-self.slot_rows // self.world_size)
 
 

@@ -40,6 +40,12 @@ KEY_SEED = 11  # hash seed of a value's key within its feature's key space
 SPREAD = (3 - math.sqrt(5)) / 2  # 1 / golden ratio**2: the stride of the spread, as a share of the rows
 
 
+def spread_row(logical, stride: int, rows: int):
+    """Physical row of each logical row (a tensor or an array) under the spread of ``rows`` rows with
+    multiplier ``stride`` (1: none)."""
+    return logical if stride == 1 else logical * stride % rows
+
+
 def spread_stride(rows: int) -> int:
     """The multiplier ``A`` of the spread over ``rows`` rows (coprime with it: a bijection)."""
     if rows <= 2:
@@ -86,13 +92,11 @@ class CafeLayout:
 
     def row(self, logical: torch.Tensor) -> torch.Tensor:
         """Physical row of the ``cafe`` table holding each logical row (hot slot or hash row)."""
-        return logical if self.stride == 1 else logical * self.stride % self.table_rows
+        return spread_row(logical, self.stride, self.table_rows)
 
     def logical(self, physical: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`row`."""
-        if self.stride == 1:
-            return physical
-        return physical * pow(self.stride, -1, self.table_rows) % self.table_rows
+        return spread_row(physical, pow(self.stride, -1, self.table_rows), self.table_rows)
 
     def hot_row(self, slots: torch.Tensor) -> torch.Tensor:
         """Physical row of each hot slot."""

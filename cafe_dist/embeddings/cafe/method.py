@@ -213,7 +213,7 @@ class CafeEmbedding(CompressedEmbedding):
         if not self.compressed:
             return []
         names = list(self.layout.compressed)
-        out = [segmented_table(TABLE, [hot_rows, *hash_rows.values()], self.dim, names, stride=self.layout.stride)]
+        out = [segmented_table(TABLE, [hot_rows, *hash_rows.values()], self.dim, names, logical=self.layout.logical)]
         if robe:
             out.append(table(ROBE_TABLE, robe_rows, p.robe_z,
                              [f"{n}@z{j}" for n in names for j in range(self.layout.blocks(self.dim))]))

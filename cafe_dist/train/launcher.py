@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -116,7 +117,7 @@ def _init_ray(job: JobConfig) -> None:
         # each worker reads its own rows (cafe_dist.data.reader), so nothing else needs a CPU of its
         # own. Unless verbose, Ray's note that token authentication is on (its default) stays out.
         with quiet_logs("ray._private.authentication", enabled=not job.ray.verbose):
-            ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **quiet)
+            ray.init(num_cpus=os.cpu_count() or 1, log_to_driver=True, **_own_dashboard(), **quiet)
     if not job.ray.verbose:
         drop_ray_internal_lines()
 
@@ -128,6 +129,25 @@ class Checked:
 
     splits: dict[str, SplitFiles]
     resolved: dict[str, Any]
+
+
+def _own_dashboard() -> dict[str, int]:
+    """A local cluster's dashboard on a free port its own processes are told of: Ray Train's
+    placement-group cleaner looks its actors up through the state API, which without an address
+    searches the machine for Ray clusters and, finding another one (a second run, a test session's),
+    fails with a traceback in every run's output. Nothing when the user set RAY_API_SERVER_ADDRESS."""
+    given = os.environ.get("RAY_API_SERVER_ADDRESS")
+    if given and given != _OWN_DASHBOARD.get("url"):
+        return {}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    os.environ["RAY_API_SERVER_ADDRESS"] = _OWN_DASHBOARD["url"] = url  # the raylet, so every worker, inherits it
+    return {"dashboard_port": port}
+
+
+_OWN_DASHBOARD: dict[str, str] = {}  # the address _own_dashboard set in this process (a later local cluster replaces it)
 
 
 def preflight(job: JobConfig, meta: DatasetMeta, options: Any = None, values: str | None = None) -> Checked:

@@ -18,7 +18,9 @@ LIBRARY = re.compile(r"WARNING|ERROR|core_worker|raylet|Traceback|TrainControlle
 
 
 @pytest.mark.slow
-def test_the_demo_prints_at_most_40_lines_none_from_a_library(tmp_path):
+def test_the_demo_prints_at_most_40_lines_none_from_a_library(ray_cluster, tmp_path):
+    """With another Ray instance on the machine (this session's): Ray Train's placement-group
+    cleaner, which looks for "the" cluster, printed a traceback per run then."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
     done = subprocess.run([str(Path(sys.executable).parent / "cafe-dist"), "demo", "--config",
                            str(REPO / "jobs" / "demo.yaml"), "--num-workers", "2"],

@@ -2,29 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from cafe_dist.data.schema import DatasetMeta
 from cafe_dist.data.validate import BatchValidator
 
 
 @dataclass(frozen=True)
-class Batch:
+class Batch(Pipelineable):
+    """Model inputs; ``Pipelineable`` (``to``, ``record_stream``) for TorchRec's train pipeline."""
+
     dense: torch.Tensor  # (B, n_dense) float32; (B, 1) zeros when the data has no dense features
     sparse: KeyedJaggedTensor  # one id per feature per row
     labels: torch.Tensor  # (B,) float32
+    index: int | None = None  # the run's step that trains on it (1-based), where a pipeline needs it
 
     def pinned(self) -> Batch:
         """In page-locked host memory: the copy to a GPU then runs asynchronously."""
-        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory())
+        return replace(self, dense=self.dense.pin_memory(), sparse=self.sparse.pin_memory(),
+                       labels=self.labels.pin_memory())
 
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.dense.to(device, non_blocking=True), self.sparse.to(device, non_blocking=True),
-                     self.labels.to(device, non_blocking=True))
+    def to(self, device: torch.device, non_blocking: bool = True) -> Batch:
+        return replace(self, dense=self.dense.to(device, non_blocking=non_blocking),
+                       sparse=self.sparse.to(device, non_blocking=non_blocking),
+                       labels=self.labels.to(device, non_blocking=non_blocking))
+
+    @staticmethod
+    def to_proxy_tuple(model: torch.nn.Module) -> tuple:
+        """What TorchRec's train pipeline traces ``model`` (the DLRM: ``forward(dense, sparse, index)``)
+        with: placeholders named after the batch's fields, so it reads each argument off the batch."""
+        from torch.fx._symbolic_trace import PHWithMeta
+
+        return tuple(PHWithMeta(ph_key=name) for name in ("dense", "sparse", "index"))
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.dense.record_stream(stream)
+        self.sparse.record_stream(stream)
+        self.labels.record_stream(stream)
 
 
 def one_id_per_feature(keys: list[str], ids: np.ndarray) -> KeyedJaggedTensor:

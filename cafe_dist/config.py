@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -83,6 +83,16 @@ class TrainConfig(_Section):
     log_every: int = Field(50, gt=0)
     eval_every: int | None = Field(None, gt=0)  # steps between test-set evaluations; None: at the end only
     target_auc: float | None = Field(None, gt=0.5, lt=1)  # stop at the first evaluation reaching it
+    # TorchRec's TrainPipelineSparseDist (overlaps the next batch's copy and input all-to-all with
+    # this step): auto = on GPU workers; on = also on CPU (the same results, no overlap: for tests);
+    # off = the plain loop. Methods that cannot remap a batch ahead (mch) always use the plain loop.
+    pipeline: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML reads a bare on/off as true/false."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _target_needs_evals(self) -> TrainConfig:

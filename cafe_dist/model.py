@@ -29,7 +29,9 @@ class DLRM(nn.Module):
         inter_out = dim + num_sparse + num_sparse * (num_sparse - 1) // 2
         self.over_arch = OverArch(inter_out, list(over_arch) + [1], device=device)
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor, index: int | None = None) -> torch.Tensor:
+        """Logits (B,). ``index``: the training batch's number, which a method that changes its id map
+        between steps needs when batches are remapped ahead (``Router.before_remap``); None to score."""
         embedded_dense = self.dense_arch(dense)
-        embedded_sparse = self.embedding(sparse)
+        embedded_sparse = self.embedding(sparse, index)
         return self.over_arch(self.inter_arch(embedded_dense, embedded_sparse)).squeeze(-1)

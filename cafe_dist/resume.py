@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Keys that say how or where a run executes, not what it computes. ray.num_workers is among them
 # here because a different worker count has its own check and message (checkpoint.resize_message).
 RUN_CONTROL_SECTIONS = ("ray", "mlflow", "checkpoint", "fault", "sweep", "data")
-RUN_CONTROL_KEYS = ("train.eval_every", "train.log_every", "train.eval_batch_size")
+RUN_CONTROL_KEYS = ("train.eval_every", "train.log_every", "train.eval_batch_size", "train.pipeline")
 # What a checkpoint's shapes depend on (and every method settings section): even --resume force
 # cannot continue across these.
 STRUCTURAL_PREFIXES = ("embedding.", "model.", "data.")

@@ -14,7 +14,8 @@
 #
 # It builds its own venv (.venv-gpu: torch 2.13 CUDA wheel, fbgemm-gpu 1.8, torchrec 1.8, by the
 # recipe of scripts/setup-env.sh), then in under 8 minutes on one GPU (python -m cafe_dist.bench.gpucheck):
-# trains full, hash and cafe (100x) on one GPU worker (row-wise sharding, NCCL), times the HotSketch
+# trains full, hash and cafe (100x) on one GPU worker (row-wise sharding, NCCL) through TorchRec's
+# train pipeline, and cafe again in the plain loop (pipeline_speedup), times the HotSketch
 # tensor path on the GPU, and runs the quality bench on the real 100k Criteo sample for those three
 # at 100x. Everything lands in DIR/gpu-check.json (default gpu-check-out/), written after each part.
 # Without internet, pass --wheels DIR holding every wheel the venv needs (pip download them elsewhere).

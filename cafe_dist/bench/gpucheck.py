@@ -3,7 +3,9 @@
 On one GPU, under the 8 minutes a borrowed machine gives it:
 
 1. ``train``: ``full``, ``hash`` and ``cafe`` (100x) each train one Ray worker on the GPU (row-wise
-   sharding, NCCL) on the demo's synthetic data: samples/s and AUC;
+   sharding, NCCL) on the demo's synthetic data through TorchRec's train pipeline, and ``cafe`` once
+   more in the plain loop: samples/s and AUC, and ``pipeline_speedup`` (cafe's steady samples/s
+   pipelined over plain);
 2. ``sketch``: the HotSketch tensor path on the GPU (the default 20 M-id Zipf stream): inserts/s,
    recall and precision;
 3. ``quality``: the quality bench on the real 100k Criteo sample, ``full``, ``hash``, ``cafe`` at
@@ -28,7 +30,8 @@ import torch
 
 log = logging.getLogger("cafe_dist.gpucheck")
 SAMPLE = "criteo_kaggle_sample0.003_first100k_w261.tsv"
-METHODS = (("full", 1.0), ("hash", 100.0), ("cafe", 100.0))
+# (method, ratio, train.pipeline): the pipeline as GPU workers train, then CAFE in the plain loop
+RUNS = (("full", 1.0, "auto"), ("hash", 100.0, "auto"), ("cafe", 100.0, "auto"), ("cafe", 100.0, "off"))
 
 
 def _environment(device: str) -> dict[str, Any]:
@@ -49,7 +52,7 @@ DRY_DATA = ("data.synthetic.rows=20000", "train.batch_size=256")
 
 
 def _gpu_overrides(dry: bool) -> list[str]:
-    if dry:
+    if dry:  # the pipeline on the CPU too (train.pipeline=auto would not use it there)
         return ["ray.use_gpu=false", "train.max_steps=20"]
     return ["ray.use_gpu=true", "ray.sharding_types=[row_wise,table_wise,data_parallel]", "ray.cpus_per_worker=4"]
 
@@ -59,24 +62,33 @@ def _train(out: Path, dry: bool) -> list[dict[str, Any]]:
     from cafe_dist.train.launcher import run_training
 
     rows = []
-    for method, ratio in METHODS:
+    for method, ratio, pipeline in RUNS:
+        pipeline = "on" if dry and pipeline == "auto" else pipeline
         job = load_config("jobs/demo.yaml", [
             f"embedding.method={method}", f"embedding.compression_ratio={ratio}", "ray.num_workers=1",
+            f"train.pipeline={pipeline}",
             f"ray.name=gpu-check-{method}-{time.strftime('%H%M%S')}", f"ray.storage_path={(out / 'runs').resolve()}",
             f"data.path={(out / 'data' / 'synth_demo').resolve()}", "mlflow.enabled=false",
             *_gpu_overrides(dry), *(DRY_DATA if dry else ())])
-        log.info("gpu-check train: %s at %gx", method, ratio)
+        log.info("gpu-check train: %s at %gx (train.pipeline=%s)", method, ratio, pipeline)
         t0 = time.perf_counter()
         try:
             r = run_training(job)
-            rows.append({"method": method, "ratio": ratio, "auc": r.auc, "logloss": r.logloss, "steps": r.steps,
+            rows.append({"method": method, "ratio": ratio, "pipelined": r.stats.get("pipelined"),
+                         "auc": r.auc, "logloss": r.logloss, "steps": r.steps,
                          "samples_per_sec": r.samples_per_sec,
                          "steady_samples_per_sec": r.stats.get("steady_samples_per_sec"),
                          "wall_s": time.perf_counter() - t0})
         except Exception as e:  # noqa: BLE001 (the check reports every part, whichever fails)
             log.exception("gpu-check train %s failed", method)
-            rows.append({"method": method, "ratio": ratio, "error": f"{type(e).__name__}: {e}"})
+            rows.append({"method": method, "ratio": ratio, "pipeline": pipeline, "error": f"{type(e).__name__}: {e}"})
     return rows
+
+
+def pipeline_speedup(rows: list[dict[str, Any]]) -> float | None:
+    """CAFE's steady samples/s through the pipeline over the plain loop's (None: a run failed)."""
+    cafe = {r.get("pipelined"): r.get("steady_samples_per_sec") for r in rows if r["method"] == "cafe"}
+    return cafe[True] / cafe[False] if cafe.get(True) and cafe.get(False) else None
 
 
 def _sketch(device: str, dry: bool) -> dict[str, Any]:
@@ -138,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         report[part] = run()
         report.setdefault("seconds", {})[part] = round(time.perf_counter() - started, 1)
         path.write_text(json.dumps(report, indent=1))  # what finished survives a timeout
+    report["pipeline_speedup"] = pipeline_speedup(report["train"])
     report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     path.write_text(json.dumps(report, indent=1))
     failed = [k for k in ("train", "sketch", "quality") if "error" in json.dumps(report[k])]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
-from cafe_dist.embeddings.routing import Route, Router, Values
+from cafe_dist.embeddings.routing import CombineStage, RemapStage, Route, Router, Values
 from cafe_dist.embeddings.service import RunService
 from cafe_dist.embeddings.sizing import Budget, plan_budget
 from cafe_dist.embeddings.spec import FLOAT_BYTES, VALUE_BITS, VALUE_BYTES, FeatureSpec
@@ -56,6 +56,12 @@ class CompressedEmbedding(Router, nn.Module):
     #: :meth:`after_step` statistics that are a level (the latest value counts), not a count to sum,
     #: and their name in the run's result
     level_stats: ClassVar[dict[str, str]] = {}
+    #: whether batch t+1's ids may be remapped before step t's :meth:`after_step` (TorchRec's train
+    #: pipeline does, to overlap its input distribution with step t): true when the remap reads
+    #: nothing that :meth:`after_step` changes, or when the method applies its changes by batch
+    #: number (:meth:`Router.before_remap`); false for MCH, whose remappers learn from each batch
+    #: as they remap it and evict between steps
+    pipelineable: ClassVar[bool] = True
     #: the method's own MLflow plots: file name → panels, each a tuple of step metrics drawn together
     plots: ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {}
     #: seconds of :meth:`after_step` so far, in total and by phase; None: the method has no such work
@@ -78,6 +84,7 @@ class CompressedEmbedding(Router, nn.Module):
                        for f in features if f.name in full]
         self.tables += self.method_tables()
         self.ebc = EmbeddingBagCollection(tables=self.tables, device=device or torch.device("meta"))
+        self.remap_stage, self.combine_stage = RemapStage(self), CombineStage(self)  # see Router.forward
         self.register_buffer("compressed_index", (~self.is_full).nonzero().squeeze(1), persistent=False)
         self._layouts: dict[tuple[str, ...], tuple[list[int], list[Any]]] = {}
         self.known: dict[str, np.ndarray] | None = None  # set_known_values; None: not given yet

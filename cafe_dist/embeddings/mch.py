@@ -39,6 +39,7 @@ class MCHOptions(MethodOptions):
 
 class MCHEmbedding(CompressedEmbedding):
     options = MCHOptions
+    pipelineable = False  # the remappers profile each batch as they remap it, and evict between steps
 
     def __init__(self, *args, eviction_interval: int = 20, **kwargs) -> None:
         self.eviction_interval = eviction_interval

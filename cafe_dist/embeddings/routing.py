@@ -22,11 +22,13 @@ it reads the method's ``names``, ``compressed``, ``ebc``, ``routes``, ``route_di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch import nn
 from torchrec import KeyedJaggedTensor, KeyedTensor
+from torchrec.streamable import Pipelineable
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,62 @@ class Values:
         """The values at positions ``at`` (``lengths`` stays the whole batch's)."""
         return Values(self.ids.index_select(0, at), self.feature.index_select(0, at),
                       self.segment.index_select(0, at), self.lengths, self.batch_size)
+
+
+def _tensors(*items: Any) -> list[torch.Tensor]:
+    """The tensor fields of dataclass ``items`` (None fields left out)."""
+    return [t for item in items for t in (getattr(item, f.name) for f in fields(item)) if isinstance(t, torch.Tensor)]
+
+
+class Remapped(Pipelineable):
+    """One batch after the id transform: its ``lookups`` for the tables, and its ``values`` and
+    ``routes``, which :meth:`Router.combine` needs. TorchRec's train pipeline computes it a batch
+    ahead, on its input stream, and hands it to the step on the default stream: hence ``to`` and
+    ``record_stream``."""
+
+    def __init__(self, lookups: KeyedJaggedTensor, values: Values, routes: list[Route]) -> None:
+        self.lookups, self.values, self.routes = lookups, values, routes
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Remapped:
+        def move(item):
+            return type(item)(**{f.name: (getattr(item, f.name).to(device, non_blocking=non_blocking)
+                                          if isinstance(getattr(item, f.name), torch.Tensor) else getattr(item, f.name))
+                                 for f in fields(item)})
+
+        return Remapped(self.lookups.to(device, non_blocking=non_blocking), move(self.values),
+                        [move(r) for r in self.routes])
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.lookups.record_stream(stream)
+        for t in _tensors(self.values, *self.routes):
+            t.record_stream(stream)
+
+
+class RemapStage(nn.Module):
+    """The id transform as a module of its own, holding no parameters or buffers (its method's
+    state stays on the method): TorchRec's ``TrainPipelineSparseDist`` with ``pipeline_postproc``
+    runs such a module for the next batch, before its input distribution, while this batch trains.
+    ``index`` is the training batch's number (None outside training): see
+    :meth:`Router.before_remap`."""
+
+    def __init__(self, router: Router) -> None:
+        super().__init__()
+        object.__setattr__(self, "_router", router)  # not a submodule: the method owns this stage
+
+    def forward(self, kjt: KeyedJaggedTensor, index: int | None = None) -> Remapped:
+        return self._router.remapped(kjt, index)
+
+
+class CombineStage(nn.Module):
+    """:meth:`Router.combine` as a module, so the pipeline's trace (torch.fx) treats it as one
+    call instead of tracing the split of the pooled values."""
+
+    def __init__(self, router: Router) -> None:
+        super().__init__()
+        object.__setattr__(self, "_router", router)
+
+    def forward(self, pooled: KeyedTensor, remapped: Remapped) -> torch.Tensor:
+        return self._router.combine(pooled, remapped.values, remapped.routes)
 
 
 BLOCKS = "@blocks"  # the group of the block routes (see CompressedEmbedding.block_suffixes)
@@ -181,6 +239,24 @@ class Router:
             groups[BLOCKS] = run.view(b, len(self.compressed), -1)
         return self.merge(groups, v, routes)
 
-    def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        lookups, v, routes = self.transform(kjt)
-        return self.combine(self.ebc(lookups), v, routes)
+    def before_remap(self, index: int) -> None:
+        """Called with a training batch's number (1-based, the run's step it trains in) before its
+        ids are remapped. A method whose map changes between steps applies here the changes due at
+        that batch, so that a pipeline, which remaps batch t+1 before step t's between-steps work,
+        maps every batch as the plain loop does (CAFE: :meth:`CafeEmbedding.before_remap`)."""
+
+    def remapped(self, kjt: KeyedJaggedTensor, index: int | None = None) -> Remapped:
+        """The id transform of one batch (``index``: its number, when training; see :meth:`before_remap`).
+        On a GPU a pipeline runs it on its input stream, so it first waits for the work already queued
+        on the default stream: the between-steps work that wrote the state it reads (CAFE's map)."""
+        if index is not None:
+            if kjt.device().type == "cuda":
+                torch.cuda.current_stream(kjt.device()).wait_stream(torch.cuda.default_stream(kjt.device()))
+            self.before_remap(index)
+        return Remapped(*self.transform(kjt))
+
+    def forward(self, kjt: KeyedJaggedTensor, index: int | None = None) -> torch.Tensor:
+        """Three calls the train pipeline's trace can follow: the id transform (a parameter-free
+        module it may run a batch ahead), the sharded lookups, the combine step."""
+        remapped = self.remap_stage(kjt, index)
+        return self.combine_stage(self.ebc(remapped.lookups), remapped)

@@ -19,8 +19,9 @@ SCAN_ROWS = 1 << 20  # train rows read to name the raw value behind each hot key
 def describe_hot(checkpoint: str, top: int = 20) -> str:
     """The hot ids at ``checkpoint`` (or a run directory's newest one), strongest first per feature:
     raw value (hex for Criteo), its key, rank 0's sketch score, and since when it is hot: the
-    training step at which the version that promoted it was applied (the coordinator records each
-    hot id's version; version v applies at step v x sync_interval + sync_lag). A key is a hash of
+    training step after which the version that promoted it was applied (the coordinator records each
+    hot id's version; version v is learned after step v x sync_interval + sync_lag and applied, rows
+    and map, after the next one: cafe_dist.embeddings.cafe.schedule). A key is a hash of
     the raw value, so the value is found by hashing those of the dataset's first train rows (hot
     values are frequent: they are there unless the data changed)."""
     trained = load_trained(checkpoint)
@@ -102,4 +103,4 @@ def _since_steps(trained, keys: np.ndarray) -> np.ndarray:
         there = (hot_keys[pos] == keys) & (hot_since[pos] <= applied) & (version == 0)
         version[there] = hot_since[pos][there]
     opts = trained.options
-    return np.where(version > 0, version * opts.sync_interval + opts.sync_lag, -1)
+    return np.where(version > 0, version * opts.sync_interval + opts.sync_lag + 1, -1)

@@ -59,9 +59,12 @@ class Feed:
     at the rate of the slower of the two and the loop's own thread is free for the step."""
 
     def __init__(self, reader: RowReader, collate: Collator, device: torch.device,
-                 plan: Iterable[list[Interval]], digests: bool = True, depth: int = DEPTH) -> None:
+                 plan: Iterable[list[Interval]], digests: bool = True, depth: int = DEPTH,
+                 pin: bool | None = None) -> None:
         self.reader, self.collate, self.device, self.digests = reader, collate, device, digests
-        self.pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
+        # pinned host memory makes the copy asynchronous (``pin`` with a CPU ``device``: batches left
+        # pinned on the host, for TorchRec's pipeline to copy on its own stream)
+        self.pin = device.type == "cuda" if pin is None else pin
         self._read: queue.Queue = queue.Queue(maxsize=depth)
         self._ready: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()

@@ -47,10 +47,13 @@ class StepPhases:
     """Where a training step's wall time goes (this rank's view; ``bench throughput`` reports it):
     data (waiting for and collating the batch), lookup (the embedding module's forward: id
     transform, sharded lookups, combine), dense forward, backward (both optimizers included; fused
-    tables update in backward) and the method's between-steps work (CAFE: sketch, sync, migration)."""
+    tables update in backward) and the method's between-steps work (CAFE: sketch, sync, migration).
+    Through TorchRec's pipeline the step is one call: data, dense forward and backward are then one
+    figure (``dense_forward_backward``: the step less the lookup), the next batch's input work in it."""
 
     def __init__(self, emb: CompressedEmbedding) -> None:
         self.emb = emb
+        self.pipelined = False  # TorchRec's pipeline runs forward and backward as one call ("forward")
         self.mark = time.perf_counter()
         self._lookup_start = 0.0
         self.restart()
@@ -77,7 +80,11 @@ class StepPhases:
     def split(self) -> dict[str, float]:
         """Seconds per phase; the method's share broken down where it says how."""
         out = {k: v for k, v in self.s.items() if k not in ("forward", "method")}
-        out["dense_forward"] = self.s["forward"] - self.s["lookup"]
+        if self.pipelined:  # the next batch's input work happens inside the step too
+            del out["backward"]
+            out["dense_forward_backward"] = self.s["forward"] - self.s["lookup"]
+        else:
+            out["dense_forward"] = self.s["forward"] - self.s["lookup"]
         parts = self.emb.phase_s
         out.update({k: v - self._method_base.get(k, 0.0) for k, v in parts.items()} if parts
                    else {"method": self.s["method"]})

@@ -5,9 +5,11 @@ for 1 or N workers."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from cafe_dist.batching import Collator
 from cafe_dist.collectives import all_gather_cat
+from cafe_dist.config import JobConfig
 from cafe_dist.data.reader import RowReader
 from cafe_dist.embeddings import CompressedEmbedding
 from cafe_dist.embeddings.service import CHECKPOINT_PART
@@ -35,6 +38,7 @@ from cafe_dist.train.evaluator import Evaluator
 from cafe_dist.train.faults import FaultInjector, RunMarkers
 from cafe_dist.train.feed import Fed, Feed
 from cafe_dist.train.metrics import ConsoleSink, Metrics, MlflowSink, Sink
+from cafe_dist.train.pipeline import PipelinedSteps
 from cafe_dist.train.row_order import Deal, unit_rows
 from cafe_dist.train.sharding import make_plan
 from cafe_dist.train.spec import WorkerSpec
@@ -70,8 +74,11 @@ class Model:
 
 
 def build_model(spec: WorkerSpec, wc: WorkerContext) -> Model:
-    job = spec.job
-    model = spec.model.build(spec.meta, wc.device, tables_on_host=True)  # DMP shards and places the tables
+    return shard_model(spec.model.build(spec.meta, wc.device, tables_on_host=True), spec.job, wc)
+
+
+def shard_model(model: torch.nn.Module, job: JobConfig, wc: WorkerContext) -> Model:
+    """``model`` (its tables not yet placed) under DMP, with the fused sparse optimizer and the dense one."""
     emb = model.embedding
     apply_optimizer_in_backward(RowWiseAdagrad, emb.ebc.parameters(), {"lr": job.train.embedding_lr or job.train.lr})
     plan = make_plan(model, [t.name for t in emb.tables], wc.device, wc.world_size,
@@ -157,6 +164,22 @@ class Trainer:
         self.faults = FaultInjector(spec.job.fault, self.markers, wc.rank, wc.world_size, self.service)
         self.collate = Collator(spec.meta)
         self.batch_size = spec.job.train.batch_size  # rows per worker per step (an elastic resume may change it)
+        self.pipeline = self._pipeline()
+
+    def _pipeline(self) -> PipelinedSteps | None:
+        """TorchRec's train pipeline where it helps (GPU workers) and the method allows it."""
+        want, emb = self.job.train.pipeline, self.model.emb
+        if want == "off" or (want == "auto" and self.wc.device.type != "cuda"):
+            return None
+        if not emb.pipelineable:
+            if self.chief:
+                log.info("%s trains in the plain loop: its id map learns from each batch as it remaps it, so "
+                         "a batch cannot be remapped ahead (train.pipeline)", self.job.embedding.method)
+            return None
+        if self.chief:
+            log.info("training through TorchRec's TrainPipelineSparseDist: the next batch's id transform and input "
+                     "all-to-all overlap each step")
+        return PipelinedSteps(self.model.dmp, self.model.dense_opt, self.wc.device, emb)
 
     # ---- one step --------------------------------------------------------------------------------
     def train_step(self, batch, rows: TableRows, phases=None) -> StepOutput:
@@ -190,12 +213,13 @@ class Trainer:
         p.batch_in_epoch += 1
         p.samples += out.rows * self.wc.world_size
 
-    def _checked(self, fed: Fed):
+    def _checked(self, fed: Fed, step: int):
+        """The fed batch of step ``step``, or its error, saying where."""
         if fed.error is None:
             return fed.batch
         p = self.progress  # say where: the batch's rows of the train split
         where = ", ".join(f"{a:,}–{b - 1:,}" for a, b in fed.rows)
-        raise BadInputError(f"train split, rank {self.wc.rank}, epoch {p.epoch + 1}, step {p.step + 1} "
+        raise BadInputError(f"train split, rank {self.wc.rank}, epoch {p.epoch + 1}, step {step} "
                             f"(rows {where} of the split; below, the row within the batch): "
                             f"{fed.error}") from None
 
@@ -213,10 +237,7 @@ class Trainer:
             if epoch != p.epoch or p.segment_world == 0:  # a new epoch (a resumed one goes on: _start)
                 self._new_epoch(epoch)
             with self._feed() as feed:
-                for fed in feed:
-                    batch = self._checked(fed)
-                    phases.add("data")
-                    out = self.train_step(batch, run.rows, phases)
+                for fed, out in self._steps(feed, run.rows, phases):
                     self._record(out, fed)
                     if self.first_step_s is None:
                         self.first_step_s = time.perf_counter() - self.started
@@ -224,7 +245,8 @@ class Trainer:
                     self._check_finite(out.loss)
                     if evaluator.due(p.step):  # every rank is at this step
                         started = time.perf_counter()
-                        metrics.evaluation(p.step, evaluator.run(p.step))
+                        with self._between_steps():
+                            metrics.evaluation(p.step, evaluator.run(p.step))
                         metrics.pause(started)
                         done = done or evaluator.target_reached  # the same AUC on every rank
                     if tc.max_steps is not None and p.step >= tc.max_steps:
@@ -239,6 +261,22 @@ class Trainer:
                         break
                     phases.mark = time.perf_counter()  # logging, evaluation and checkpoints are not step time
         return self._finish(run)
+
+    def _steps(self, feed: Feed, rows: TableRows, phases) -> Iterator[tuple[Fed, StepOutput]]:
+        """Train on each fed batch: (fed, what the step gave), in the plain loop or the pipeline."""
+        first = self.progress.step + 1
+        if self.pipeline is None:
+            for k, fed in enumerate(feed):
+                batch = self._checked(fed, first + k)
+                phases.add("data")
+                yield fed, self.train_step(batch, rows, phases)
+            return
+        for fed, loss, stats in self.pipeline.steps(feed, first, self._checked, rows, phases):
+            yield fed, StepOutput(loss, len(fed.batch.labels), stats)
+
+    def _between_steps(self) -> contextlib.AbstractContextManager:
+        """The model as written, for work between steps that runs it (evaluations)."""
+        return self.pipeline.paused() if self.pipeline is not None else contextlib.nullcontext()
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         """A non-finite loss means non-finite weights from here on: stop before anything is saved
@@ -288,10 +326,14 @@ class Trainer:
                      f"{sum(b - a for a, b in left):,}", p.epoch + 1, world, self.batch_size)
 
     def _feed(self) -> Feed:
-        """This rank's batches of the segment from its next step, read ahead in the background."""
+        """This rank's batches of the segment from its next step, read ahead in the background (and
+        copied to the device, unless TorchRec's pipeline copies them on its own stream)."""
         deal, rank, done = self._deal(), self.wc.rank, self.progress.segment_steps
         reader = RowReader(self.spec.splits["train"], self.collate.columns)
-        return Feed(reader, self.collate, self.wc.device, (deal.rows_of(rank, k) for k in range(done, deal.steps())))
+        plan = (deal.rows_of(rank, k) for k in range(done, deal.steps()))
+        if self.pipeline is not None:
+            return Feed(reader, self.collate, torch.device("cpu"), plan, pin=self.wc.device.type == "cuda")
+        return Feed(reader, self.collate, self.wc.device, plan)
 
     def _start(self) -> _Run:
         """Resume from the newest checkpoint (if any) and its data position, join the method's run
@@ -354,7 +396,8 @@ class Trainer:
         wc, p, emb = self.wc, self.progress, self.model.emb
         end = time.perf_counter()
         p.train_time_s = run.metrics.trained_s(end)  # what the final checkpoint records
-        result, fresh = run.evaluator.final(p.step)
+        with self._between_steps():
+            result, fresh = run.evaluator.final(p.step)
         if result.get("eval_rows") and not np.isfinite(result["logloss"]):  # the weights went non-finite without a non-finite loss
             raise DivergedError(f"training diverged: the test logloss after step {p.step} is {result['logloss']:g}; "
                                 "the model is not saved or logged. Lower train.lr or train.embedding_lr")
@@ -369,6 +412,7 @@ class Trainer:
             "samples_per_sec": speed["samples_per_sec"],  # this attempt
             "steady_samples_per_sec": speed["steady_samples_per_sec"],
             "world_size": wc.world_size,
+            "pipelined": self.pipeline is not None,  # through TorchRec's train pipeline (train.pipeline)
             "restarts": run.restarts,
             "resumed_from_step": run.found.step if run.found is not None else None,
             "resumed_hot_map_checksum": run.resume_checksum,

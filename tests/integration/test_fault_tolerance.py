@@ -76,6 +76,17 @@ def test_a_killed_worker_is_replaced_and_training_resumes_exactly(baseline, tiny
     assert (runs / "runs" / "killed" / ".faults" / "kill_worker").exists()
 
 
+@pytest.mark.slow  # the pipeline's wiring: tests/integration/test_pipeline.py (default run)
+def test_a_pipelined_run_killed_and_resumed_trains_as_the_plain_loop(baseline, tiny_synth, runs):
+    """Through TorchRec's train pipeline (as GPU workers train; here on CPU), killed at step 50 with
+    batches in flight and resumed from step 40: the same batches, hot maps and AUC as the plain,
+    uninterrupted baseline."""
+    out = run_training(_job(runs, tiny_synth, "pipelined", "train.pipeline=on", "fault.kill_worker_at_step=50",
+                            "ray.max_failures=1"))
+    assert out.stats["pipelined"] and out.stats["resumed_from_step"] == 40
+    _same_training(out, baseline)
+
+
 @pytest.mark.slow
 def test_a_killed_coordinator_restarts_with_its_state(baseline, tiny_synth, runs):
     """Killed right after the round of step 30 was sent and before it is applied (sync_lag 2)."""

@@ -48,8 +48,10 @@ def test_the_dry_run_writes_every_part_of_the_report(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
     assert report["dry_run"] and report["environment"]["device"] == "cpu"
-    assert [r["method"] for r in report["train"]] == ["full", "hash", "cafe"]
+    assert [(r["method"], r["pipelined"]) for r in report["train"]] == [
+        ("full", True), ("hash", True), ("cafe", True), ("cafe", False)]  # the pipeline, forced on the CPU
     assert all(r["steps"] == 20 and 0.5 < r["auc"] < 1 for r in report["train"])
+    assert report["pipeline_speedup"] > 0
     assert report["sketch"]["insert_mids_per_s"] > 0 and report["sketch"]["device"] == "cpu"
     assert "runs" in report["quality"] or "skipped" in report["quality"]
 

@@ -62,7 +62,7 @@ def test_the_fingerprint_ignores_run_control_and_other_methods_settings(tiny_syn
     (store[0] / "job.yaml").write_text(f"data: {{path: {tiny_synth}}}\n")
     meta = DatasetMeta.load(tiny_synth)
     base = result_config(_job(store, "a")[1], meta)
-    same = ["ray.name=b", "ray.max_failures=3", "train.eval_every=5", "train.log_every=7", "train.eval_batch_size=99", "checkpoint.keep=9",
+    same = ["ray.name=b", "ray.max_failures=3", "train.eval_every=5", "train.log_every=7", "train.eval_batch_size=99", "train.pipeline=on", "checkpoint.keep=9",
             "mlflow.experiment=x", "cafe.threshold=30", "robe.z=8", f"data.path={tiny_synth}/."]
     assert fingerprint(result_config(_job(store, "a", *same)[1], meta)) == fingerprint(base)
     assert set(RUN_CONTROL_KEYS) <= {k.split("=")[0] for k in same}

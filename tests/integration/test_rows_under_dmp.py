@@ -29,8 +29,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     g = torch.Generator().manual_seed(rank)
 
     def step(x: int) -> tuple[torch.Tensor, int]:
-        """One training step with 4 occurrences of id x of feature c on this rank (8 globally);
-        returns x's hash row as the step left it, and x's hot slot after the step (-1: cold)."""
+        """One training step with 4 occurrences of id x of feature c on this rank (8 globally), the
+        version learned after it applied at once (``settle``: what the schedule does over the next
+        step); returns x's hash row as the step left it, and x's hot slot after the step (-1: cold)."""
         ids = torch.stack([torch.randint(0, 5, (4,), generator=g), torch.randint(0, 4000, (4,), generator=g),
                            torch.full((4,), x)])
         kjt = KeyedJaggedTensor(keys=["a", "b", "c"], values=ids.reshape(-1),
@@ -42,6 +43,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
             dense.step()
         used = rows.read([(emb.TABLE, emb.hash_row("c", torch.tensor([x])))])[0]
         emb.after_step(rows)
+        emb.settle(rows)
         return used, int(emb.hot_map.lookup(emb.key_of("c", [x])))
 
     def hot_state(slot: int) -> tuple[torch.Tensor, float]:

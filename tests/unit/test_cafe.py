@@ -196,6 +196,8 @@ def test_robe_cold_tier_promoted_row_equals_the_blocks_the_id_was_reading():
     key = emb.key_of("d", [42])
     blocks = torch.cat(rows.read([(ROBE_TABLE, emb.layout.robe_row(key, j)) for j in range(4)]), dim=1)
     _step(emb, rows, cols)
+    assert int(emb.hot_map.lookup(key)) < 0  # learned in this step's work: rows and map over the next
+    emb.after_step(rows)
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
     assert torch.equal(rows.read([("cafe", emb.hot_row([slot]))])[0], blocks)
@@ -330,3 +332,44 @@ def test_robe_cold_share_follows_the_measured_schedule():
     assert hash_fraction_for(2) == pytest.approx(0.9) and 0.7 < hash_fraction_for(30) < 0.9
     emb = _emb(10, SMALL)  # the default's hot rows get a tenth of the budget at 10x, not three tenths
     assert emb.hf == pytest.approx(0.9) and emb.layout.robe
+
+
+# ---- the version schedule: rows after the next step, the map from the batch after ---------------
+@pytest.mark.parametrize("method", ["cafe", "cafe_ml"])
+def test_a_checkpoint_between_a_versions_two_halves_resumes_exactly(method):
+    """A version is learned after every step here, so after any step one is pending (its rows due
+    after the next step, its map from the batch after): state saved there and loaded into a fresh
+    embedding goes on exactly as the run that was not stopped (hot maps, rows, the scheduled halves)."""
+
+    def make():
+        torch.manual_seed(0)
+        return ids_as_values(build_embedding(method, SMALL, 16, 100, device=torch.device("cpu"), options=dict(
+            cold="hash", admission="threshold", threshold=3.0, ml_threshold=1.0, importance="freq",
+            sync_interval=1, sync_lag=0, half_life_epochs=None, decay=0.9)))
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.stack([torch.randint(0, 30, (64,), generator=g) % f.cardinality for f in SMALL])
+               for _ in range(8)]
+    whole = make()
+    rows = TableRows(whole)
+    sums = []
+    for cols in batches:
+        _step(whole, rows, cols)
+        sums.append(whole.state_checksum())
+    first = make()
+    rows = TableRows(first)
+    for cols in batches[:4]:
+        _step(first, rows, cols)
+    state = first.local_state()
+    assert state["schedule"]["to_migrate"] and state["schedule"]["to_switch"]  # a version half applied
+    resumed = make()
+    resumed.load_local_state(state)
+    resumed.ebc.load_state_dict(first.ebc.state_dict())
+    resumed.client.connect(first.client.transport)  # the merger's state (a run's coordinator keeps its own)
+    rows = TableRows(resumed)
+    got = sums[:4]
+    for cols in batches[4:]:
+        _step(resumed, rows, cols)
+        got.append(resumed.state_checksum())
+    assert got == sums and len(set(sums)) > 3
+    assert torch.equal(resumed.ebc.embedding_bags["cafe"].weight, whole.ebc.embedding_bags["cafe"].weight)

@@ -157,7 +157,7 @@ def test_memcom_scales_the_shared_row_by_its_own_scalar():
 
 # ---- CAFE row management ---------------------------------------------------------------------
 def _cafe(method="cafe", **kw):
-    # a hot-set version after every step, applied at once: promotions are visible on the next step
+    # a hot-set version learned after every step (applied over the next: emb.settle applies it now)
     params = dict(threshold=5.0, importance="freq", decay=0.5, decay_mass=1e12, ml_threshold=2.0,
                   sync_interval=1, sync_lag=0, admission="threshold", cold="hash", half_life_epochs=None)
     params.update(kw)
@@ -181,6 +181,7 @@ def test_promotion_copies_exactly_the_rows_the_id_used(method):
     for _ in range(3):  # 4 occurrences per step: medium after the first, hot once the score passes 5
         emb(kjt).sum().backward()
         emb.after_step(rows)
+    emb.settle(rows)
     key = emb.key_of("d", [x])
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0
@@ -201,12 +202,14 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     kjt = _batch_of(emb, 3, [777] * 8)
     emb(kjt).sum().backward()
     emb.after_step(rows)
+    emb.settle(rows)
     key = emb.key_of("d", [777])
     slot = int(emb.hot_map.lookup(key))
     assert slot >= 0 and len(emb.hot_map) == 1
     emb.sketch.decay(0.1)  # score 8 → 0.8 < threshold 5: the next version demotes it
     emb(_batch_of(emb, 2, [5] * 2)).sum().backward()
     stats = emb.after_step(rows)
+    emb.settle(rows)
     assert stats["demoted"] == 1 and int(emb.hot_map.lookup(key)) == -1 and len(emb.hot_map) == 0
     out = emb(kjt)[0, 3]
     hash_row = emb.ebc.embedding_bags[emb.TABLE].weight[emb.hash_row("d", torch.tensor([777]))][0]
@@ -214,6 +217,7 @@ def test_demotion_frees_the_slot_and_the_id_goes_back_to_its_hash_row():
     # the freed slot is the next one handed out
     emb(_batch_of(emb, 2, [5] * 8)).sum().backward()
     emb.after_step(rows)
+    emb.settle(rows)
     assert int(emb.hot_map.lookup(emb.key_of("c", [5]))) == slot
 
 
@@ -257,8 +261,9 @@ def test_versions_arrive_every_interval_and_apply_after_the_lag():
         emb(kjt).sum().backward()
         emb.after_step(rows)
         hot_at.append(int(emb.hot_map.lookup(key)) >= 0)
-        assert emb.hot_map.version == max(0, (step - 2) // 3)  # sent at 3, 6, 9; applied at 5, 8
-    assert hot_at.index(True) == 4  # step 5: version 1, from the summary sent at step 3
+        # sent at 3, 6, 9; learned at 5, 8 (the lag); rows and map after 6, 9 (.schedule)
+        assert emb.hot_map.version == max(0, (step - 3) // 3)
+    assert hot_at.index(True) == 5  # after step 6: version 1, from the summary sent at step 3
 
 
 def test_cafe_keeps_hot_ids_out_of_the_hash_table():
@@ -268,6 +273,7 @@ def test_cafe_keeps_hot_ids_out_of_the_hash_table():
     kjt = _batch_of(emb, 3, [42] * 8)
     emb(kjt).sum().backward()
     emb.after_step(TableRows(emb))
+    emb.settle(TableRows(emb))
     routed, _, _ = emb.transform(kjt)
     slot = int(emb.hot_map.lookup(emb.key_of("d", [42])))
     # all 8 occurrences look up the id's own row, in the hot part of the table (before any hash rows)
@@ -291,12 +297,13 @@ def test_cafe_table_initialises_each_segment_like_a_table_of_its_own():
 
 
 def test_memory_use_counts_hot_lookups_after_warm_up():
-    """Step 1 makes id 42 of feature d hot (8 occurrences, threshold 5); on step 2 the 8 lookups of d
-    are hot and the 16 of b and c (ids seen once) are not: coverage 8 / 24, one slot in use."""
+    """Step 1 makes id 42 of feature d hot (8 occurrences, threshold 5), a version applied after step
+    2; on step 3 the 8 lookups of d are hot and the 16 of b and c (ids seen once) are not: coverage
+    8 / 24, one slot in use."""
     emb = _cafe()
     rows = TableRows(emb)
     kjt = _batch_of(emb, 3, [42] * 8)
-    for _ in range(2):
+    for _ in range(3):
         emb(kjt).sum().backward()
         emb.after_step(rows)
     use = emb.memory_use()

@@ -76,6 +76,13 @@ class HotMap:
         self.keys, self.slots = keys[order], slots[order]
         self.medium = torch.sort(update.medium_keys.to(**i32)).values
         self.version = update.version
+        if self.device.type == "cuda":  # made on a pipeline's input stream, read on the default one too
+            self.record_stream(torch.cuda.default_stream(self.device))
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Keep the map's memory from reuse until ``stream``'s work queued so far is done (CUDA)."""
+        for t in (self.keys, self.slots, self.medium):
+            t.record_stream(stream)
 
     def checksum(self) -> int:
         """Digest of (version, keys, slots, medium set): equal on every rank or something is wrong."""

@@ -24,6 +24,7 @@ from cafe_dist.embeddings.cafe.coordinator import ActorSync, CoordinatorService,
 from cafe_dist.embeddings.cafe.hotmap import HotMap, HotMapUpdate
 from cafe_dist.embeddings.cafe.layout import KEY_SEED, ROBE_TABLE, SECOND_SEED, TABLE, CafeLayout
 from cafe_dist.embeddings.cafe.migration import init_hot_rows
+from cafe_dist.embeddings.cafe.schedule import Learned, VersionSchedule
 from cafe_dist.embeddings.cafe.scoring import SKETCH_CELLS, ImportanceScorer
 from cafe_dist.embeddings.cafe.sketch import CELL_BYTES, HotSketch
 from cafe_dist.embeddings.hashing import hash_mod
@@ -84,7 +85,9 @@ class CafeOptions(MethodOptions):
     ml_fraction: float | None = Field(None, gt=0, lt=1)
     # the exchange
     sync_interval: int = Field(10, ge=1)  # steps between hot-set versions
-    sync_lag: int = Field(2, ge=0)  # a version is applied this many steps after the summaries were sent
+    # a version is learned this many steps after its summaries were sent, then applied over one more
+    # step: its rows, then its map (.schedule)
+    sync_lag: int = Field(2, ge=0)
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> CafeOptions:
@@ -131,10 +134,12 @@ class CafeEmbedding(CompressedEmbedding):
     ``<f>@m``) whose row is summed in for medium-importance ids.
 
     Distributed by design (one code path; a single worker is world size 1): each rank scores its
-    own batches, sends a summary every ``sync_interval`` steps, and applies the coordinator's
+    own batches, sends a summary every ``sync_interval`` steps, and learns the coordinator's
     version ``sync_lag`` steps later, at the same step as every other rank, so every rank maps
-    every id to the same row. A promoted id's hot row starts as the cold vector it was reading,
-    with zeroed optimizer state; a demoted id goes back to the cold tier.
+    every id to the same row; a version learned after step t initialises its rows after step t+1
+    and maps batches from t+2 on (:mod:`.schedule`: what lets a pipeline remap a batch ahead). A
+    promoted id's hot row starts as the cold vector it was reading, with zeroed optimizer state; a
+    demoted id goes back to the cold tier.
     """
 
     multi_level = False
@@ -160,6 +165,8 @@ class CafeEmbedding(CompressedEmbedding):
                    else share if self.paper else hash_fraction_for(ratio, p.cold))
         self.steps = 0
         self.client = HotSetClient(p.sync_interval, p.sync_lag)
+        self.schedule = VersionSchedule()  # versions learned, not yet in the rows or the map
+        self._switched = False  # the map changed since the sketch last pinned the hot ids' cells
         self.overhead_s = 0.0
         self.phase_s = {"sketch": 0.0, "sync": 0.0, "migration": 0.0}  # where after_step's time goes
         # what the memory does, after warm-up (the first version applied): lookups of compressed
@@ -345,8 +352,9 @@ class CafeEmbedding(CompressedEmbedding):
         return Route("@m", ~self.is_full, rows2, mask=medium)
 
     def warmed_up(self) -> bool:
-        """Whether the first hot-set version has been applied (coverage counts from then on)."""
-        return self.steps >= self.params.sync_interval + self.params.sync_lag
+        """Whether the first hot-set version maps the batch being trained (coverage counts from then
+        on): it is learned after step interval + lag and maps from two batches later (.schedule)."""
+        return self.steps >= self.params.sync_interval + self.params.sync_lag + 1
 
     def route_dims(self) -> dict[str, int]:
         dims = {"": self.dim}
@@ -378,8 +386,20 @@ class CafeEmbedding(CompressedEmbedding):
         return out
 
     # ---- between steps -----------------------------------------------------------------------
+    def before_remap(self, index: int) -> None:
+        """A pipeline remaps batch ``index`` before step ``index - 1``'s between-steps work: switch
+        to the versions that map it now (.schedule; the plain loop switches in :meth:`after_step`)."""
+        self._switch(index)
+
+    def _switch(self, batch: int) -> None:
+        for learned in self.schedule.switches(batch):
+            self.hot_map.apply(learned.update)
+            self._switched = True
+
     @torch.no_grad()
     def after_step(self, rows: TableRows | None = None) -> dict[str, float]:
+        """Score this step's ids into the sketch; initialise the rows of the version learned last
+        step and map the next batch with it; send a summary or learn a version when due."""
         if not self.compressed:
             return {}
         t0 = time.perf_counter()
@@ -387,28 +407,60 @@ class CafeEmbedding(CompressedEmbedding):
         self.scorer.flush(world_size)
         self.steps += 1
         t1 = time.perf_counter()
-        stats, migration = self.client.step(self.steps, rank, self.coordinator_config(world_size),
-                                            summary=lambda: self.summary(rank, world_size),
-                                            apply=lambda update: self.apply_update(update, rows))
+        for learned in self.schedule.migrations(self.steps):
+            self._migrate(learned, rows)
+        self._switch(self.steps + 1)
+        self._protect()
+        t2 = time.perf_counter()
+        stats, _ = self.client.step(self.steps, rank, self.coordinator_config(world_size),
+                                    summary=lambda: self.summary(rank, world_size), apply=self._learn)
         stats["hot"] = float(len(self.hot_map))
         if self.warmed_up():
             self._used_sum += stats["hot"]
             self._used_steps += 1
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         self.phase_s["sketch"] += t1 - t0
-        self.phase_s["migration"] += migration
-        self.phase_s["sync"] += t2 - t1 - migration
-        self.overhead_s += t2 - t0
+        self.phase_s["migration"] += t2 - t1
+        self.phase_s["sync"] += t3 - t2
+        self.overhead_s += t3 - t0
         return stats
 
-    def apply_update(self, update: HotMapUpdate, rows: TableRows | None) -> None:
-        """Apply one hot-set version: initialise promoted rows, then switch the map."""
+    def _learn(self, update: HotMapUpdate) -> None:
+        """A version whose lag has passed: its rows next step, its map from the batch after (.schedule)."""
+        was_medium = None
+        if self.multi_level and update.promoted_keys.numel():
+            latest = self.schedule.latest()
+            medium = latest.medium_keys if latest is not None else self.hot_map.medium
+            was_medium = torch.isin(update.promoted_keys.cpu(), medium.cpu().to(torch.int64))
+        self.schedule.learn(Learned(update, self.steps, was_medium))
+
+    def _migrate(self, learned: Learned, rows: TableRows | None) -> None:
+        """Promoted ids' hot rows start as the cold vectors they were reading."""
+        update = learned.update
         if rows is not None and update.promoted_keys.numel():
-            keys = update.promoted_keys.cpu()
-            was_medium = self.hot_map.is_medium(keys.to(self.hot_map.device)).cpu() if self.multi_level else None
-            init_hot_rows(rows, self.layout, self.dim, keys, update.promoted_slots.cpu(), was_medium)
-        self.hot_map.apply(update)
-        self.scorer.protect(self.hot_map.keys)  # the local cells of hot ids are not evicted
+            init_hot_rows(rows, self.layout, self.dim, update.promoted_keys.cpu(), update.promoted_slots.cpu(),
+                          learned.was_medium)
+
+    def _protect(self) -> None:
+        if self._switched:
+            self.scorer.protect(self.hot_map.keys)  # the local cells of hot ids are not evicted
+            self._switched = False
+
+    def apply_update(self, update: HotMapUpdate, rows: TableRows | None) -> None:
+        """Apply one hot-set version at once: initialise promoted rows, then switch the map."""
+        self._learn(update)
+        self.settle(rows)
+
+    def settle(self, rows: TableRows | None = None) -> None:
+        """Apply every version learned and not yet applied, rows then map, now: what the schedule
+        does over the next step, for tools and tests that look at the map right after a step."""
+        migrations, switches = self.schedule.everything()
+        for learned in migrations:
+            self._migrate(learned, rows)
+        for learned in switches:
+            self.hot_map.apply(learned.update)
+            self._switched = True
+        self._protect()
 
     def rounds_in_flight(self) -> list[int]:
         return self.client.rounds_in_flight()
@@ -420,6 +472,7 @@ class CafeEmbedding(CompressedEmbedding):
         scorer, client = self.scorer.state_dict(), self.client.state_dict()
         return {"sketch": scorer["sketch"], "mass": scorer["mass"], "hot_map": self.hot_map.state_dict(),
                 "steps": self.steps, "due": client["due"], "sync_log": client["sync_log"],
+                "schedule": self.schedule.state_dict(),
                 "overhead_s": self.overhead_s, "used": (self._used_sum, self._used_steps),
                 "coverage": None if self._coverage is None else self._coverage.cpu()}
 
@@ -469,6 +522,7 @@ class CafeEmbedding(CompressedEmbedding):
         self.scorer.load_state_dict(state)
         self.client.load_state_dict(state)
         self.hot_map.load_state_dict(state["hot_map"])
+        self.schedule.load_state_dict(state.get("schedule"))
         self.steps, self.overhead_s = state["steps"], state["overhead_s"]
         self._used_sum, self._used_steps = state.get("used", (0.0, 0))
         self._coverage = state.get("coverage")

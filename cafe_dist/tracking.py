@@ -50,8 +50,8 @@ def _versions() -> dict[str, str]:
 @dataclass(frozen=True)
 class TrackedDataset:
     """The data a run trained on, as MLflow shows it in the run's inputs (and ``compare``'s data
-    column): the dataset directory's name, where it is, a digest of its ``meta.json`` (the same
-    data, the same digest) and its rows."""
+    column): the dataset directory's name, where it is, its digest (the one its checkpoints record
+    as ``data.digest``: the same data, the same digest; cafe_dist.resume.data_digest) and its rows."""
 
     name: str
     source: str
@@ -59,11 +59,8 @@ class TrackedDataset:
     rows: dict[str, int]
 
     @classmethod
-    def of(cls, data_dir: str, meta_text: str, rows: dict[str, int]) -> TrackedDataset:
-        import hashlib
-
-        return cls(storage.name(data_dir), str(data_dir), hashlib.sha256(meta_text.encode()).hexdigest()[:16],
-                   dict(rows))
+    def of(cls, data_dir: str, digest: str, rows: dict[str, int]) -> TrackedDataset:
+        return cls(storage.name(data_dir), str(data_dir), digest, dict(rows))
 
     def mlflow_input(self):
         from mlflow.entities import Dataset, DatasetInput, InputTag

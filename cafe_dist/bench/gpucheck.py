@@ -52,7 +52,7 @@ DRY_DATA = ("data.synthetic.rows=20000", "train.batch_size=256")
 
 
 def _gpu_overrides(dry: bool) -> list[str]:
-    if dry:  # the pipeline on the CPU too (train.pipeline=auto would not use it there)
+    if dry:
         return ["ray.use_gpu=false", "train.max_steps=20"]
     return ["ray.use_gpu=true", "ray.sharding_types=[row_wise,table_wise,data_parallel]", "ray.cpus_per_worker=4"]
 
@@ -63,11 +63,11 @@ def _train(out: Path, dry: bool) -> list[dict[str, Any]]:
 
     rows = []
     for method, ratio, pipeline in RUNS:
-        pipeline = "on" if dry and pipeline == "auto" else pipeline
+        pipeline = "on" if dry and pipeline == "auto" else pipeline  # the dry run's CPU: auto would not use it
         job = load_config("jobs/demo.yaml", [
             f"embedding.method={method}", f"embedding.compression_ratio={ratio}", "ray.num_workers=1",
             f"train.pipeline={pipeline}",
-            f"ray.name=gpu-check-{method}-{time.strftime('%H%M%S')}", f"ray.storage_path={(out / 'runs').resolve()}",
+            f"ray.name=gpu-check-{method}-{pipeline}-{time.strftime('%H%M%S')}", f"ray.storage_path={(out / 'runs').resolve()}",
             f"data.path={(out / 'data' / 'synth_demo').resolve()}", "mlflow.enabled=false",
             *_gpu_overrides(dry), *(DRY_DATA if dry else ())])
         log.info("gpu-check train: %s at %gx (train.pipeline=%s)", method, ratio, pipeline)

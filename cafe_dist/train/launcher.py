@@ -29,7 +29,7 @@ from cafe_dist.logs import quiet as quiet_logs
 from cafe_dist.mlflow_store import resolve_uri
 from cafe_dist.outputs import check_dir, write_text
 from cafe_dist.result import FINAL, RunResult
-from cafe_dist.resume import decide, fingerprint, finished_result, result_config
+from cafe_dist.resume import data_digest, decide, fingerprint, finished_result, result_config
 from cafe_dist.tracking import RunTracker, TrackedDataset, run_tags
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def _open_tracking(job: JobConfig, name: str, found: Found | None, fingerprint_:
         tags = {**run_tags(job.embedding.method, job.embedding.compression_ratio, job.ray.num_workers),
                 **job.mlflow.run_tags, **({"resumed_from_run": previous} if previous else {}),
                 "config_fingerprint": fingerprint_}
-        dataset = TrackedDataset.of(data_dir, storage.read_text(storage.join(data_dir, "meta.json")), meta.rows)
+        dataset = TrackedDataset.of(data_dir, data_digest(meta), meta.rows)
         params = {**job.run_params(resolved), "mlflow.tracking_uri": tracker.uri}
         tracker.start(name, params, tags,
                       yaml.safe_dump(job.model_dump(), sort_keys=False), dataset)

@@ -3,7 +3,6 @@ through a real ``mlflow server`` REST API, by ``cafe-dist compare``, and (slow) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -17,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from cafe_dist.cli import main
 from cafe_dist.config import load_config
+from cafe_dist.data.schema import DatasetMeta
+from cafe_dist.resume import data_digest
 from cafe_dist.train.launcher import run_training
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,9 @@ def test_two_worker_run_is_one_tracked_mlflow_run(tracked):
     (given,) = run.inputs.dataset_inputs
     meta = Path(out.data_path, "meta.json").read_text()
     assert given.dataset.name == Path(out.data_path).name == t["dataset"]
-    assert given.dataset.digest == hashlib.sha256(meta.encode()).hexdigest()[:16]
+    # the digest its checkpoints record as data.digest (one digest of a dataset, not two)
+    manifest = json.loads(Path(out.checkpoint_path, "manifest-rank0.json").read_text())
+    assert given.dataset.digest == data_digest(DatasetMeta.load(out.data_path)) == manifest["config"]["data.digest"]
     assert json.loads(given.dataset.profile)["rows"] == json.loads(meta)["rows"]
     assert t["method"] == "cafe" and t["world_size"] == "2" and t["compression_ratio"] == "100.0"
     assert len(t["git_commit"]) in (40, 7) or t["git_commit"] == "unknown"

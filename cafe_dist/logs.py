@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 
 # a line of Ray's own C++ logging (core worker, raylet, GCS): "[2026-12-03 15:30:06,993 E 16534 16584] core_worker.cc:2465: ..."
 RAY_INTERNAL_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [DIWEF] \d+ \d+\] [\w./-]+\.cc:\d+: ")
+# the raylet's note, pushed to the driver, that it started many worker processes: a sweep's trials
+# (Ray Tune, each with its own Ray Train workers) start that many by design
+RAYLET_WORKER_NOTE = re.compile(r"\d+ PYTHON worker processes have been started on node")
 
 
 @contextlib.contextmanager
@@ -28,8 +31,9 @@ def quiet(name: str, enabled: bool = True, level: int = logging.ERROR) -> Iterat
 def drop_ray_internal_lines() -> None:
     """Ray forwards its processes' own C++ log lines to the driver's console with the workers' output
     (e.g. an error-level line about Ray Train's PreemptionWatcher actor at every run's start); keep
-    them out (``--verbose`` shows them), everything else the workers print stays. Ray offers no
-    setting for it: its console handler is wrapped in place (if Ray changes that, nothing is dropped)."""
+    them out (``--verbose`` shows them), everything else the workers print stays; and the raylet's
+    note on started worker processes. Ray offers no setting for it: its console handler is wrapped
+    in place (if Ray changes that, nothing is dropped)."""
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
@@ -37,6 +41,28 @@ def drop_ray_internal_lines() -> None:
     with dispatcher._lock:  # noqa: SLF001
         dispatcher.handlers = [(name, _without_ray_lines(h) if name == "ray_print_logs" else h)
                                for name, h in dispatcher.handlers]
+    _drop_raylet_notes()
+
+
+def _drop_raylet_notes() -> None:
+    """The raylet's messages reach the console through Ray's ``print_to_stdstream`` (its error
+    listener calls that module function directly, not the dispatcher): wrapped to drop the note on
+    started worker processes; every other raylet message (an out-of-memory kill) still prints."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    printing = ray_worker.print_to_stdstream
+    if getattr(printing, "drops_ray_lines", False):
+        return
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not RAYLET_WORKER_NOTE.search(line)]
+        if lines or not data.get("lines"):
+            printing({**data, "lines": lines}, ignore_prefix)
+
+    print_to_stdstream.drops_ray_lines = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _without_ray_lines(handler: Callable) -> Callable:

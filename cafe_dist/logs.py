@@ -57,9 +57,9 @@ def _drop_raylet_notes() -> None:
         return
 
     def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if not RAYLET_WORKER_NOTE.search(line)]
-        if lines or not data.get("lines"):
-            printing({**data, "lines": lines}, ignore_prefix)
+        kept = _without(data, RAYLET_WORKER_NOTE)
+        if kept is not None:
+            printing(kept, ignore_prefix)
 
     print_to_stdstream.drops_ray_lines = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = print_to_stdstream
@@ -70,9 +70,16 @@ def _without_ray_lines(handler: Callable) -> Callable:
         return handler
 
     def handle(data: dict) -> None:
-        lines = [line for line in data.get("lines", []) if not RAY_INTERNAL_LINE.match(line)]
-        if lines or not data.get("lines"):
-            handler({**data, "lines": lines})
+        kept = _without(data, RAY_INTERNAL_LINE)
+        if kept is not None:
+            handler(kept)
 
     handle.drops_ray_lines = True  # type: ignore[attr-defined]
     return handle
+
+
+def _without(data: dict, pattern: re.Pattern) -> dict | None:
+    """``data`` (a batch of forwarded lines) without the lines ``pattern`` finds; None when every
+    line it held was one (nothing to print)."""
+    lines = [line for line in data.get("lines", []) if not pattern.search(line)]
+    return {**data, "lines": lines} if lines or not data.get("lines") else None

@@ -32,7 +32,6 @@ from cafe_dist.outputs import write_text
 log = logging.getLogger(__name__)
 
 
-
 def grid(job: JobConfig, methods: list[str] | None, ratios: list[float] | None) -> tuple[list[str], list[float]]:
     """Methods and ratios from the command line, else from the job's ``sweep`` section."""
     methods = methods or (list(job.sweep.methods) if job.sweep else None)
@@ -143,14 +142,14 @@ def run_sweep(job: JobConfig, methods: list[str] | None = None, ratios: list[flo
               seeds: list[int] | None = None, concurrency: int | None = None) -> dict[str, Any]:
     from ray import tune
 
-    from cafe_dist.train.launcher import _start_ray
+    from cafe_dist.train.launcher import start_ray
 
     methods, ratios = grid(job, methods, ratios)
     seeds = seeds or (list(job.sweep.seeds) if job.sweep and job.sweep.seeds else [job.train.seed])
     name = (job.sweep.name if job.sweep and job.sweep.name else None) or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     keys = cells_of(methods, ratios, seeds)
     _check_cells(name, {k: _cell(job, name, *k, len(seeds) > 1, None) for k in keys})
-    _start_ray(job)  # one cell's workers must fit (checked with the numbers); the cells share the cluster
+    start_ray(job)  # one cell's workers must fit (checked with the numbers); the cells share the cluster
     concurrency = concurrency or (job.sweep.concurrency if job.sweep else None) or cluster_concurrency(job, len(keys))
     client, parent = _open_parent(job, name)
     cells = {k: _cell(job, name, *k, len(seeds) > 1, parent) for k in keys}

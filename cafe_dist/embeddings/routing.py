@@ -22,7 +22,7 @@ it reads the method's ``names``, ``compressed``, ``ebc``, ``routes``, ``route_di
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -75,9 +75,8 @@ class Remapped(Pipelineable):
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Remapped:
         def move(item):
-            return type(item)(**{f.name: (getattr(item, f.name).to(device, non_blocking=non_blocking)
-                                          if isinstance(getattr(item, f.name), torch.Tensor) else getattr(item, f.name))
-                                 for f in fields(item)})
+            return replace(item, **{f.name: getattr(item, f.name).to(device, non_blocking=non_blocking)
+                                    for f in fields(item) if isinstance(getattr(item, f.name), torch.Tensor)})
 
         return Remapped(self.lookups.to(device, non_blocking=non_blocking), move(self.values),
                         [move(r) for r in self.routes])

@@ -244,7 +244,7 @@ def _already_finished(job: JobConfig, name: str, done: Found, data_dir: str) -> 
                                  mlflow_run_id=done.info.get("mlflow_run_id"))
 
 
-def _start_ray(job: JobConfig) -> None:
+def start_ray(job: JobConfig) -> None:
     """Join or start the cluster, checking it can hold the workers."""
     local = not _joins_a_cluster(job)
     if local:
@@ -291,7 +291,7 @@ def _fit(job: JobConfig, meta: DatasetMeta, options: Any, values: str | None, ch
         log.info("%s: resuming from %s (step %d)", name, found.path, found.step)
     # export and serving read the run's own copies, whatever data_dir holds later
     values = keep_run_dataset(run_dir, data_dir, values)
-    _start_ray(job)
+    start_ray(job)
     service = REGISTRY[job.embedding.method].service  # a process the method needs beside the workers, or None
     handle = service.start(name, state_dir=storage.join(run_dir, "coordinator")) if service else None
     tracker = _open_tracking(job, name, found, resume_key["config_fingerprint"], meta, checked.resolved,

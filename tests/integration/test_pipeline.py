@@ -69,10 +69,9 @@ def _evaluate(model, batches) -> torch.Tensor:
 def _plain(method: str, world: int, batches, held_out) -> dict:
     from torch.nn.functional import binary_cross_entropy_with_logits
 
-    from cafe_dist.embeddings.table_rows import TableRows
 
     model = _model(method, world)
-    rows = TableRows(model.dmp, model.dmp.fused_optimizer.state_dict()["state"], model.dense_opt)
+    rows = model.rows()
     out: dict = {"loss": [], "checksum": []}
     for step, b in enumerate(batches, 1):
         loss = binary_cross_entropy_with_logits(model.dmp(b.dense, b.sparse), b.labels)
@@ -89,13 +88,11 @@ def _plain(method: str, world: int, batches, held_out) -> dict:
 
 
 def _pipelined(method: str, world: int, batches, held_out) -> dict:
-    from cafe_dist.embeddings.table_rows import TableRows
     from cafe_dist.train.feed import Fed
     from cafe_dist.train.pipeline import PipelinedSteps
 
     model = _model(method, world)
-    emb = model.emb
-    rows = TableRows(model.dmp, model.dmp.fused_optimizer.state_dict()["state"], model.dense_opt)
+    emb, rows = model.emb, model.rows()
     events: list[tuple[str, int]] = []  # what ran in which order: remaps (batch number), between-steps work
     remap, after = emb.before_remap, emb.after_step
 

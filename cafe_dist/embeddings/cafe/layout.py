@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -85,10 +86,15 @@ class CafeLayout:
         return cls(tuple(cardinalities), hot_rows, dict(hash_rows), dict(hash2_rows), key_offset, key_space,
                    hash_base, robe_rows, z, stride)
 
-    @property
+    @cached_property
     def table_rows(self) -> int:
         """Rows of the ``cafe`` table: the hot rows and every feature's hash rows."""
         return self.hot_rows + sum(self.hash_rows.values())
+
+    @cached_property
+    def _inverse_stride(self) -> int:
+        """The spread's multiplier back (``stride``'s inverse modulo the rows), computed once."""
+        return 1 if self.stride == 1 else pow(self.stride, -1, self.table_rows)
 
     def row(self, logical: torch.Tensor) -> torch.Tensor:
         """Physical row of the ``cafe`` table holding each logical row (hot slot or hash row)."""
@@ -96,7 +102,7 @@ class CafeLayout:
 
     def logical(self, physical: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`row`."""
-        return spread_row(physical, pow(self.stride, -1, self.table_rows), self.table_rows)
+        return spread_row(physical, self._inverse_stride, self.table_rows)
 
     def hot_row(self, slots: torch.Tensor) -> torch.Tensor:
         """Physical row of each hot slot."""

@@ -8,6 +8,7 @@ merger (:mod:`cafe_dist.embeddings.cafe.coordinator`) alone decides which ids ar
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Literal
@@ -407,10 +408,7 @@ class CafeEmbedding(CompressedEmbedding):
         self.scorer.flush(world_size)
         self.steps += 1
         t1 = time.perf_counter()
-        for learned in self.schedule.migrations(self.steps):
-            self._migrate(learned, rows)
-        self._switch(self.steps + 1)
-        self._protect()
+        self._apply_due(rows, self.steps, self.steps + 1)
         t2 = time.perf_counter()
         stats, _ = self.client.step(self.steps, rank, self.coordinator_config(world_size),
                                     summary=lambda: self.summary(rank, world_size), apply=self._learn)
@@ -441,6 +439,14 @@ class CafeEmbedding(CompressedEmbedding):
             init_hot_rows(rows, self.layout, self.dim, update.promoted_keys.cpu(), update.promoted_slots.cpu(),
                           learned.was_medium)
 
+    def _apply_due(self, rows: TableRows | None, step: int, batch: int) -> None:
+        """The rows of the versions due after step ``step``, then the maps of those due by batch
+        ``batch`` (.schedule), then the hot ids' sketch cells pinned if the map changed."""
+        for learned in self.schedule.migrations(step):
+            self._migrate(learned, rows)
+        self._switch(batch)
+        self._protect()
+
     def _protect(self) -> None:
         if self._switched:
             self.scorer.protect(self.hot_map.keys)  # the local cells of hot ids are not evicted
@@ -454,13 +460,7 @@ class CafeEmbedding(CompressedEmbedding):
     def settle(self, rows: TableRows | None = None) -> None:
         """Apply every version learned and not yet applied, rows then map, now: what the schedule
         does over the next step, for tools and tests that look at the map right after a step."""
-        migrations, switches = self.schedule.everything()
-        for learned in migrations:
-            self._migrate(learned, rows)
-        for learned in switches:
-            self.hot_map.apply(learned.update)
-            self._switched = True
-        self._protect()
+        self._apply_due(rows, sys.maxsize, sys.maxsize)
 
     def rounds_in_flight(self) -> list[int]:
         return self.client.rounds_in_flight()

@@ -76,13 +76,6 @@ class VersionSchedule:
             out.append(self.to_migrate.popleft())
         return out
 
-    def everything(self) -> tuple[list[Learned], list[Learned]]:
-        """(migrations, switches) still pending (removed): what a run's end applies at once."""
-        out = list(self.to_migrate), list(self.to_switch)
-        self.to_migrate.clear()
-        self.to_switch.clear()
-        return out
-
     def state_dict(self) -> dict:
         # a version is pending a switch only if it is pending its migration or was learned with it
         pending = {id(x): x for x in (*self.to_migrate, *self.to_switch)}
